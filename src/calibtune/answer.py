@@ -1,0 +1,78 @@
+"""Answering multiple-choice questions by cloze scoring.
+
+Each option's text is scored as the continuation of the prompt; the answer is the option
+with the highest length-normalised (per-token) log-likelihood, or the highest summed one
+when ``select="sum"``. Letter answers (A/B/C/D) are at chance for small models; cloze
+scoring is not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from calibtune.forward import continuation_logprobs, encode_continuations
+from calibtune.models import LoadedModel
+from calibtune.progress import progress_bar
+from calibtune.records import Answer, Question
+
+DEFAULT_PROMPT = "Question: {question}\nAnswer:"
+
+
+@dataclass(frozen=True)
+class ClozeSettings:
+    """How a multiple-choice question is put to the model and its answer chosen."""
+
+    prompt: str = DEFAULT_PROMPT
+    option_prefix: str = " "
+    select: str = "mean"  # "mean" (length-normalised) or "sum"
+    batch_size: int = 16
+
+
+def format_prompt(question: Question, template: str = DEFAULT_PROMPT) -> str:
+    """The prompt text for a question, from a template with a ``{question}`` field."""
+    return template.format(question=question.text)
+
+
+def answer_multiple_choice(
+    lm: LoadedModel, questions: Sequence[Question], settings: ClozeSettings = ClozeSettings()
+) -> list[Answer]:
+    """Score every option of every question and return the model's (ungraded) answers."""
+    if settings.select not in ("mean", "sum"):
+        raise ValueError(f"unknown selection '{settings.select}': use mean or sum")
+    contexts, continuations, owner = [], [], []
+    for qi, question in enumerate(questions):
+        if not question.is_multiple_choice:
+            raise ValueError(f"question {question.id} has no choices")
+        prompt = format_prompt(question, settings.prompt)
+        for option in question.choices:
+            contexts.append(prompt)
+            continuations.append(settings.option_prefix + option)
+            owner.append(qi)
+    seqs = encode_continuations(lm.tokenizer, contexts, continuations)
+    with progress_bar(f"answer  {lm.name}", len(seqs)) as advance:
+        sums, counts = continuation_logprobs(lm, seqs, batch_size=settings.batch_size, progress=advance)
+    means = sums / counts
+    answers, start = [], 0
+    for question in questions:
+        end = start + len(question.choices)
+        q_sum, q_mean = sums[start:end], means[start:end]
+        choice = int(np.argmax(q_mean if settings.select == "mean" else q_sum))
+        answers.append(Answer(
+            question_id=question.id, model=lm.name, text=question.choices[choice], logprob=float(q_sum[choice]),
+            choice=choice, option_logprob_sum=tuple(map(float, q_sum)), option_logprob_mean=tuple(map(float, q_mean)),
+        ))
+        start = end
+    return answers
+
+
+def option_confidence(answer: Answer, select: str = "mean") -> float:
+    """The chosen option's share of probability across the options (the paper's "Logits" baseline).
+
+    A softmax over the same per-option scores that chose the answer.
+    """
+    scores = np.asarray(answer.option_logprob_mean if select == "mean" else answer.option_logprob_sum)
+    shifted = np.exp(scores - scores.max())
+    return float(shifted[answer.choice] / shifted.sum())

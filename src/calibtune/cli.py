@@ -1,0 +1,170 @@
+"""The ``calibtune`` command line: a thin Typer layer over the Python API."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from calibtune.errors import CalibtuneError
+
+app = typer.Typer(
+    help="Teach language models to know what they don't know: train and evaluate uncertainty estimators.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+)
+
+
+def _friendly(func):
+    """Turn a CalibtuneError into one line on stderr and exit status 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except CalibtuneError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+@app.command()
+@_friendly
+def run(
+    config: Annotated[Optional[Path], typer.Argument(help="Study config (YAML). Omit for the bundled default study.")] = None,
+    output_path: Annotated[Optional[Path], typer.Option("--output-path", "-o", help="Run folder (default: runs/<name>, or runs/<name>-quick).")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="A small sample of the same study, for a first look (minutes).")] = False,
+    model: Annotated[Optional[list[str]], typer.Option("--model", help="Replace the config's models (repeat for several).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Sequences per forward pass.")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Replace the config's seed.")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = None,
+    dtype: Annotated[Optional[str], typer.Option("--dtype", help="auto (bf16 where fast, else fp32), bfloat16, float32, float16.")] = None,
+) -> None:
+    """Run a whole cross-model study and write its run folder (scores, metrics, heatmap, report)."""
+    from calibtune.config import load_config
+    from calibtune.matrix import Study
+    from calibtune.progress import console
+
+    cfg = load_config(config)
+    overrides = {k: v for k, v in {"models": model, "batch_size": batch_size, "seed": seed,
+                                   "device": device, "dtype": dtype}.items() if v}
+    if overrides:
+        cfg = cfg.model_validate({**cfg.model_dump(), **overrides})
+    out = output_path or Path("runs") / (cfg.name + ("-quick" if quick else ""))
+    study = Study(cfg, out, quick=quick, log=lambda msg: console.print(msg, highlight=False))
+    metrics = study.run()
+    _print_metrics(metrics)
+    console.print(f"run folder: {out}  (open {out / 'report.html'})  in {study.timings['total']:.0f} s")
+
+
+def _print_metrics(metrics) -> None:
+    from rich.table import Table
+
+    from calibtune.progress import console
+    from calibtune.report.labels import method_label
+
+    table = Table(title="metrics per cell (held-out questions)")
+    for col in ("method", "model", "trained on", "n", "AUROC", "ECE", "Brier", "accuracy"):
+        table.add_column(col)
+    for row in metrics.itertuples():
+        table.add_row(method_label(row.method), row.model, row.trained_on, str(row.n), f"{row.auroc:.3f}",
+                      f"{row.ece:.3f}", f"{row.brier:.3f}", f"{row.accuracy:.3f}")
+    console.print(table)
+
+
+@app.command()
+@_friendly
+def models(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """List the bundled models (installed? converted?) and other models in the cache."""
+    from calibtune.models import cache_dir, list_models
+
+    rows = list_models()
+    if as_json:
+        typer.echo(json.dumps([r.__dict__ for r in rows], indent=2))
+        return
+    typer.echo(f"cache: {cache_dir()}")
+    for r in rows:
+        state = ("converted" if r.converted else "installed, not yet converted") if r.installed else "not installed"
+        typer.echo(f"{r.name:16} {r.kind:8} {state:30} {r.description}")
+        if not r.installed:
+            typer.echo(f"{'':16} install: {r.location}")
+
+
+@app.command()
+@_friendly
+def datasets(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """List every bundled question set with its splits and sizes."""
+    from calibtune.data import list_datasets
+
+    infos = list_datasets()
+    if as_json:
+        typer.echo(json.dumps([{**i.__dict__} for i in infos], indent=2))
+        return
+    for info in infos:
+        splits = ", ".join(f"{s} {n:,}" + (" (default)" if s == info.default_split else "") for s, n in info.splits.items())
+        typer.echo(f"{info.name:15} {splits:50} {info.description}")
+
+
+@app.command()
+@_friendly
+def answer(
+    dataset: Annotated[str, typer.Argument(help="A bundled set name or a .jsonl/.csv file.")],
+    model: Annotated[str, typer.Option("--model", help="Bundled name, local folder or hub id.")],
+    split: Annotated[Optional[str], typer.Option("--split", help="Split (default: the set's default).")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N questions.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
+    output_path: Annotated[Path, typer.Option("--output-path", "-o", help="Where to write the graded answers (.parquet).")] = Path("answers.parquet"),
+    dtype: Annotated[str, typer.Option("--dtype")] = "auto",
+    device: Annotated[str, typer.Option("--device")] = "auto",
+) -> None:
+    """Answer a question set by cloze scoring, grade it, and write the graded answers."""
+    from calibtune.answer import ClozeSettings, answer_multiple_choice
+    from calibtune.data import load_questions
+    from calibtune.grade import grade_multiple_choice
+    from calibtune.models import load_model
+    from calibtune.records import answers_to_table
+
+    questions = load_questions(dataset, split=split)[:limit]
+    lm = load_model(model, dtype=dtype, device=device)
+    graded = grade_multiple_choice(answer_multiple_choice(lm, questions, ClozeSettings(batch_size=batch_size)), questions)
+    answers_to_table(graded).to_parquet(output_path, index=False)
+    accuracy = sum(a.correct for a in graded) / len(graded)
+    typer.echo(f"{len(graded)} answers, accuracy {accuracy:.3f}, written to {output_path}")
+
+
+@app.command()
+@_friendly
+def report(run_dir: Annotated[Path, typer.Argument(help="A run folder written by `calibtune run`.")]) -> None:
+    """Rebuild metrics, heatmap and report.html from a run folder's scores, without loading a model."""
+    import pandas as pd
+
+    from calibtune.config import load_config
+    from calibtune.matrix import write_figures
+
+    scores_path = run_dir / "scores.parquet"
+    if not scores_path.is_file():
+        raise CalibtuneError(f"{scores_path} not found: is {run_dir} a run folder?")
+    from calibtune.metrics import metrics_table
+
+    cfg = load_config(run_dir / "config.yaml")
+    metrics = metrics_table(pd.read_parquet(scores_path))
+    write_figures(run_dir, cfg, metrics)
+    metrics.to_csv(run_dir / "metrics.csv", index=False)
+    _print_metrics(metrics)
+    typer.echo(f"rebuilt {run_dir / 'report.html'}")
+
+
+def main() -> None:  # pragma: no cover - the console script entry point
+    """Entry point for ``python -m calibtune``."""
+    app(prog_name="calibtune")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""The study config: YAML in, validated pydantic model, resolved YAML out."""
+
+from __future__ import annotations
+
+import difflib
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from calibtune.answer import DEFAULT_PROMPT
+from calibtune.errors import CalibtuneError
+from calibtune.estimators.probe import ProbeConfig
+
+MATRIX_METHODS = ("probe",)
+BASELINE_METHODS = ("option_confidence",)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Selection(_Strict):
+    """A slice of one question set: ``questions[start:stop]``, then an optional seeded sample."""
+
+    dataset: str
+    split: str | None = None
+    subjects: list[str] | None = None
+    start: int = Field(0, ge=0)
+    stop: int | None = Field(None, ge=0)
+    sample: int | None = Field(None, ge=1, description="draw this many at random (seeded) from the slice")
+
+
+class FeatureSettings(_Strict):
+    """Which hidden states the probe reads."""
+
+    layers: Literal["auto"] | list[int] = "auto"  # auto: 1/4, 1/2, 3/4 of the depth and the last layer
+    token: Literal["last", "mean"] = "last"
+
+
+class ProbeSettings(_Strict):
+    """The Probe's settings (see ``calibtune.estimators.probe.ProbeConfig``)."""
+
+    layer: Literal["auto", "last"] | int = "auto"
+    hidden_size: int = 64
+    dropout: float = 0.1
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-2
+    batch_size: int = 64
+    max_epochs: int = 200
+    patience: int = 20
+    val_fraction: float = 0.2
+
+    def to_config(self, seed: int) -> ProbeConfig:
+        """The estimator's own config dataclass."""
+        return ProbeConfig(seed=seed, **self.model_dump())
+
+
+class QuickSettings(_Strict):
+    """How ``--quick`` shrinks the study: at most this many questions per selection."""
+
+    train_per_set: int = 40
+    eval_per_set: int = 40
+
+
+class StudyConfig(_Strict):
+    """A whole cross-model study."""
+
+    name: str = "study"
+    seed: int = 0
+    models: list[str] = Field(min_length=1)
+    dtype: str = "auto"
+    device: str = "auto"
+    batch_size: int = Field(16, ge=1)
+    prompt: str = DEFAULT_PROMPT
+    option_prefix: str = " "
+    select: Literal["mean", "sum"] = "mean"
+    train: list[Selection] = Field(min_length=1)
+    eval: list[Selection] = Field(min_length=1)
+    methods: list[str] = Field(default_factory=lambda: ["probe", "option_confidence"])
+    features: FeatureSettings = FeatureSettings()
+    probe: ProbeSettings = ProbeSettings()
+    quick: QuickSettings = QuickSettings()
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, methods: list[str]) -> list[str]:
+        known = MATRIX_METHODS + BASELINE_METHODS
+        for method in methods:
+            if method not in known:
+                raise ValueError(f"unknown method '{method}'{_suggest(method, known)}; known: {', '.join(known)}")
+        return methods
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        if not name or "/" in name or "\\" in name or name in (".", ".."):
+            raise ValueError(f"study name '{name}' must be a plain name, not a path")
+        return name
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_has_question(cls, prompt: str) -> str:
+        if "{question}" not in prompt:
+            raise ValueError("prompt must contain the field {question}")
+        return prompt
+
+
+def _suggest(word: str, options: tuple[str, ...] | list[str]) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _explain(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    if first["type"] == "extra_forbidden":
+        key = str(first["loc"][-1])
+        model: type[BaseModel] = StudyConfig
+        for part in first["loc"][:-1]:
+            field = model.model_fields.get(str(part)) if isinstance(part, str) else None
+            annotation = getattr(field, "annotation", None) if field else None
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                model = annotation
+            elif annotation is not None and hasattr(annotation, "__args__"):
+                inner = [a for a in annotation.__args__ if isinstance(a, type) and issubclass(a, BaseModel)]
+                model = inner[0] if inner else model
+        return f"{source}: unknown key '{where}'{_suggest(key, list(model.model_fields))}"
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{source}: {where or 'config'}: {message}"
+
+
+def load_config(path: Path | None) -> StudyConfig:
+    """Read and validate a study config; ``None`` means the bundled default study."""
+    if path is None:
+        text = resources.files("calibtune").joinpath("configs/default.yaml").read_text()
+        source = "default.yaml"
+    else:
+        path = Path(path)
+        source = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError as exc:
+            raise CalibtuneError(f"config file {path} does not exist") from exc
+        except UnicodeDecodeError as exc:
+            raise CalibtuneError(f"config file {path} is not UTF-8 text") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise CalibtuneError(f"{source}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(data, dict):
+        raise CalibtuneError(f"{source}: a study config must be a mapping of settings")
+    try:
+        return StudyConfig.model_validate(data)
+    except ValidationError as exc:
+        raise CalibtuneError(_explain(exc, source)) from exc
+
+
+def dump_config(config: StudyConfig) -> str:
+    """The resolved config as YAML (every default written out)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,157 @@
+"""Batched forward passes: continuation log-likelihoods and hidden-state features.
+
+This is the one batching path of calibtune. Sequences are sorted by length so that a
+batch carries little padding, right-padded, and run without gradients. The language
+model head is applied only at the positions whose logits are needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from calibtune.models import LoadedModel
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Token ids of one sequence; the last ``n_target`` tokens are the scored continuation."""
+
+    ids: tuple[int, ...]
+    n_target: int = 0
+
+
+def encode_continuations(tokenizer, contexts: Sequence[str], continuations: Sequence[str]) -> list[Encoded]:
+    """Tokenize context and continuation apart and join the ids (as lm-evaluation-harness does).
+
+    The context gets the tokenizer's special tokens (BOS for Gemma), the continuation none,
+    so the continuation's tokens are exactly those that are scored.
+    """
+    context_ids = _tokenize(tokenizer, list(contexts), special=True)
+    target_ids = _tokenize(tokenizer, list(continuations), special=False)
+    out = []
+    for ctx, tgt, text in zip(context_ids, target_ids, continuations):
+        if not tgt:
+            raise ValueError(f"continuation {text!r} has no tokens")
+        out.append(Encoded(tuple(ctx) + tuple(tgt), len(tgt)))
+    return out
+
+
+def encode_texts(tokenizer, texts: Sequence[str]) -> list[Encoded]:
+    """Tokenize whole texts, special tokens included."""
+    return [Encoded(tuple(ids)) for ids in _tokenize(tokenizer, list(texts), special=True)]
+
+
+def _tokenize(tokenizer, texts: list[str], special: bool) -> list[list[int]]:
+    if not texts:
+        return []
+    return tokenizer(texts, add_special_tokens=special)["input_ids"]
+
+
+def _batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None) -> Iterator[list[int]]:
+    """Indices grouped into batches of similar length, longest first."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batch: list[int] = []
+    for index in order:
+        longest = lengths[batch[0]] if batch else lengths[index]
+        if batch and (len(batch) >= batch_size or (max_tokens and longest * (len(batch) + 1) > max_tokens)):
+            yield batch
+            batch = []
+        batch.append(index)
+    if batch:
+        yield batch
+
+
+def _pad(seqs: Sequence[Encoded], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s.ids) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        ids[row, : len(seq.ids)] = torch.tensor(seq.ids)
+        mask[row, : len(seq.ids)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    """The LM head (and Gemma's final soft-capping) on selected hidden states."""
+    logits = model.get_output_embeddings()(hidden).float()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def continuation_logprobs(
+    lm: LoadedModel, seqs: Sequence[Encoded], batch_size: int = 16, max_tokens: int | None = 4096,
+    progress: Progress | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Summed log-likelihood of each sequence's continuation, and its token count."""
+    sums = np.zeros(len(seqs), dtype=np.float64)
+    counts = np.array([s.n_target for s in seqs], dtype=np.int64)
+    pad_id = lm.tokenizer.pad_token_id
+    base = lm.model.get_decoder()
+    with torch.inference_mode():
+        for batch in _batches([len(s.ids) for s in seqs], batch_size, max_tokens):
+            items = [seqs[i] for i in batch]
+            ids, mask = _pad(items, pad_id, lm.device)
+            hidden = base(input_ids=ids, attention_mask=mask).last_hidden_state
+            rows, cols, targets = [], [], []
+            for row, item in enumerate(items):
+                end = len(item.ids)
+                for pos in range(end - item.n_target, end):
+                    rows.append(row)
+                    cols.append(pos - 1)  # the logits at pos-1 predict the token at pos
+                    targets.append(item.ids[pos])
+            logp = torch.log_softmax(_logits(lm.model, hidden[rows, cols]), dim=-1)
+            token_lp = logp[torch.arange(len(targets)), torch.tensor(targets, device=logp.device)].cpu().numpy()
+            start = 0
+            for row, index in enumerate(batch):
+                n = items[row].n_target
+                sums[index] = float(token_lp[start : start + n].sum())
+                start += n
+            if progress:
+                progress(len(batch))
+    return sums, counts
+
+
+def hidden_features(
+    lm: LoadedModel, seqs: Sequence[Encoded], layers: Sequence[int], token: str = "last",
+    batch_size: int = 16, max_tokens: int | None = 4096, progress: Progress | None = None,
+) -> np.ndarray:
+    """Hidden states of each sequence at the given layers: array ``[n, len(layers), hidden]``.
+
+    ``layers`` index ``hidden_states`` (0 is the embedding output, ``num_layers`` the last
+    layer). ``token`` is ``last`` (the final token, as in the paper) or ``mean`` (the
+    average over all tokens).
+    """
+    if token not in ("last", "mean"):
+        raise ValueError(f"unknown token position '{token}': use last or mean")
+    out: np.ndarray | None = None
+    pad_id = lm.tokenizer.pad_token_id
+    base = lm.model.get_decoder()
+    with torch.inference_mode():
+        for batch in _batches([len(s.ids) for s in seqs], batch_size, max_tokens):
+            items = [seqs[i] for i in batch]
+            ids, mask = _pad(items, pad_id, lm.device)
+            states = base(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+            stacked = torch.stack([states[layer] for layer in layers], dim=1).float()  # [b, L, t, h]
+            if token == "last":
+                last = mask.sum(dim=1) - 1
+                feats = stacked[torch.arange(len(items)), :, last]
+            else:
+                weights = mask[:, None, :, None].to(stacked.dtype)
+                feats = (stacked * weights).sum(dim=2) / weights.sum(dim=2)
+            feats = feats.cpu().numpy()
+            if out is None:
+                out = np.zeros((len(seqs), len(layers), feats.shape[-1]), dtype=np.float32)
+            out[batch] = feats
+            if progress:
+                progress(len(batch))
+    if out is None:
+        return np.zeros((0, len(layers), 0), dtype=np.float32)
+    return out

@@ -1,0 +1,236 @@
+"""Metrics of an uncertainty estimator: pure functions of ``p`` and ``y``.
+
+``p`` is the estimator's P(correct) for each example (floats in [0, 1]) and ``y`` the
+graded label (1 = the answering model was right, 0 = wrong). Every function takes
+array-likes and returns a plain ``float``; none of them touches a model, so every
+metric can be recomputed from a run's scores alone.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+from numpy.typing import ArrayLike
+from sklearn.metrics import brier_score_loss, roc_auc_score
+
+NLL_EPS = 1e-7
+GROUP_KEYS: tuple[str, ...] = ("method", "model", "trained_on", "evaluated_on")
+SCORE_COLUMNS: tuple[str, ...] = (*GROUP_KEYS, "question_id", "p_correct", "label")
+
+
+def _check_p(p: ArrayLike) -> np.ndarray:
+    arr = np.asarray(p, dtype=float).ravel()
+    if arr.size == 0:
+        raise ValueError("p is empty: a metric needs at least one example")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("p contains NaN or infinite values; P(correct) must be finite")
+    if arr.min() < 0.0 or arr.max() > 1.0:
+        raise ValueError(
+            f"p must lie in [0, 1] (it is P(correct)); got values in "
+            f"[{arr.min():g}, {arr.max():g}]"
+        )
+    return arr
+
+
+def _check_y(y: ArrayLike) -> np.ndarray:
+    arr = np.asarray(y).ravel()
+    if arr.size == 0:
+        raise ValueError("y is empty: a metric needs at least one example")
+    try:
+        arr = arr.astype(float)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"y must hold 0/1 labels; got dtype {arr.dtype}") from exc
+    bad = ~np.isin(arr, (0.0, 1.0))
+    if bad.any():
+        raise ValueError(
+            f"y must hold 0/1 labels (1 = correct); found {arr[bad][0]!r} "
+            f"among {int(bad.sum())} invalid value(s)"
+        )
+    return arr.astype(int)
+
+
+def _check(p: ArrayLike, y: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    p_arr, y_arr = _check_p(p), _check_y(y)
+    if p_arr.shape != y_arr.shape:
+        raise ValueError(f"p and y differ in length: {p_arr.size} vs {y_arr.size}")
+    return p_arr, y_arr
+
+
+def auroc(p: ArrayLike, y: ArrayLike) -> float:
+    """Area under the ROC curve of ``p`` as a score for ``y == 1``.
+
+    0.5 is chance, 1.0 a perfect ranking of right answers above wrong ones. When
+    ``y`` holds one class only the AUROC is undefined: this returns NaN and emits a
+    ``UserWarning`` instead of raising.
+    """
+    p_arr, y_arr = _check(p, y)
+    if np.unique(y_arr).size < 2:
+        warnings.warn(
+            f"AUROC is undefined when all {y_arr.size} labels are {y_arr[0]} "
+            "(one class only); returning NaN",
+            UserWarning,
+            stacklevel=2,
+        )
+        return float("nan")
+    return float(roc_auc_score(y_arr, p_arr))
+
+
+def _bin_index(p: np.ndarray, n_bins: int) -> np.ndarray:
+    # Edges are k / n_bins (exact float division), so p == 0.3 lands in [0.3, 0.4)
+    # rather than slipping below 0.30000000000000004 as a linspace edge would have
+    # it. Only the n_bins - 1 inner edges count, which puts p == 1 in the last bin.
+    inner_edges = np.arange(1, n_bins) / n_bins
+    return np.searchsorted(inner_edges, p, side="right")
+
+
+def _binned_ece(conf: np.ndarray, hit: np.ndarray, n_bins: int) -> float:
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be at least 1; got {n_bins}")
+    idx = _bin_index(conf, n_bins)
+    counts = np.bincount(idx, minlength=n_bins)
+    conf_sum = np.bincount(idx, weights=conf, minlength=n_bins)
+    hit_sum = np.bincount(idx, weights=hit, minlength=n_bins)
+    filled = counts > 0
+    gap = np.abs(hit_sum[filled] - conf_sum[filled]) / counts[filled]
+    return float(np.sum(counts[filled] / conf.size * gap))
+
+
+def ece(p: ArrayLike, y: ArrayLike, n_bins: int = 10) -> float:
+    """Expected calibration error of P(correct), with equal-width bins.
+
+    The bins are [0, 1/n), [1/n, 2/n), ..., [(n-1)/n, 1] (p == 1 falls in the last
+    one). ECE = sum over non-empty bins of (bin size / N) * |mean(y) - mean(p)|.
+    """
+    p_arr, y_arr = _check(p, y)
+    return _binned_ece(p_arr, y_arr.astype(float), n_bins)
+
+
+def ece_top_label(p: ArrayLike, y: ArrayLike, n_bins: int = 10) -> float:
+    """Top-label ECE, the variant the paper reports.
+
+    Treats the estimator as a binary classifier: it predicts "correct" when
+    p >= 0.5, with confidence max(p, 1 - p). The ECE is then the equal-width binned
+    gap between that confidence and whether the prediction matches ``y``.
+    """
+    p_arr, y_arr = _check(p, y)
+    conf = np.maximum(p_arr, 1.0 - p_arr)
+    hit = ((p_arr >= 0.5).astype(int) == y_arr).astype(float)
+    return _binned_ece(conf, hit, n_bins)
+
+
+def brier(p: ArrayLike, y: ArrayLike) -> float:
+    """Brier score: mean of (p - y)^2. Lower is better; 0 is perfect."""
+    p_arr, y_arr = _check(p, y)
+    return float(brier_score_loss(y_arr, p_arr, labels=[0, 1]))
+
+
+def nll(p: ArrayLike, y: ArrayLike) -> float:
+    """Mean binary cross-entropy (natural log) of ``p`` against ``y``.
+
+    ``p`` is clipped to [1e-7, 1 - 1e-7] first, so a confident mistake at p = 0 or
+    p = 1 costs about 16.1 nats rather than infinity.
+    """
+    p_arr, y_arr = _check(p, y)
+    pc = np.clip(p_arr, NLL_EPS, 1.0 - NLL_EPS)
+    return float(-np.mean(y_arr * np.log(pc) + (1 - y_arr) * np.log1p(-pc)))
+
+
+def accuracy(y: ArrayLike) -> float:
+    """Fraction of labels that are 1: the answering model's accuracy."""
+    return float(np.mean(_check_y(y)))
+
+
+def mean_confidence(p: ArrayLike) -> float:
+    """Mean predicted P(correct); above :func:`accuracy` means overconfident."""
+    return float(np.mean(_check_p(p)))
+
+
+def _accuracy_metric(p: ArrayLike, y: ArrayLike) -> float:
+    """Answering model's accuracy (mean of ``y``); ``p`` is only length-checked."""
+    _check(p, y)
+    return accuracy(y)
+
+
+def _mean_p_metric(p: ArrayLike, y: ArrayLike) -> float:
+    """Mean P(correct); ``y`` is only length-checked."""
+    _check(p, y)
+    return mean_confidence(p)
+
+
+# Every entry takes (p, y) so callers can loop over the registry uniformly.
+METRICS: dict[str, Callable[[ArrayLike, ArrayLike], float]] = {
+    "auroc": auroc,
+    "ece": ece,
+    "ece_top_label": ece_top_label,
+    "brier": brier,
+    "nll": nll,
+    "accuracy": _accuracy_metric,
+    "mean_p": _mean_p_metric,
+}
+
+
+def cell_metrics(p: ArrayLike, y: ArrayLike) -> dict[str, float]:
+    """Every metric in :data:`METRICS` for one set of scores, plus ``n``.
+
+    Returns a dict with keys n, auroc, ece, ece_top_label, brier, nll, accuracy,
+    mean_p. ``auroc`` is NaN (with a warning) when ``y`` holds one class only.
+    """
+    p_arr, y_arr = _check(p, y)
+    out: dict[str, float] = {"n": int(p_arr.size)}
+    for name, fn in METRICS.items():
+        out[name] = fn(p_arr, y_arr)
+    return out
+
+
+def metrics_table(scores: pd.DataFrame) -> pd.DataFrame:
+    """One row of :func:`cell_metrics` per (method, model, trained_on, evaluated_on).
+
+    ``scores`` has one row per scored example with columns method, model,
+    trained_on, evaluated_on, question_id, p_correct and label. The result holds the
+    four group keys followed by n and every metric, sorted by method, model,
+    trained_on (then evaluated_on). An empty ``scores`` gives an empty table.
+    """
+    missing = [c for c in SCORE_COLUMNS if c not in scores.columns]
+    if missing:
+        raise ValueError(f"scores is missing column(s): {', '.join(missing)}")
+    columns = [*GROUP_KEYS, "n", *METRICS]
+    if scores.empty:
+        return pd.DataFrame(columns=columns)
+
+    rows = []
+    for keys, group in scores.groupby(list(GROUP_KEYS), sort=False, dropna=False):
+        where = ", ".join(f"{k}={v}" for k, v in zip(GROUP_KEYS, keys, strict=True))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                values = cell_metrics(
+                    group["p_correct"].to_numpy(), group["label"].to_numpy()
+                )
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from exc
+        # Re-emit with the cell named, so a one-class warning says which cell it is.
+        for w in caught:
+            warnings.warn(f"{where}: {w.message}", w.category, stacklevel=2)
+        rows.append({**dict(zip(GROUP_KEYS, keys, strict=True)), **values})
+
+    table = pd.DataFrame(rows, columns=columns)
+    table = table.sort_values(list(GROUP_KEYS), kind="stable").reset_index(drop=True)
+    table["n"] = table["n"].astype(int)
+    return table
+
+
+__all__ = [
+    "METRICS",
+    "accuracy",
+    "auroc",
+    "brier",
+    "cell_metrics",
+    "ece",
+    "ece_top_label",
+    "mean_confidence",
+    "metrics_table",
+    "nll",
+]
