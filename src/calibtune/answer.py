@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from calibtune.forward import continuation_logprobs, encode_continuations
+from calibtune.forward import option_logprobs
 from calibtune.models import LoadedModel
 from calibtune.progress import progress_bar
 from calibtune.records import Answer, Question
@@ -42,29 +42,26 @@ def answer_multiple_choice(
     """Score every option of every question and return the model's (ungraded) answers."""
     if settings.select not in ("mean", "sum"):
         raise ValueError(f"unknown selection '{settings.select}': use mean or sum")
-    contexts, continuations, owner = [], [], []
-    for qi, question in enumerate(questions):
+    for question in questions:
         if not question.is_multiple_choice:
             raise ValueError(f"question {question.id} has no choices")
-        prompt = format_prompt(question, settings.prompt)
-        for option in question.choices:
-            contexts.append(prompt)
-            continuations.append(settings.option_prefix + option)
-            owner.append(qi)
-    seqs = encode_continuations(lm.tokenizer, contexts, continuations)
-    with progress_bar(f"answer  {lm.name}", len(seqs)) as advance:
-        sums, counts = continuation_logprobs(lm, seqs, batch_size=settings.batch_size, progress=advance)
-    means = sums / counts
-    answers, start = [], 0
-    for question in questions:
-        end = start + len(question.choices)
-        q_sum, q_mean = sums[start:end], means[start:end]
+    contexts = lm.tokenizer([format_prompt(q, settings.prompt) for q in questions])["input_ids"] if questions else []
+    options = [lm.tokenizer([settings.option_prefix + c for c in q.choices], add_special_tokens=False)["input_ids"]
+               for q in questions]
+    for question, opts in zip(questions, options):
+        for text, ids in zip(question.choices, opts):
+            if not ids:
+                raise ValueError(f"question {question.id}: option {text!r} has no tokens")
+    with progress_bar(f"answer  {lm.name}", len(questions)) as advance:
+        scores = option_logprobs(lm, contexts, options, batch_size=settings.batch_size, progress=advance)
+    answers = []
+    for question, q_sum, opts in zip(questions, scores, options):
+        q_mean = q_sum / np.array([len(o) for o in opts])
         choice = int(np.argmax(q_mean if settings.select == "mean" else q_sum))
         answers.append(Answer(
             question_id=question.id, model=lm.name, text=question.choices[choice], logprob=float(q_sum[choice]),
             choice=choice, option_logprob_sum=tuple(map(float, q_sum)), option_logprob_mean=tuple(map(float, q_mean)),
         ))
-        start = end
     return answers
 
 

@@ -119,6 +119,72 @@ def continuation_logprobs(
     return sums, counts
 
 
+def _sliding_window(model) -> int | None:
+    config = getattr(model.config, "text_config", None) or model.config
+    return getattr(config, "sliding_window", None)
+
+
+def option_logprobs(
+    lm: LoadedModel, contexts: Sequence[Sequence[int]], options: Sequence[Sequence[Sequence[int]]],
+    batch_size: int = 16, progress: Progress | None = None,
+) -> list[np.ndarray]:
+    """Summed log-likelihood of each option continuing its question's context.
+
+    The context is run once per question and its key/value cache shared by the options,
+    which takes about a third of the tokens of scoring every (context, option) pair apart.
+    Returns one array of option scores per question. Questions too long for a model's
+    sliding attention window are scored pair by pair instead.
+    """
+    out: list[np.ndarray] = [np.zeros(len(opts)) for opts in options]
+    window = _sliding_window(lm.model)
+    total = [len(c) + max(len(o) for o in opts) for c, opts in zip(contexts, options)]
+    long = [i for i, n in enumerate(total) if window and n > window]
+    if long:
+        pairs = [Encoded(tuple(contexts[i]) + tuple(o), len(o)) for i in long for o in options[i]]
+        sums, _ = continuation_logprobs(lm, pairs, batch_size=batch_size)
+        start = 0
+        for i in long:
+            out[i] = sums[start : start + len(options[i])]
+            start += len(options[i])
+            if progress:
+                progress(1)
+    short = [i for i in range(len(contexts)) if i not in set(long)]
+    pad_id = lm.tokenizer.pad_token_id
+    base = lm.model.get_decoder()
+    with torch.inference_mode():
+        for chunk in _batches([total[i] for i in short], batch_size, None):
+            batch = [short[j] for j in chunk]
+            ids, mask = _pad([Encoded(tuple(contexts[i])) for i in batch], pad_id, lm.device)
+            lengths = mask.sum(dim=1)
+            positions = torch.arange(ids.shape[1], device=lm.device).expand_as(ids)
+            ctx = base(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+            last = ctx.last_hidden_state[torch.arange(len(batch)), lengths - 1]  # predicts each option's first token
+            owner = [b for b, i in enumerate(batch) for _ in options[i]]
+            owner_t = torch.tensor(owner, device=lm.device)
+            cache = ctx.cache
+            cache.reorder_cache(owner_t)  # one cache row per option
+            flat = [Encoded(tuple(o)) for i in batch for o in options[i]]
+            opt_ids, opt_mask = _pad(flat, pad_id, lm.device)
+            opt_pos = lengths[owner_t][:, None] + torch.arange(opt_ids.shape[1], device=lm.device)[None, :]
+            hidden = base(input_ids=opt_ids, attention_mask=torch.cat([mask[owner_t], opt_mask], dim=1),
+                          position_ids=opt_pos, cache=cache).last_hidden_state
+            vectors, targets = [], []
+            for row, seq in enumerate(flat):
+                vectors.append(last[owner[row]])
+                vectors.extend(hidden[row, : len(seq.ids) - 1])
+                targets.extend(seq.ids)
+            logp = torch.log_softmax(_logits(lm.model, torch.stack(vectors)), dim=-1)
+            token_lp = logp[torch.arange(len(targets)), torch.tensor(targets, device=logp.device)].cpu().numpy()
+            start = 0
+            for i in batch:
+                for k, opt in enumerate(options[i]):
+                    out[i][k] = float(token_lp[start : start + len(opt)].sum())
+                    start += len(opt)
+            if progress:
+                progress(len(batch))
+    return out
+
+
 def hidden_features(
     lm: LoadedModel, seqs: Sequence[Encoded], layers: Sequence[int], token: str = "last",
     batch_size: int = 16, max_tokens: int | None = 4096, progress: Progress | None = None,

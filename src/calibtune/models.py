@@ -184,6 +184,9 @@ def ensure_converted(model: BundledModel) -> Path:
         tmp_path = Path(tmp)
         gguf_dir = tmp_path / "gguf"
         gguf_dir.mkdir()
+        from calibtune.progress import console
+
+        console.print(f"converting {model.name} from GGUF to a cached safetensors folder (once; about a minute)")
         _assemble_gguf(model, gguf_dir)
         with _quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=model.gguf_name)
@@ -196,8 +199,9 @@ def ensure_converted(model: BundledModel) -> Path:
         lm.hf_quantizer = None
         lm.is_quantized = False
         out = tmp_path / "model"
-        lm.save_pretrained(out)
-        tokenizer.save_pretrained(out)
+        with _quiet_transformers():
+            lm.save_pretrained(out)
+            tokenizer.save_pretrained(out)
         (out / "calibtune-model.json").write_text(
             json.dumps({"bundled": model.name, "gguf": model.gguf_name, "sha256": model.sha256}, indent=2)
         )

@@ -1,0 +1,5 @@
+"""``python -m calibtune``."""
+
+from calibtune.cli import main
+
+main()

@@ -1,0 +1,135 @@
+"""Loading, cloze scoring against a hand computation, features, batching."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from calibtune.errors import CalibtuneError
+from calibtune.features import candidate_layers
+from calibtune.forward import continuation_logprobs, encode_continuations, encode_texts, hidden_features
+from calibtune.models import BUNDLED, choose_dtype, load_model, model_fingerprint
+
+ARCHS = ["llama", "gemma", "mistral", "qwen"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_load_by_path(tiny_models, arch):
+    lm = load_model(str(tiny_models[arch]), dtype="float32")
+    assert lm.num_layers == 2
+    assert lm.dtype == torch.float32
+    assert not lm.model.training
+    assert lm.tokenizer.pad_token_id is not None
+
+
+def test_auto_dtype_is_bf16_or_fp32():
+    assert choose_dtype("auto", torch.device("cpu")) in (torch.bfloat16, torch.float32)
+    assert choose_dtype("bf16") == torch.bfloat16
+    with pytest.raises(CalibtuneError, match="unknown dtype 'int3'"):
+        choose_dtype("int3")
+
+
+def test_missing_path_and_unknown_name(tmp_path):
+    with pytest.raises(CalibtuneError, match="does not exist"):
+        load_model(str(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CalibtuneError, match="no config.json"):
+        load_model(str(tmp_path / "empty"))
+
+
+def test_unknown_hub_name_lists_bundled(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CalibtuneError) as err:
+        load_model("no-such-org/no-such-model-xyz")
+    assert "smollm2-135m" in str(err.value) and "gemma3-270m" in str(err.value)
+
+
+def test_fingerprint_changes_with_files(tiny_models, tmp_path):
+    import shutil
+
+    copy = tmp_path / "m"
+    shutil.copytree(tiny_models["llama"], copy)
+    before = model_fingerprint(str(copy))
+    (copy / "extra.txt").write_text("x")
+    assert model_fingerprint(str(copy)) != before
+    assert model_fingerprint("smollm2-135m") == f"bundled:{BUNDLED['smollm2-135m'].sha256}"
+
+
+def _hand_logprob(lm, context: str, continuation: str) -> float:
+    """Sum of log p(continuation token | prefix) from one full forward pass over every position."""
+    ctx = lm.tokenizer(context)["input_ids"]
+    tgt = lm.tokenizer(continuation, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([ctx + tgt])
+    with torch.no_grad():
+        logp = torch.log_softmax(lm.model(ids).logits.float()[0], dim=-1)
+    return sum(float(logp[len(ctx) + i - 1, t]) for i, t in enumerate(tgt))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma"])
+def test_cloze_matches_hand_computation_and_batching(tiny_models, arch):
+    lm = load_model(str(tiny_models[arch]), dtype="float32")
+    contexts = ["Question: What is the capital of France?\nAnswer:"] * 3 + ["Question: Which planet?\nAnswer:"]
+    conts = [" Paris", " the lazy dog", " Jupiter", " sunlight water"]
+    seqs = encode_continuations(lm.tokenizer, contexts, conts)
+    sums, counts = continuation_logprobs(lm, seqs, batch_size=3)
+    sums1, _ = continuation_logprobs(lm, seqs, batch_size=1)
+    for i, (c, t) in enumerate(zip(contexts, conts)):
+        assert sums[i] == pytest.approx(_hand_logprob(lm, c, t), abs=1e-4)
+        assert counts[i] == len(lm.tokenizer(t, add_special_tokens=False)["input_ids"])
+    np.testing.assert_allclose(sums, sums1, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma"])
+def test_hidden_features_last_token(tiny_models, arch):
+    lm = load_model(str(tiny_models[arch]), dtype="float32")
+    texts = ["Question: Which planet?\nAnswer: Jupiter", "Question: What is the capital of France?\nAnswer: Paris"]
+    feats = hidden_features(lm, encode_texts(lm.tokenizer, texts), layers=[1, 2], batch_size=2)
+    assert feats.shape == (2, 2, 32)
+    for i, text in enumerate(texts):
+        ids = torch.tensor([lm.tokenizer(text)["input_ids"]])
+        with torch.no_grad():
+            states = lm.model(ids, output_hidden_states=True).hidden_states
+        np.testing.assert_allclose(feats[i, 0], states[1][0, -1].numpy(), atol=1e-4)
+        np.testing.assert_allclose(feats[i, 1], states[2][0, -1].numpy(), atol=1e-4)
+    mean = hidden_features(lm, encode_texts(lm.tokenizer, texts[:1]), layers=[2], token="mean")
+    ids = torch.tensor([lm.tokenizer(texts[0])["input_ids"]])
+    with torch.no_grad():
+        state = lm.model(ids, output_hidden_states=True).hidden_states[2][0].mean(0)
+    np.testing.assert_allclose(mean[0, 0], state.numpy(), atol=1e-4)
+
+
+def test_candidate_layers():
+    assert candidate_layers(30) == [8, 15, 22, 30]
+    assert candidate_layers(18) == [4, 9, 14, 18]
+    assert candidate_layers(2) == [1, 2]
+    assert candidate_layers(30, [5, 3, 5]) == [3, 5]
+    with pytest.raises(ValueError, match="out of range"):
+        candidate_layers(2, [3])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_shared_prefix_scores_equal_pairwise_scores(tiny_models, arch):
+    from calibtune.forward import option_logprobs
+
+    lm = load_model(str(tiny_models[arch]), dtype="float32")
+    contexts = ["Question: What is the capital of France?\nAnswer:", "Question: Which planet?\nAnswer:",
+                "Question: " + "the lazy dog " * 4 + "?\nAnswer:"]
+    options = [[" Paris", " the lazy dog", " Jupiter water"], [" fox", " Jupiter"], [" quick", " brown fox", " a"]]
+    ctx_ids = lm.tokenizer(contexts)["input_ids"]
+    opt_ids = [lm.tokenizer(o, add_special_tokens=False)["input_ids"] for o in options]
+    shared = option_logprobs(lm, ctx_ids, opt_ids, batch_size=2)
+    for c, opts, got in zip(contexts, options, shared):
+        np.testing.assert_allclose(got, [_hand_logprob(lm, c, o) for o in opts], atol=1e-4)
+
+
+def test_contexts_longer_than_the_sliding_window_fall_back(tiny_models):
+    from calibtune.forward import option_logprobs
+
+    lm = load_model(str(tiny_models["gemma"]), dtype="float32")
+    long_context = "Question: " + "the quick brown fox jumps over the lazy dog " * 8 + "?\nAnswer:"
+    ctx_ids = lm.tokenizer([long_context, "Question: Which planet?\nAnswer:"])["input_ids"]
+    assert len(ctx_ids[0]) > lm.model.config.sliding_window
+    opt_ids = [lm.tokenizer([" Paris", " dog"], add_special_tokens=False)["input_ids"]] * 2
+    shared = option_logprobs(lm, ctx_ids, opt_ids)
+    np.testing.assert_allclose(shared[0], [_hand_logprob(lm, long_context, o) for o in (" Paris", " dog")], atol=1e-4)
