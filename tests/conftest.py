@@ -12,7 +12,24 @@ CORPUS = [
     "Question: Which planet is largest?\nAnswer: Jupiter",
     "Question: What do plants need for photosynthesis?\nAnswer: sunlight water and carbon dioxide",
     "the quick brown fox jumps over the lazy dog 0123456789 .,;:!?'\"()-",
+    "Is the proposed answer correct?\nChoices:\n(i): no\n(ii): yes\nAnswer: yes",
+    "Is the proposed answer correct?\nChoices:\n(i): no\n(ii): yes\nAnswer: no",
 ] * 5
+
+
+def build_sentencepiece_style_tokenizer():
+    """A tokenizer that marks word starts with "▁" (Llama, Mistral, Gemma style), with BOS."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<pad>", "<bos>", "<eos>", "<unk>"])
+    tok.train_from_iterator(CORPUS, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                                   unk_token="<unk>")
 
 
 def build_tokenizer(bos: bool):
@@ -55,7 +72,8 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny-models")
     out = {}
     for arch in ("llama", "gemma", "mistral", "qwen"):
-        tokenizer = build_tokenizer(bos=arch == "gemma")
+        # Qwen's tokenizer is byte-level BPE; Llama, Mistral and Gemma mark word starts with "▁".
+        tokenizer = build_tokenizer(bos=False) if arch == "qwen" else build_sentencepiece_style_tokenizer()
         model = build_model(arch, len(tokenizer))
         folder = root / arch
         model.save_pretrained(folder)

@@ -39,7 +39,10 @@ def test_missing_path_and_unknown_name(tmp_path):
 
 
 def test_unknown_hub_name_lists_bundled(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub
+
+    # huggingface_hub reads HF_HUB_OFFLINE at import; without it this would wait on the network
+    monkeypatch.setitem(huggingface_hub.is_offline_mode.__globals__, "HF_HUB_OFFLINE", True)
     with pytest.raises(CalibtuneError) as err:
         load_model("no-such-org/no-such-model-xyz")
     assert "smollm2-135m" in str(err.value) and "gemma3-270m" in str(err.value)

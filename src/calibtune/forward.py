@@ -53,7 +53,7 @@ def _tokenize(tokenizer, texts: list[str], special: bool) -> list[list[int]]:
     return tokenizer(texts, add_special_tokens=special)["input_ids"]
 
 
-def _batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None) -> Iterator[list[int]]:
+def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None) -> Iterator[list[int]]:
     """Indices grouped into batches of similar length, longest first."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batch: list[int] = []
@@ -67,17 +67,18 @@ def _batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None) ->
         yield batch
 
 
-def _pad(seqs: Sequence[Encoded], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s.ids) for s in seqs)
+def pad_ids(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token id sequences into ``(input_ids, attention_mask)`` tensors."""
+    width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for row, seq in enumerate(seqs):
-        ids[row, : len(seq.ids)] = torch.tensor(seq.ids)
-        mask[row, : len(seq.ids)] = 1
+        ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
     return ids.to(device), mask.to(device)
 
 
-def _logits(model, hidden: torch.Tensor) -> torch.Tensor:
+def lm_head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
     """The LM head (and Gemma's final soft-capping) on selected hidden states."""
     logits = model.get_output_embeddings()(hidden).float()
     cap = getattr(model.config, "final_logit_softcapping", None)
@@ -96,9 +97,9 @@ def continuation_logprobs(
     pad_id = lm.tokenizer.pad_token_id
     base = lm.model.get_decoder()
     with torch.inference_mode():
-        for batch in _batches([len(s.ids) for s in seqs], batch_size, max_tokens):
+        for batch in length_batches([len(s.ids) for s in seqs], batch_size, max_tokens):
             items = [seqs[i] for i in batch]
-            ids, mask = _pad(items, pad_id, lm.device)
+            ids, mask = pad_ids([s.ids for s in items], pad_id, lm.device)
             hidden = base(input_ids=ids, attention_mask=mask).last_hidden_state
             rows, cols, targets = [], [], []
             for row, item in enumerate(items):
@@ -107,7 +108,7 @@ def continuation_logprobs(
                     rows.append(row)
                     cols.append(pos - 1)  # the logits at pos-1 predict the token at pos
                     targets.append(item.ids[pos])
-            logp = torch.log_softmax(_logits(lm.model, hidden[rows, cols]), dim=-1)
+            logp = torch.log_softmax(lm_head_logits(lm.model, hidden[rows, cols]), dim=-1)
             token_lp = logp[torch.arange(len(targets)), torch.tensor(targets, device=logp.device)].cpu().numpy()
             start = 0
             for row, index in enumerate(batch):
@@ -152,9 +153,9 @@ def option_logprobs(
     pad_id = lm.tokenizer.pad_token_id
     base = lm.model.get_decoder()
     with torch.inference_mode():
-        for chunk in _batches([total[i] for i in short], batch_size, None):
+        for chunk in length_batches([total[i] for i in short], batch_size, None):
             batch = [short[j] for j in chunk]
-            ids, mask = _pad([Encoded(tuple(contexts[i])) for i in batch], pad_id, lm.device)
+            ids, mask = pad_ids([contexts[i] for i in batch], pad_id, lm.device)
             lengths = mask.sum(dim=1)
             positions = torch.arange(ids.shape[1], device=lm.device).expand_as(ids)
             ctx = base(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
@@ -164,7 +165,7 @@ def option_logprobs(
             cache = ctx.cache
             cache.reorder_cache(owner_t)  # one cache row per option
             flat = [Encoded(tuple(o)) for i in batch for o in options[i]]
-            opt_ids, opt_mask = _pad(flat, pad_id, lm.device)
+            opt_ids, opt_mask = pad_ids([s.ids for s in flat], pad_id, lm.device)
             opt_pos = lengths[owner_t][:, None] + torch.arange(opt_ids.shape[1], device=lm.device)[None, :]
             hidden = base(input_ids=opt_ids, attention_mask=torch.cat([mask[owner_t], opt_mask], dim=1),
                           position_ids=opt_pos, cache=cache).last_hidden_state
@@ -173,7 +174,7 @@ def option_logprobs(
                 vectors.append(last[owner[row]])
                 vectors.extend(hidden[row, : len(seq.ids) - 1])
                 targets.extend(seq.ids)
-            logp = torch.log_softmax(_logits(lm.model, torch.stack(vectors)), dim=-1)
+            logp = torch.log_softmax(lm_head_logits(lm.model, torch.stack(vectors)), dim=-1)
             token_lp = logp[torch.arange(len(targets)), torch.tensor(targets, device=logp.device)].cpu().numpy()
             start = 0
             for i in batch:
@@ -201,9 +202,9 @@ def hidden_features(
     pad_id = lm.tokenizer.pad_token_id
     base = lm.model.get_decoder()
     with torch.inference_mode():
-        for batch in _batches([len(s.ids) for s in seqs], batch_size, max_tokens):
+        for batch in length_batches([len(s.ids) for s in seqs], batch_size, max_tokens):
             items = [seqs[i] for i in batch]
-            ids, mask = _pad(items, pad_id, lm.device)
+            ids, mask = pad_ids([s.ids for s in items], pad_id, lm.device)
             states = base(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
             stacked = torch.stack([states[layer] for layer in layers], dim=1).float()  # [b, L, t, h]
             if token == "last":

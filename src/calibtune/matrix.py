@@ -25,7 +25,7 @@ from calibtune.estimators.probe import ProbeEstimator
 from calibtune.features import candidate_layers, extract_features, proposed_answer_text
 from calibtune.grade import grade_multiple_choice
 from calibtune.metrics import metrics_table
-from calibtune.models import LoadedModel, cache_dir, load_model, model_fingerprint
+from calibtune.models import LoadedModel, cache_dir, choose_device, choose_dtype, load_model, model_fingerprint
 from calibtune.records import Answer, Question, answers_from_table, answers_to_table
 from calibtune.store import ArtifactStore, artifact_key
 
@@ -138,7 +138,8 @@ class Study:
         """Model T's graded answers to every study question, by question id (cached)."""
         cloze = self._cloze()
         questions = inputs.all
-        settings = {"model": model, "fingerprint": model_fingerprint(model), "dtype": self.config.dtype,
+        dtype = choose_dtype(self.config.dtype, choose_device(self.config.device))
+        settings = {"model": model, "fingerprint": model_fingerprint(model), "dtype": str(dtype),
                     "prompt": cloze.prompt, "option_prefix": cloze.option_prefix, "select": cloze.select,
                     "questions": _ids_digest([q.id for q in questions])}
         key = artifact_key("answers", ANSWER_STAGE_VERSION, settings)

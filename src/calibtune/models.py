@@ -253,17 +253,17 @@ def load_model(
     ``name`` is a bundled name (see ``BUNDLED``), a local folder, or a Hugging Face id
     (loaded from the local hub cache, or the hub where it is reachable).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     torch_device = choose_device(device)
     torch_dtype = choose_dtype(dtype, torch_device)
     source = resolve_source(name)
     try:
         with _quiet_transformers():
-            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, trust_remote_code=trust_remote_code)
-    except CalibtuneError:
-        raise
+            try:  # a folder, or a hub id already in the local hub cache: no network
+                tokenizer, model = _from_pretrained(source, torch_dtype, trust_remote_code, local_only=True)
+            except OSError:
+                if source != name:
+                    raise
+                tokenizer, model = _from_pretrained(source, torch_dtype, trust_remote_code, local_only=False)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if source == name and name not in BUNDLED and not Path(name).exists():
@@ -278,6 +278,14 @@ def load_model(
     model.eval()
     model.requires_grad_(False)
     return LoadedModel(name=name, model=model, tokenizer=tokenizer, dtype=torch_dtype, device=torch_device, source=source)
+
+
+def _from_pretrained(source: str, dtype: torch.dtype, trust_remote_code: bool, local_only: bool):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"trust_remote_code": trust_remote_code, "local_files_only": local_only}
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    return tokenizer, AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
 
 
 @dataclass(frozen=True)

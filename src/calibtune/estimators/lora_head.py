@@ -1,0 +1,186 @@
+"""LoRA: the Probe's head on a hidden state, with LoRA adapters on the estimator model trained jointly.
+
+The estimator model reads "question + proposed answer"; the hidden state of the last token
+at ``layer`` goes through a small MLP head that predicts P(correct). Adapters are placed
+only on the layers below ``layer``, since the ones above cannot change its input.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from sklearn.model_selection import train_test_split
+
+from calibtune.errors import CalibtuneError
+from calibtune.estimators.adapters import (LoraSettings, TrainLog, TrainSettings, attach_lora, detach_lora,
+                                           load_adapters, load_lora_state, lora_state, save_adapters, train_loop)
+from calibtune.forward import Encoded, length_batches, pad_ids
+from calibtune.models import LoadedModel
+from calibtune.progress import progress_bar
+
+
+@dataclass(frozen=True)
+class LoraHeadConfig:
+    """Settings of the LoRA method; every one is saved with the trained estimator."""
+
+    layer: int = -1  # hidden_states index; -1 means the middle layer
+    hidden_size: int = 64
+    dropout: float = 0.1
+    lora: LoraSettings = LoraSettings()
+    train: TrainSettings = TrainSettings()
+    val_fraction: float = 0.2
+    seed: int = 0
+
+
+def _head(in_features: int, config: LoraHeadConfig) -> torch.nn.Module:
+    return torch.nn.Sequential(
+        torch.nn.Linear(in_features, config.hidden_size), torch.nn.GELU(), torch.nn.Dropout(config.dropout),
+        torch.nn.Linear(config.hidden_size, 1),
+    )
+
+
+@dataclass
+class LoraHeadEstimator:
+    """LoRA adapters plus an MLP head: ``fit`` / ``predict_proba`` / ``save`` / ``load`` / ``release``."""
+
+    lm: LoadedModel
+    config: LoraHeadConfig = field(default_factory=LoraHeadConfig)
+    meta: dict[str, Any] = field(default_factory=dict)
+    log: TrainLog | None = None
+    head: torch.nn.Module | None = None
+    val_indices: np.ndarray | None = None
+    _peft: Any = field(default=None, repr=False)
+
+    @property
+    def layer(self) -> int:
+        """The hidden-state layer the head reads."""
+        return self.config.layer if self.config.layer >= 0 else max(1, self.lm.num_layers // 2)
+
+    def _features(self, seqs: Sequence[Encoded]) -> torch.Tensor:
+        ids, mask = pad_ids([s.ids for s in seqs], self.lm.tokenizer.pad_token_id, self.lm.device)
+        states = self.lm.model.get_decoder()(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        return states[self.layer][torch.arange(len(seqs)), mask.sum(dim=1) - 1].float()
+
+    def fit(self, seqs: Sequence[Encoded], labels: np.ndarray) -> LoraHeadEstimator:
+        """Train adapters and head jointly; a stratified ``val_fraction`` is held out for early stopping."""
+        cfg = self.config
+        y = np.asarray(labels).astype(np.float32)
+        if len(np.unique(y)) < 2:
+            raise CalibtuneError(f"cannot train LoRA: all {len(y)} training labels are one class")
+        idx_train, idx_val = train_test_split(np.arange(len(y)), test_size=cfg.val_fraction, random_state=cfg.seed,
+                                              stratify=y)
+        self.val_indices = idx_val
+        lora = replace(cfg.lora)
+        self._peft = attach_lora(self.lm, lora, cfg.seed, layers=list(range(self.layer)))
+        torch.manual_seed(cfg.seed)
+        hidden = self.lm.model.get_output_embeddings().weight.shape[1]
+        self.head = _head(hidden, cfg).to(self.lm.device)
+        params = [p for p in self._peft.parameters() if p.requires_grad] + list(self.head.parameters())
+        train_seqs, y_train = [seqs[i] for i in idx_train], torch.from_numpy(y[idx_train])
+        val_seqs, y_val = [seqs[i] for i in idx_val], torch.from_numpy(y[idx_val])
+        loss_fn = torch.nn.BCEWithLogitsLoss()
+
+        def step_loss(batch: np.ndarray) -> torch.Tensor:
+            logits = self.head(self._features([train_seqs[i] for i in batch])).squeeze(-1)
+            return loss_fn(logits, y_train[batch].to(logits.device))
+
+        def val_loss() -> float:
+            self.lm.model.eval()
+            self.head.eval()
+            p = self._predict(val_seqs)
+            self.lm.model.train()
+            self.head.train()
+            p = np.clip(p, 1e-7, 1 - 1e-7)
+            return float(-np.mean(y_val.numpy() * np.log(p) + (1 - y_val.numpy()) * np.log(1 - p)))
+
+        def get_state() -> dict:
+            return {"lora": lora_state(self._peft), "head": {k: v.clone() for k, v in self.head.state_dict().items()}}
+
+        def set_state(state: dict) -> None:
+            load_lora_state(self._peft, state["lora"])
+            self.head.load_state_dict(state["head"])
+
+        self.lm.model.train()
+        self.head.train()
+        self.log = train_loop(params, len(train_seqs), step_loss, val_loss, get_state, set_state, cfg.train,
+                              f"train LoRA {self.meta.get('estimator_model', self.lm.name)} on "
+                              f"{self.meta.get('trained_on', '?')}")
+        self.lm.model.eval()
+        self.head.eval()
+        return self
+
+    def _predict(self, seqs: Sequence[Encoded]) -> np.ndarray:
+        out = np.zeros(len(seqs))
+        with torch.no_grad():
+            for batch in length_batches([len(s.ids) for s in seqs], self.config.train.batch_size * 2, None):
+                logits = self.head(self._features([seqs[i] for i in batch])).squeeze(-1)
+                out[batch] = torch.sigmoid(logits).double().cpu().numpy()
+        return out
+
+    def predict_proba(self, seqs: Sequence[Encoded]) -> np.ndarray:
+        """P(correct) for each sequence."""
+        if self._peft is None or self.head is None:
+            raise CalibtuneError("LoRA is not fitted: call fit() or load() first")
+        self.lm.model.eval()
+        self.head.eval()
+        with progress_bar(f"predict LoRA {self.lm.name}", len(seqs)):
+            return self._predict(seqs)
+
+    def describe(self) -> dict[str, Any]:
+        """Every setting and outcome, for the saved JSON."""
+        return {"method": "lora", "config": asdict(self.config), "chosen_layer": self.layer,
+                "train_log": asdict(self.log) if self.log else None, **self.meta}
+
+    def save(self, folder: Path) -> Path:
+        """Adapters (peft, safetensors), ``head.safetensors`` and ``lora.json``."""
+        if self._peft is None or self.head is None:
+            raise CalibtuneError("LoRA is not fitted: nothing to save")
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_adapters(self._peft, folder / "adapter")
+        save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, str(folder / "head.safetensors"))
+        (folder / "lora.json").write_text(json.dumps(self.describe(), indent=2))
+        return folder
+
+    @classmethod
+    def load(cls, folder: Path, lm: LoadedModel) -> LoraHeadEstimator:
+        """Read an estimator written by ``save`` onto the same estimator model ``lm``."""
+        folder = Path(folder)
+        try:
+            info = json.loads((folder / "lora.json").read_text())
+            c = info["config"]
+            config = LoraHeadConfig(
+                layer=c["layer"], hidden_size=c["hidden_size"], dropout=c["dropout"],
+                lora=LoraSettings(**{**c["lora"], "target_modules": tuple(c["lora"]["target_modules"])}),
+                train=TrainSettings(**c["train"]), val_fraction=c["val_fraction"], seed=c["seed"])
+            tensors = load_file(str(folder / "head.safetensors"))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CalibtuneError(f"cannot load LoRA from {folder}: {str(exc).splitlines()[0]}") from exc
+        expected = info.get("estimator_model")
+        if expected and expected != lm.name:
+            raise CalibtuneError(f"{folder} was trained on estimator model '{expected}', not '{lm.name}'")
+        meta = {k: v for k, v in info.items() if k not in ("method", "config", "chosen_layer", "train_log")}
+        est = cls(lm=lm, config=config, meta=meta)
+        hidden = lm.model.get_output_embeddings().weight.shape[1]
+        est.head = _head(hidden, config).to(lm.device)
+        try:
+            est.head.load_state_dict(tensors)
+            est._peft = load_adapters(lm, folder / "adapter")
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise CalibtuneError(f"cannot load LoRA from {folder}: {str(exc).splitlines()[0]}") from exc
+        est.head.eval()
+        lm.model.eval()
+        return est
+
+    def release(self) -> None:
+        """Take the adapters off the estimator model."""
+        if self._peft is not None:
+            detach_lora(self._peft)
+            self._peft = None

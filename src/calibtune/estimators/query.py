@@ -1,0 +1,67 @@
+"""The uncertainty query: ask the model whether the proposed answer is correct.
+
+After "question + proposed answer" the query asks "Is the proposed answer correct?" with
+two options; P(correct) is the probability of the "yes" option's first token, renormalised
+over the two options' first tokens. The zero-shot query uses the base model; LoRA + Prompt
+trains adapters to answer it well.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from calibtune.errors import CalibtuneError
+
+DEFAULT_QUERY = "\nIs the proposed answer correct?\nChoices:\n(i): no\n(ii): yes\nAnswer:"
+DEFAULT_OPTIONS = (" no", " yes")
+
+
+@dataclass(frozen=True)
+class QueryPrompt:
+    """The query text appended after the proposed answer, and its (no, yes) options."""
+
+    query: str = DEFAULT_QUERY
+    options: tuple[str, str] = DEFAULT_OPTIONS
+
+
+def option_token_ids(tokenizer, prompt: str, options: Sequence[str]) -> tuple[int, ...]:
+    """The first token of each option when it follows ``prompt``.
+
+    Found by tokenizing the prompt with and without each option and taking the first token
+    after the common prefix, which works whether the tokenizer folds the leading space into
+    the word (byte-level BPE: "Ġyes") or marks it (SentencePiece: "▁yes").
+    """
+    base = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    ids = []
+    for option in options:
+        full = tokenizer(prompt + option, add_special_tokens=False)["input_ids"]
+        common = 0
+        while common < min(len(base), len(full)) and base[common] == full[common]:
+            common += 1
+        if common >= len(full):
+            raise CalibtuneError(f"query option {option!r} adds no token after the prompt")
+        ids.append(int(full[common]))
+    if len(set(ids)) != len(ids):
+        raise CalibtuneError(f"query options {list(options)} start with the same token; choose options that differ "
+                             "in their first token")
+    return tuple(ids)
+
+
+def two_way_logits(model, hidden: torch.Tensor, token_ids: Sequence[int]) -> torch.Tensor:
+    """Logits of the (no, yes) tokens from final hidden states, using only those LM-head rows."""
+    weight = model.get_output_embeddings().weight[list(token_ids)]
+    logits = hidden.to(weight.dtype) @ weight.T
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    logits = logits.float()
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def p_yes(logits: torch.Tensor) -> np.ndarray:
+    """P(yes) from (no, yes) logits, renormalised over the two."""
+    return torch.softmax(logits.float(), dim=-1)[:, 1].detach().cpu().double().numpy()

@@ -1,0 +1,151 @@
+"""LoRA + Prompt, LoRA with a head, the zero-shot query and temperature scaling, on tiny models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import log_loss, roc_auc_score
+
+from calibtune.calibration import TemperatureScaler
+from calibtune.errors import CalibtuneError
+from calibtune.estimators.adapters import TrainSettings, attach_lora
+from calibtune.estimators.lora_head import LoraHeadConfig, LoraHeadEstimator
+from calibtune.estimators.lora_prompt import (LoraPromptConfig, LoraPromptEstimator, divergence, encode_queries,
+                                              query_p_correct)
+from calibtune.estimators.query import DEFAULT_QUERY, option_token_ids
+from calibtune.forward import encode_texts, lm_head_logits
+from calibtune.models import load_model
+
+ARCHS = ["llama", "gemma", "mistral", "qwen"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_query_option_tokens_per_tokenizer_family(tiny_models, arch):
+    lm = load_model(str(tiny_models[arch]), dtype="float32")
+    no, yes = option_token_ids(lm.tokenizer, DEFAULT_QUERY, (" no", " yes"))
+    assert lm.tokenizer.decode([no]).strip() == "no"
+    assert lm.tokenizer.decode([yes]).strip() == "yes"
+    # the token really is the one that follows the prompt when the whole text is tokenized
+    full = lm.tokenizer(DEFAULT_QUERY + " yes", add_special_tokens=False)["input_ids"]
+    assert yes in full[-2:]
+    with pytest.raises(CalibtuneError, match="same token"):
+        option_token_ids(lm.tokenizer, DEFAULT_QUERY, (" yes", " yes"))
+
+
+def _toy(n: int = 64):
+    """Separable toy set: the answer word decides the label."""
+    prompts = [f"Question: What is the capital of France number {i}?\nAnswer:" for i in range(n)]
+    labels = np.array([i % 2 for i in range(n)])
+    answers = [" Paris" if y else " the lazy dog" for y in labels]
+    return prompts, answers, labels
+
+
+def test_divergence_is_zero_with_fresh_adapters_and_positive_after_a_step(tiny_models):
+    lm = load_model(str(tiny_models["llama"]), dtype="float32")
+    prompts, answers, _ = _toy(4)
+    seqs = encode_queries(lm.tokenizer, prompts, answers, DEFAULT_QUERY)
+    peft_model = attach_lora(lm, LoraPromptConfig().lora, seed=0)
+    ids = torch.tensor([seqs[0].ids])
+
+    def both():
+        adapted = lm_head_logits(lm.model, lm.model.get_decoder()(input_ids=ids).last_hidden_state[0])
+        with torch.no_grad(), peft_model.disable_adapter():
+            base = lm_head_logits(lm.model, lm.model.get_decoder()(input_ids=ids).last_hidden_state[0])
+        return adapted, base
+
+    adapted, base = both()
+    for kind in ("js", "forward_kl", "reverse_kl"):
+        assert float(divergence(adapted, base, kind)) == pytest.approx(0.0, abs=1e-6)
+    opt = torch.optim.SGD([p for p in peft_model.parameters() if p.requires_grad], lr=1.0)
+    adapted.sum().backward()
+    opt.step()
+    adapted, base = both()
+    for kind in ("js", "forward_kl", "reverse_kl"):
+        assert float(divergence(adapted, base, kind)) > 1e-6
+    peft_model.unload()
+
+
+def test_lora_prompt_learns_a_separable_toy_set_and_round_trips(tiny_models, tmp_path):
+    lm = load_model(str(tiny_models["llama"]), dtype="float32")
+    prompts, answers, labels = _toy(80)
+    seqs = encode_queries(lm.tokenizer, prompts, answers, DEFAULT_QUERY)
+    before = query_p_correct(lm, seqs, option_token_ids(lm.tokenizer, DEFAULT_QUERY, (" no", " yes")))
+    cfg = LoraPromptConfig(train=TrainSettings(learning_rate=1e-2, batch_size=8, epochs=4, eval_every=5, patience=20))
+    est = LoraPromptEstimator(lm, cfg, meta={"estimator_model": lm.name}).fit(seqs, labels)
+    assert est.log.train_loss[-1] < est.log.train_loss[0]
+    assert est.log.best_val_loss < est.log.val_loss[0][1] or est.log.best_step == est.log.val_loss[0][0]
+    p = est.predict_proba(seqs)
+    assert log_loss(labels, np.clip(p, 1e-6, 1 - 1e-6)) < log_loss(labels, np.clip(before, 1e-6, 1 - 1e-6))
+    assert roc_auc_score(labels, p) > 0.9
+    est.save(tmp_path / "lp")
+    assert (tmp_path / "lp" / "adapter" / "adapter_model.safetensors").is_file()
+    est.release()
+    np.testing.assert_allclose(query_p_correct(lm, seqs, est.token_ids), before, atol=1e-6)  # base model restored
+    loaded = LoraPromptEstimator.load(tmp_path / "lp", lm)
+    np.testing.assert_allclose(loaded.predict_proba(seqs), p, atol=1e-6)
+    loaded.release()
+
+
+def test_training_is_deterministic(tiny_models):
+    lm = load_model(str(tiny_models["gemma"]), dtype="float32")
+    prompts, answers, labels = _toy(32)
+    seqs = encode_queries(lm.tokenizer, prompts, answers, DEFAULT_QUERY)
+    cfg = LoraPromptConfig(train=TrainSettings(learning_rate=1e-2, batch_size=8, max_steps=6, eval_every=3))
+    runs = []
+    for _ in range(2):
+        est = LoraPromptEstimator(lm, cfg).fit(seqs, labels)
+        runs.append(est.predict_proba(seqs))
+        est.release()
+    np.testing.assert_array_equal(runs[0], runs[1])
+
+
+def test_loaded_for_another_model_is_refused(tiny_models, tmp_path):
+    lm = load_model(str(tiny_models["llama"]), dtype="float32")
+    prompts, answers, labels = _toy(16)
+    seqs = encode_queries(lm.tokenizer, prompts, answers, DEFAULT_QUERY)
+    cfg = LoraPromptConfig(kl_weight=0.0, train=TrainSettings(max_steps=2, eval_every=1))
+    est = LoraPromptEstimator(lm, cfg, meta={"estimator_model": lm.name}).fit(seqs, labels)
+    est.save(tmp_path / "lp")
+    est.release()
+    other = load_model(str(tiny_models["qwen"]), dtype="float32")
+    with pytest.raises(CalibtuneError, match="trained on estimator model"):
+        LoraPromptEstimator.load(tmp_path / "lp", other)
+
+
+def test_lora_head_learns_and_round_trips(tiny_models, tmp_path):
+    lm = load_model(str(tiny_models["qwen"]), dtype="float32")
+    prompts, answers, labels = _toy(80)
+    seqs = encode_texts(lm.tokenizer, [p + a for p, a in zip(prompts, answers)])
+    cfg = LoraHeadConfig(train=TrainSettings(learning_rate=1e-2, batch_size=8, epochs=4, eval_every=5, patience=20))
+    est = LoraHeadEstimator(lm, cfg, meta={"estimator_model": lm.name}).fit(seqs, labels)
+    assert est.layer == 1
+    p = est.predict_proba(seqs)
+    assert roc_auc_score(labels, p) > 0.9
+    est.save(tmp_path / "lh")
+    est.release()
+    loaded = LoraHeadEstimator.load(tmp_path / "lh", lm)
+    np.testing.assert_allclose(loaded.predict_proba(seqs), p, atol=1e-6)
+    loaded.release()
+
+
+def test_one_class_labels_are_refused(tiny_models):
+    lm = load_model(str(tiny_models["llama"]), dtype="float32")
+    prompts, answers, _ = _toy(10)
+    seqs = encode_queries(lm.tokenizer, prompts, answers, DEFAULT_QUERY)
+    with pytest.raises(CalibtuneError, match="one class"):
+        LoraPromptEstimator(lm).fit(seqs, np.ones(10))
+
+
+def test_temperature_scaling_lowers_nll_on_an_overconfident_set():
+    rng = np.random.default_rng(0)
+    true_p = rng.uniform(0.2, 0.8, 2000)
+    y = (rng.uniform(size=2000) < true_p).astype(int)
+    logit = np.log(true_p / (1 - true_p))
+    overconfident = 1 / (1 + np.exp(-4 * logit))
+    scaler = TemperatureScaler.fit(overconfident[:1000], y[:1000])
+    assert scaler.temperature == pytest.approx(4.0, rel=0.3)
+    after = scaler.transform(overconfident[1000:])
+    assert log_loss(y[1000:], after) < log_loss(y[1000:], overconfident[1000:])
+    assert roc_auc_score(y[1000:], after) == pytest.approx(roc_auc_score(y[1000:], overconfident[1000:]))
+    assert TemperatureScaler.fit(np.array([0.3, 0.6]), np.array([1, 1])).temperature == 1.0
