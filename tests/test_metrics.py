@@ -291,3 +291,17 @@ def test_metrics_table_empty_and_missing_columns():
     bad.loc[0, "p_correct"] = 2.0
     with pytest.raises(ValueError, match="method=probe"):
         M.metrics_table(bad)
+
+
+def test_paired_auroc_difference_brackets_the_point_and_detects_a_real_gap():
+    from calibtune.metrics import paired_auroc_difference
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    good = np.clip(0.5 + 0.3 * (y - 0.5) + rng.normal(0, 0.15, 400), 0, 1)
+    noise = rng.uniform(size=400)
+    d, lo, hi = paired_auroc_difference(good, noise, y, n_resamples=300)
+    assert lo <= d <= hi and lo > 0
+    d, lo, hi = paired_auroc_difference(good, good, y, n_resamples=50)
+    assert d == lo == hi == 0.0
+    assert all(np.isnan(paired_auroc_difference(good, noise, np.ones(400, dtype=int))))

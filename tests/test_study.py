@@ -121,3 +121,27 @@ def test_answer_command(tmp_path, tiny_models):
     assert result.exit_code == 0, result.output
     table = pd.read_parquet(out)
     assert len(table) == 6 and table.correct.notna().all()
+
+
+def test_all_methods_in_the_study(tmp_path, tiny_models, study_files):
+    extra = ("methods: [probe, lora_prompt, lora, zero_shot, option_confidence]\n"
+             "lora_prompt: {max_steps: 3, eval_every: 2, batch_size: 4}\n"
+             "lora: {max_steps: 3, eval_every: 2, batch_size: 4}\n"
+             "zero_shot_calibration: 10\n")
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", _config(tmp_path, tiny_models, *study_files, extra), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    scores = pd.read_parquet(out / "scores.parquet")
+    for method in ("probe", "lora_prompt", "lora", "zero_shot"):
+        cells = scores[scores.method == method].groupby(["model", "trained_on"]).size()
+        assert len(cells) == 4 and (cells == 24).all(), method
+    assert scores.p_correct_ts.between(0, 1).all() and (scores.temperature > 0).all()
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert {"ece_ts", "brier_ts", "nll_ts", "temperature"} <= set(metrics)
+    info = json.loads((out / "metrics.json").read_text())
+    diffs = info["paired_differences"]
+    assert len(diffs) == 4 and all(d["ci_low"] <= d["auroc_difference"] <= d["ci_high"] for d in diffs)
+    saved = json.loads((out / "estimators/lora_prompt/llama__on__gemma/lora_prompt.json").read_text())
+    assert saved["config"]["kl_weight"] == 1.0 and saved["config"]["divergence"] == "js"
+    assert "Is the proposed answer correct?" in saved["config"]["query"]["query"]
+    assert (out / "estimators/lora/gemma__on__llama/adapter/adapter_model.safetensors").is_file()

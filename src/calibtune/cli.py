@@ -71,11 +71,13 @@ def _print_metrics(metrics) -> None:
     from calibtune.report.labels import method_label
 
     table = Table(title="metrics per cell (held-out questions)")
-    for col in ("method", "model", "trained on", "n", "AUROC", "ECE", "Brier", "accuracy"):
+    has_ts = "ece_ts" in metrics
+    for col in ("method", "model", "trained on", "n", "AUROC", "ECE", "Brier", "accuracy") + (("ECE after TS",) if has_ts else ()):
         table.add_column(col)
     for row in metrics.itertuples():
-        table.add_row(method_label(row.method), row.model, row.trained_on, str(row.n), f"{row.auroc:.3f}",
-                      f"{row.ece:.3f}", f"{row.brier:.3f}", f"{row.accuracy:.3f}")
+        cells = [method_label(row.method), row.model, row.trained_on, str(row.n), f"{row.auroc:.3f}",
+                 f"{row.ece:.3f}", f"{row.brier:.3f}", f"{row.accuracy:.3f}"]
+        table.add_row(*cells, *([f"{row.ece_ts:.3f}"] if has_ts else []))
     console.print(table)
 
 
@@ -146,15 +148,13 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run folder written by
     import pandas as pd
 
     from calibtune.config import load_config
-    from calibtune.matrix import write_figures
+    from calibtune.matrix import study_metrics, write_figures
 
     scores_path = run_dir / "scores.parquet"
     if not scores_path.is_file():
         raise CalibtuneError(f"{scores_path} not found: is {run_dir} a run folder?")
-    from calibtune.metrics import metrics_table
-
     cfg = load_config(run_dir / "config.yaml")
-    metrics = metrics_table(pd.read_parquet(scores_path))
+    metrics = study_metrics(pd.read_parquet(scores_path))
     write_figures(run_dir, cfg, metrics)
     metrics.to_csv(run_dir / "metrics.csv", index=False)
     _print_metrics(metrics)

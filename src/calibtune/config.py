@@ -12,9 +12,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from calibtune.answer import DEFAULT_PROMPT
 from calibtune.errors import CalibtuneError
+from calibtune.estimators.adapters import LoraSettings, TrainSettings
+from calibtune.estimators.lora_head import LoraHeadConfig
+from calibtune.estimators.lora_prompt import LoraPromptConfig
 from calibtune.estimators.probe import ProbeConfig
+from calibtune.estimators.query import DEFAULT_OPTIONS, DEFAULT_QUERY, QueryPrompt
 
-MATRIX_METHODS = ("probe",)
+# Methods with an estimator model: one cell per (estimator model E, answering model T).
+MATRIX_METHODS = ("probe", "lora", "lora_prompt", "zero_shot")
+# Methods read off the answering model itself: one value per answering model.
 BASELINE_METHODS = ("option_confidence",)
 
 
@@ -58,11 +64,70 @@ class ProbeSettings(_Strict):
         return ProbeConfig(seed=seed, **self.model_dump())
 
 
+class AdapterSettings(_Strict):
+    """LoRA adapters and their training, shared by the LoRA and LoRA + Prompt methods."""
+
+    r: int = 8
+    alpha: int = 32
+    dropout: float = 0.1
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = Field(8, ge=1)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    max_train_examples: int | None = Field(800, ge=2, description="a seeded sample of the training answers")
+    warmup_fraction: float = 0.05
+    eval_every: int = Field(20, ge=1)
+    patience: int = Field(4, ge=1)
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+
+    def lora(self) -> LoraSettings:
+        """peft settings."""
+        return LoraSettings(r=self.r, alpha=self.alpha, dropout=self.dropout, target_modules=tuple(self.target_modules))
+
+    def training(self, seed: int) -> TrainSettings:
+        """Loop settings."""
+        return TrainSettings(learning_rate=self.learning_rate, weight_decay=self.weight_decay,
+                             batch_size=self.batch_size, epochs=self.epochs, max_steps=self.max_steps,
+                             warmup_fraction=self.warmup_fraction, eval_every=self.eval_every,
+                             patience=self.patience, seed=seed)
+
+
+class LoraPromptSettings(AdapterSettings):
+    """LoRA + Prompt (calibration tuning): the query, and the divergence that regularises it."""
+
+    query: str = DEFAULT_QUERY
+    options: tuple[str, str] = DEFAULT_OPTIONS
+    kl_weight: float = Field(1.0, ge=0)
+    divergence: Literal["js", "forward_kl", "reverse_kl"] = "js"
+
+    def to_config(self, seed: int) -> LoraPromptConfig:
+        """The estimator's own config dataclass."""
+        return LoraPromptConfig(lora=self.lora(), train=self.training(seed), query=QueryPrompt(self.query, self.options),
+                                kl_weight=self.kl_weight, divergence=self.divergence,
+                                val_fraction=self.val_fraction, seed=seed)
+
+
+class LoraHeadSettings(AdapterSettings):
+    """LoRA: the Probe's head on a hidden state with adapters trained jointly."""
+
+    layer: int = Field(-1, description="hidden-state layer; -1 means the middle layer")
+    hidden_size: int = 64
+    head_dropout: float = 0.1
+
+    def to_config(self, seed: int) -> LoraHeadConfig:
+        """The estimator's own config dataclass."""
+        return LoraHeadConfig(layer=self.layer, hidden_size=self.hidden_size, dropout=self.head_dropout,
+                              lora=self.lora(), train=self.training(seed), val_fraction=self.val_fraction, seed=seed)
+
+
 class QuickSettings(_Strict):
     """How ``--quick`` shrinks the study: at most this many questions per selection."""
 
     train_per_set: int = 40
     eval_per_set: int = 40
+    adapter_steps: int = 12
 
 
 class StudyConfig(_Strict):
@@ -80,8 +145,15 @@ class StudyConfig(_Strict):
     train: list[Selection] = Field(min_length=1)
     eval: list[Selection] = Field(min_length=1)
     methods: list[str] = Field(default_factory=lambda: ["probe", "option_confidence"])
+    heatmap: list[str] = Field(default_factory=lambda: ["probe", "lora_prompt"],
+                               description="matrix methods drawn as heatmap panels (those that ran)")
     features: FeatureSettings = FeatureSettings()
     probe: ProbeSettings = ProbeSettings()
+    lora_prompt: LoraPromptSettings = LoraPromptSettings()
+    lora: LoraHeadSettings = LoraHeadSettings()
+    zero_shot_calibration: int = Field(300, ge=0, description="training answers used to fit the zero-shot "
+                                       "query's temperature (a seeded sample)")
+    temperature_scaling: bool = True
     quick: QuickSettings = QuickSettings()
 
     @field_validator("methods")
@@ -91,6 +163,15 @@ class StudyConfig(_Strict):
         for method in methods:
             if method not in known:
                 raise ValueError(f"unknown method '{method}'{_suggest(method, known)}; known: {', '.join(known)}")
+        return methods
+
+    @field_validator("heatmap")
+    @classmethod
+    def _matrix_methods_only(cls, methods: list[str]) -> list[str]:
+        for method in methods:
+            if method not in MATRIX_METHODS:
+                raise ValueError(f"heatmap method '{method}'{_suggest(method, MATRIX_METHODS)} is not a matrix "
+                                 f"method; use {', '.join(MATRIX_METHODS)}")
         return methods
 
     @field_validator("name")

@@ -17,15 +17,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from calibtune.answer import ClozeSettings, answer_multiple_choice, option_confidence
+from calibtune.answer import ClozeSettings, answer_multiple_choice, format_prompt, option_confidence
+from calibtune.calibration import TemperatureScaler
 from calibtune.config import BASELINE_METHODS, MATRIX_METHODS, Selection, StudyConfig, dump_config
 from calibtune.data import load_questions
 from calibtune.errors import CalibtuneError
+from calibtune.estimators.lora_head import LoraHeadEstimator
+from calibtune.estimators.lora_prompt import LoraPromptEstimator, encode_queries, query_p_correct
 from calibtune.estimators.probe import ProbeEstimator
+from calibtune.estimators.query import option_token_ids
 from calibtune.features import candidate_layers, extract_features, proposed_answer_text
+from calibtune.forward import encode_texts
 from calibtune.grade import grade_multiple_choice
-from calibtune.metrics import metrics_table
-from calibtune.models import LoadedModel, cache_dir, choose_device, choose_dtype, load_model, model_fingerprint
+from calibtune.metrics import metrics_table, paired_auroc_difference
+from calibtune.models import (LoadedModel, cache_dir, choose_device, choose_dtype, load_model, model_fingerprint,
+                              model_num_layers)
 from calibtune.records import Answer, Question, answers_from_table, answers_to_table
 from calibtune.store import ArtifactStore, artifact_key
 
@@ -107,15 +113,15 @@ class Study:
         self.log(f"{len(inputs.train)} training and {len(inputs.eval)} evaluation questions, "
                  f"{len(cfg.models)} models")
         answers = {t: self._graded_answers(t, inputs) for t in cfg.models}
-        scores = []
+        cells: list[pd.DataFrame] = []
         if "option_confidence" in cfg.methods:
-            scores.append(self._option_confidence(answers, inputs))
-        if "probe" in cfg.methods:
-            scores.append(self._probe_cells(answers, inputs))
-        table = pd.concat(scores, ignore_index=True)
+            cells.append(self._option_confidence(answers, inputs))
+        for e in cfg.models:
+            cells.extend(self._estimator_cells(e, answers, inputs))
+        table = pd.concat(cells, ignore_index=True)
         table.to_parquet(self.output / "scores.parquet", index=False)
-        metrics = metrics_table(table)
-        self._write_metrics(metrics, answers, inputs)
+        metrics = study_metrics(table)
+        self._write_metrics(metrics, table, answers, inputs)
         write_figures(self.output, cfg, metrics)
         self.timings["total"] = time.perf_counter() - start
         (self.output / "timings.json").write_text(json.dumps(self.timings, indent=2))
@@ -123,10 +129,13 @@ class Study:
 
     # -- stages ---------------------------------------------------------------------------------
 
+    def _time(self, label: str, since: float) -> None:
+        self.timings[label] = self.timings.get(label, 0.0) + time.perf_counter() - since
+
     def _load(self, name: str) -> LoadedModel:
         t0 = time.perf_counter()
         lm = load_model(name, dtype=self.config.dtype, device=self.config.device)
-        self.timings[f"load {name}"] = self.timings.get(f"load {name}", 0.0) + time.perf_counter() - t0
+        self._time(f"load {name}", t0)
         return lm
 
     def _cloze(self) -> ClozeSettings:
@@ -147,10 +156,10 @@ class Study:
             self.log(f"answers of {model}: from the cache ({key[:12]})")
             graded = answers_from_table(self.store.get_table("answers", key))
         else:
-            t0 = time.perf_counter()
             lm = self._load(model)
+            t0 = time.perf_counter()
             graded = grade_multiple_choice(answer_multiple_choice(lm, questions, cloze), questions)
-            self.timings[f"answer {model}"] = time.perf_counter() - t0
+            self._time(f"answer {model}", t0)
             self.store.put_table("answers", key, answers_to_table(graded), meta={"settings": settings})
             del lm
         by_id = {a.question_id: a for a in graded}
@@ -159,77 +168,230 @@ class Study:
         self.log(f"{model}: accuracy {acc_train:.3f} on training questions, {acc_eval:.3f} on evaluation questions")
         return by_id
 
-    def _features(self, lm: LoadedModel, texts: list[str], layers: list[int]) -> np.ndarray:
-        """E's features for texts (cached per unique text set)."""
+    def _estimator_cells(self, e: str, answers: dict[str, dict[str, Answer]], inputs: StudyInputs) -> list[pd.DataFrame]:
+        """Every matrix method's cells with estimator model ``e``; the model is loaded once, if needed."""
         cfg = self.config
-        settings = {"model": lm.name, "fingerprint": model_fingerprint(lm.name), "dtype": str(lm.dtype),
+        cells: list[pd.DataFrame] = []
+        lazy = _LazyModel(lambda: self._load(e))
+        if "probe" in cfg.methods:
+            cells.append(self._probe_cells(e, lazy, answers, inputs))
+        for method, fn in (("zero_shot", self._zero_shot_cell), ("lora_prompt", self._lora_prompt_cell),
+                           ("lora", self._lora_head_cell)):
+            if method in cfg.methods:
+                for t in cfg.models:
+                    t0 = time.perf_counter()
+                    cells.append(fn(e, t, lazy(), answers[t], inputs))
+                    self._time(f"{method} {e} on {t}", t0)
+        return cells
+
+    def _features(self, e: str, lazy: _LazyModel, texts: list[str]) -> np.ndarray:
+        """E's features for texts (cached per unique text set); loads E only on a cache miss."""
+        cfg = self.config
+        num_layers = model_num_layers(e)
+        layers = candidate_layers(num_layers, cfg.features.layers)
+        dtype = choose_dtype(cfg.dtype, choose_device(cfg.device))
+        settings = {"model": e, "fingerprint": model_fingerprint(e), "dtype": str(dtype),
                     "layers": layers, "token": cfg.features.token, "texts": _ids_digest(texts)}
         key = artifact_key("features", FEATURE_STAGE_VERSION, settings)
         if self.store.has("features", key):
-            self.log(f"features of {lm.name}: from the cache ({key[:12]})")
+            self.log(f"features of {e}: from the cache ({key[:12]})")
             return self.store.get_arrays("features", key)["features"]
+        lm = lazy()
         t0 = time.perf_counter()
         feats = extract_features(lm, texts, layers, token=cfg.features.token, batch_size=cfg.batch_size)
-        self.timings[f"features {lm.name}"] = self.timings.get(f"features {lm.name}", 0.0) + time.perf_counter() - t0
+        self._time(f"features {e}", t0)
         self.store.put_arrays("features", key, {"features": feats}, meta={"settings": settings})
         return feats
+
+    def _prompts(self, answers: dict[str, Answer], questions: Sequence[Question]) -> tuple[list[str], list[str]]:
+        """The question prompts and the proposed answers (with their leading separator)."""
+        cfg = self.config
+        return ([format_prompt(q, cfg.prompt) for q in questions],
+                [cfg.option_prefix + answers[q.id].text for q in questions])
+
+    def _labels(self, answers: dict[str, Answer], questions: Sequence[Question]) -> np.ndarray:
+        return np.array([answers[q.id].correct for q in questions], dtype=np.int64)
+
+    def _meta(self, e: str, t: str, n_train: int) -> dict:
+        cfg = self.config
+        return {"estimator_model": e, "trained_on": t, "prompt": cfg.prompt, "option_prefix": cfg.option_prefix,
+                "n_train": n_train, "seed": cfg.seed}
+
+    def _cell(self, method: str, e: str, t: str, inputs: StudyInputs, p: np.ndarray, y: np.ndarray,
+              p_cal: np.ndarray | None, y_cal: np.ndarray | None) -> pd.DataFrame:
+        """Score rows of one cell, with temperature-scaled P(correct) fitted on the calibration answers."""
+        scaler = TemperatureScaler()
+        if self.config.temperature_scaling and p_cal is not None:
+            scaler = TemperatureScaler.fit(p_cal, y_cal)
+        return pd.DataFrame({
+            "method": method, "model": e, "trained_on": t, "evaluated_on": t,
+            "question_id": [q.id for q in inputs.eval], "dataset": [q.dataset for q in inputs.eval],
+            "p_correct": np.asarray(p, dtype=float), "label": np.asarray(y, dtype=int),
+            "p_correct_ts": scaler.transform(p), "temperature": scaler.temperature,
+        })
+
+    def _option_confidence(self, answers: dict[str, dict[str, Answer]], inputs: StudyInputs) -> pd.DataFrame:
+        select = self.config.select
+        frames = []
+        for t, by_id in answers.items():
+            p = np.array([option_confidence(by_id[q.id], select) for q in inputs.eval])
+            p_cal = np.array([option_confidence(by_id[q.id], select) for q in inputs.train])
+            frames.append(self._cell("option_confidence", t, t, inputs, p, self._labels(by_id, inputs.eval),
+                                     p_cal, self._labels(by_id, inputs.train)))
+        return pd.concat(frames, ignore_index=True)
+
+    def _probe_cells(self, e: str, lazy: _LazyModel, answers: dict[str, dict[str, Answer]],
+                     inputs: StudyInputs) -> pd.DataFrame:
+        cfg = self.config
+        texts = {t: (self._texts(by_id, inputs.train), self._texts(by_id, inputs.eval)) for t, by_id in answers.items()}
+        # One pass over the unique texts of all answering models: they often give the same answer.
+        unique = sorted({x for tr, ev in texts.values() for x in tr + ev})
+        feats = self._features(e, lazy, unique)
+        layers = candidate_layers(model_num_layers(e), cfg.features.layers)
+        index = {x: i for i, x in enumerate(unique)}
+        frames = []
+        for t, (train_texts, eval_texts) in texts.items():
+            y_train, y_eval = self._labels(answers[t], inputs.train), self._labels(answers[t], inputs.eval)
+            meta = {**self._meta(e, t, len(y_train)), "token": cfg.features.token}
+            t0 = time.perf_counter()
+            x_train = feats[[index[x] for x in train_texts]]
+            probe = ProbeEstimator(cfg.probe.to_config(cfg.seed), layers=tuple(layers), meta=meta).fit(x_train, y_train)
+            self._time(f"probe {e} on {t}", t0)
+            probe.save(self.output / "estimators" / "probe" / f"{_slug(e)}__on__{_slug(t)}")
+            p = probe.predict_proba(feats[[index[x] for x in eval_texts]])
+            val = probe.val_indices
+            self.log(f"probe {e} on {t}: layer {probe.layer} "
+                     f"(validation AUROC by layer {_fmt_scores(probe.layer_scores)})")
+            frames.append(self._cell("probe", e, t, inputs, p, y_eval, probe.predict_proba(x_train[val]), y_train[val]))
+        return pd.concat(frames, ignore_index=True)
 
     def _texts(self, answers: dict[str, Answer], questions: Sequence[Question]) -> list[str]:
         cfg = self.config
         return [proposed_answer_text(q, answers[q.id].text, cfg.prompt, cfg.option_prefix) for q in questions]
 
-    def _option_confidence(self, answers: dict[str, dict[str, Answer]], inputs: StudyInputs) -> pd.DataFrame:
-        rows = []
-        for t, by_id in answers.items():
-            for q in inputs.eval:
-                a = by_id[q.id]
-                rows.append({"method": "option_confidence", "model": t, "trained_on": t, "evaluated_on": t,
-                             "question_id": q.id, "dataset": q.dataset,
-                             "p_correct": option_confidence(a, self.config.select), "label": int(a.correct)})
-        return pd.DataFrame(rows)
+    def _adapter_train_set(self, inputs: StudyInputs, settings) -> list[Question]:
+        """The (seeded sample of) training questions that adapter methods train on."""
+        cap = self.config.quick.train_per_set * len(self.config.train) if self.quick else settings.max_train_examples
+        if cap is None or cap >= len(inputs.train):
+            return list(inputs.train)
+        return random.Random(f"{self.config.seed}-adapters").sample(list(inputs.train), cap)
 
-    def _probe_cells(self, answers: dict[str, dict[str, Answer]], inputs: StudyInputs) -> pd.DataFrame:
+    def _adapter_settings(self, settings):
+        return settings.model_copy(update={"max_steps": self.config.quick.adapter_steps}) if self.quick else settings
+
+    def _zero_shot_cell(self, e: str, t: str, lm: LoadedModel, answers: dict[str, Answer],
+                        inputs: StudyInputs) -> pd.DataFrame:
         cfg = self.config
-        rows = []
-        for e in cfg.models:
-            lm = self._load(e)
-            layers = candidate_layers(lm.num_layers, cfg.features.layers)
-            # One pass over the unique texts of all answering models: T's often share answers.
-            texts = {t: (self._texts(by_id, inputs.train), self._texts(by_id, inputs.eval))
-                     for t, by_id in answers.items()}
-            unique = sorted({x for tr, ev in texts.values() for x in tr + ev})
-            feats = self._features(lm, unique, layers)
-            index = {x: i for i, x in enumerate(unique)}
-            for t, (train_texts, eval_texts) in texts.items():
-                y_train = np.array([answers[t][q.id].correct for q in inputs.train], dtype=np.int64)
-                y_eval = np.array([answers[t][q.id].correct for q in inputs.eval], dtype=np.int64)
-                meta = {"estimator_model": e, "trained_on": t, "prompt": cfg.prompt, "option_prefix": cfg.option_prefix,
-                        "token": cfg.features.token, "n_train": len(y_train), "seed": cfg.seed}
-                t0 = time.perf_counter()
-                probe = ProbeEstimator(cfg.probe.to_config(cfg.seed), layers=tuple(layers), meta=meta)
-                probe.fit(feats[[index[x] for x in train_texts]], y_train)
-                self.timings[f"fit probe {e} on {t}"] = time.perf_counter() - t0
-                probe.save(self.output / "estimators" / "probe" / f"{_slug(e)}__on__{_slug(t)}")
-                p = probe.predict_proba(feats[[index[x] for x in eval_texts]])
-                self.log(f"probe {e} on {t}: layer {probe.layer} "
-                         f"(validation AUROC by layer {_fmt_scores(probe.layer_scores)})")
-                for q, pi, yi in zip(inputs.eval, p, y_eval):
-                    rows.append({"method": "probe", "model": e, "trained_on": t, "evaluated_on": t,
-                                 "question_id": q.id, "dataset": q.dataset, "p_correct": float(pi), "label": int(yi)})
-            del lm
-        return pd.DataFrame(rows)
+        query = cfg.lora_prompt.to_config(cfg.seed).query
+        tokens = option_token_ids(lm.tokenizer, query.query, query.options)
+        n_cal = min(cfg.zero_shot_calibration, len(inputs.train))
+        cal = random.Random(f"{cfg.seed}-zero-shot").sample(list(inputs.train), n_cal) if n_cal else []
+        seqs = encode_queries(lm.tokenizer, *self._prompts(answers, inputs.eval + cal), query.query)
+        p_all = query_p_correct(lm, seqs, tokens, cfg.batch_size, f"zero-shot query {e} on {t}")
+        n = len(inputs.eval)
+        return self._cell("zero_shot", e, t, inputs, p_all[:n], self._labels(answers, inputs.eval),
+                          p_all[n:] if cal else None, self._labels(answers, cal) if cal else None)
+
+    def _lora_prompt_cell(self, e: str, t: str, lm: LoadedModel, answers: dict[str, Answer],
+                          inputs: StudyInputs) -> pd.DataFrame:
+        cfg = self.config
+        settings = self._adapter_settings(cfg.lora_prompt)
+        train = self._adapter_train_set(inputs, settings)
+        est_cfg = settings.to_config(cfg.seed)
+        y_train = self._labels(answers, train)
+        seqs = encode_queries(lm.tokenizer, *self._prompts(answers, train), est_cfg.query.query)
+        est = LoraPromptEstimator(lm, est_cfg, meta={**self._meta(e, t, len(train))})
+        try:
+            est.fit(seqs, y_train)
+            est.save(self.output / "estimators" / "lora_prompt" / f"{_slug(e)}__on__{_slug(t)}")
+            eval_seqs = encode_queries(lm.tokenizer, *self._prompts(answers, inputs.eval), est_cfg.query.query)
+            val = est.val_indices
+            p_all = est.predict_proba(eval_seqs + [seqs[i] for i in val])
+        finally:
+            est.release()
+        n = len(inputs.eval)
+        self.log(f"LoRA + Prompt {e} on {t}: {est.log.steps} steps, best validation loss "
+                 f"{est.log.best_val_loss:.4f} at step {est.log.best_step}, {est.log.seconds:.0f} s")
+        return self._cell("lora_prompt", e, t, inputs, p_all[:n], self._labels(answers, inputs.eval),
+                          p_all[n:], y_train[val])
+
+    def _lora_head_cell(self, e: str, t: str, lm: LoadedModel, answers: dict[str, Answer],
+                        inputs: StudyInputs) -> pd.DataFrame:
+        cfg = self.config
+        settings = self._adapter_settings(cfg.lora)
+        train = self._adapter_train_set(inputs, settings)
+        y_train = self._labels(answers, train)
+        seqs = encode_texts(lm.tokenizer, self._texts(answers, train))
+        est = LoraHeadEstimator(lm, settings.to_config(cfg.seed), meta={**self._meta(e, t, len(train))})
+        try:
+            est.fit(seqs, y_train)
+            est.save(self.output / "estimators" / "lora" / f"{_slug(e)}__on__{_slug(t)}")
+            val = est.val_indices
+            p_all = est.predict_proba(encode_texts(lm.tokenizer, self._texts(answers, inputs.eval))
+                                      + [seqs[i] for i in val])
+        finally:
+            est.release()
+        n = len(inputs.eval)
+        self.log(f"LoRA {e} on {t}: layer {est.layer}, {est.log.steps} steps, best validation loss "
+                 f"{est.log.best_val_loss:.4f} at step {est.log.best_step}, {est.log.seconds:.0f} s")
+        return self._cell("lora", e, t, inputs, p_all[:n], self._labels(answers, inputs.eval), p_all[n:], y_train[val])
 
     # -- outputs --------------------------------------------------------------------------------
 
-    def _write_metrics(self, metrics: pd.DataFrame, answers: dict[str, dict[str, Answer]], inputs: StudyInputs) -> None:
+    def _write_metrics(self, metrics: pd.DataFrame, scores: pd.DataFrame, answers: dict[str, dict[str, Answer]],
+                       inputs: StudyInputs) -> None:
         metrics.to_csv(self.output / "metrics.csv", index=False)
         records = json.loads(metrics.to_json(orient="records"))
         accuracy = {t: {"train": float(np.mean([a[q.id].correct for q in inputs.train])),
                         "eval": float(np.mean([a[q.id].correct for q in inputs.eval]))} for t, a in answers.items()}
-        payload = {"cells": records, "answer_accuracy": accuracy,
-                   "n_train": len(inputs.train), "n_eval": len(inputs.eval)}
+        payload = {"cells": records, "answer_accuracy": accuracy, "n_train": len(inputs.train),
+                   "n_eval": len(inputs.eval), "paired_differences": paired_differences(scores)}
         (self.output / "metrics.json").write_text(json.dumps(payload, indent=2))
 
+
+class _LazyModel:
+    """Loads a model on first use, so a fully cached stage does no model work."""
+
+    def __init__(self, load: Callable[[], LoadedModel]):
+        self._load, self._lm = load, None
+
+    def __call__(self) -> LoadedModel:
+        if self._lm is None:
+            self._lm = self._load()
+        return self._lm
+
+
+KEYS = ["method", "model", "trained_on", "evaluated_on"]
+
+
+def study_metrics(scores: pd.DataFrame) -> pd.DataFrame:
+    """Per-cell metrics, with ECE, Brier and NLL after temperature scaling where the scores have it."""
+    metrics = metrics_table(scores[KEYS + ["question_id", "p_correct", "label"]])
+    if "p_correct_ts" in scores:
+        scaled = scores[KEYS + ["question_id", "p_correct_ts", "label"]].rename(columns={"p_correct_ts": "p_correct"})
+        ts = metrics_table(scaled)[KEYS + ["ece", "ece_top_label", "brier", "nll"]]
+        ts = ts.rename(columns={c: f"{c}_ts" for c in ("ece", "ece_top_label", "brier", "nll")})
+        temps = scores.groupby(KEYS, as_index=False).temperature.first()
+        metrics = metrics.merge(ts, on=KEYS, how="left").merge(temps, on=KEYS, how="left")
+    return metrics
+
+
+def paired_differences(scores: pd.DataFrame, pairs: Sequence[tuple[str, str]] = (("lora_prompt", "probe"),),
+                       n_resamples: int = 1000, seed: int = 0) -> list[dict]:
+    """AUROC(a) - AUROC(b) per cell with a paired bootstrap 95% interval, for each method pair present."""
+    out = []
+    for a, b in pairs:
+        sa, sb = scores[scores.method == a], scores[scores.method == b]
+        for (e, t), ga in sa.groupby(["model", "trained_on"], sort=False):
+            gb = sb[(sb.model == e) & (sb.trained_on == t)]
+            if gb.empty:
+                continue
+            merged = ga.merge(gb, on="question_id", suffixes=("_a", "_b"))
+            d, lo, hi = paired_auroc_difference(merged.p_correct_a, merged.p_correct_b, merged.label_a,
+                                                n_resamples=n_resamples, seed=seed)
+            out.append({"a": a, "b": b, "model": e, "trained_on": t, "n": len(merged),
+                        "auroc_difference": d, "ci_low": lo, "ci_high": hi})
+    return out
 
 
 def write_figures(output: Path, config: StudyConfig, metrics: pd.DataFrame) -> None:
@@ -237,7 +399,7 @@ def write_figures(output: Path, config: StudyConfig, metrics: pd.DataFrame) -> N
     from calibtune.report.heatmap import plot_heatmap
     from calibtune.report.html import write_report
 
-    matrix = [m for m in MATRIX_METHODS if m in config.methods]
+    matrix = [m for m in config.heatmap if m in config.methods] or [m for m in MATRIX_METHODS if m in config.methods]
     baselines = [m for m in BASELINE_METHODS if m in config.methods]
     order = {name: i for i, name in enumerate(config.models)}
     ordered = metrics.sort_values(["model", "trained_on"], key=lambda col: col.map(order))

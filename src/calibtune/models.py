@@ -331,3 +331,12 @@ def model_fingerprint(name: str) -> str:
         digest = hashlib.sha256(json.dumps(stats).encode()).hexdigest()
         return f"path:{path.resolve()}:{digest[:16]}"
     return f"hub:{name}"
+
+
+def model_num_layers(name: str) -> int:
+    """Number of transformer layers, read from the model's config (no weights loaded)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(resolve_source(name))
+    config = getattr(config, "text_config", None) or config
+    return int(config.num_hidden_layers)

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from sklearn.model_selection import train_test_split
 
 from calibtune.errors import CalibtuneError
+from calibtune.estimators.splits import validation_split
 from calibtune.estimators.adapters import (LoraSettings, TrainLog, TrainSettings, attach_lora, detach_lora,
                                            load_adapters, load_lora_state, lora_state, save_adapters, train_loop)
 from calibtune.forward import Encoded, length_batches, pad_ids
@@ -74,8 +74,7 @@ class LoraHeadEstimator:
         y = np.asarray(labels).astype(np.float32)
         if len(np.unique(y)) < 2:
             raise CalibtuneError(f"cannot train LoRA: all {len(y)} training labels are one class")
-        idx_train, idx_val = train_test_split(np.arange(len(y)), test_size=cfg.val_fraction, random_state=cfg.seed,
-                                              stratify=y)
+        idx_train, idx_val = validation_split(y, cfg.val_fraction, cfg.seed)
         self.val_indices = idx_val
         lora = replace(cfg.lora)
         self._peft = attach_lora(self.lm, lora, cfg.seed, layers=list(range(self.layer)))

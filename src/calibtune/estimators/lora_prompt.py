@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 
 from calibtune.errors import CalibtuneError
+from calibtune.estimators.splits import validation_split
 from calibtune.estimators.adapters import (LoraSettings, TrainLog, TrainSettings, attach_lora, detach_lora,
                                            load_adapters, load_lora_state, lora_state, save_adapters, train_loop)
 from calibtune.estimators.query import QueryPrompt, option_token_ids, p_yes, two_way_logits
@@ -135,8 +135,7 @@ class LoraPromptEstimator:
         y = np.asarray(labels).astype(np.int64)
         if len(np.unique(y)) < 2:
             raise CalibtuneError(f"cannot train LoRA + Prompt: all {len(y)} training labels are one class")
-        idx_train, idx_val = train_test_split(np.arange(len(y)), test_size=cfg.val_fraction, random_state=cfg.seed,
-                                              stratify=y)
+        idx_train, idx_val = validation_split(y, cfg.val_fraction, cfg.seed)
         self.val_indices = idx_val
         tokens = self.token_ids
         self._peft = attach_lora(self.lm, cfg.lora, cfg.seed)

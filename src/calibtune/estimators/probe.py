@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import train_test_split
 
 from calibtune.errors import CalibtuneError
+from calibtune.estimators.splits import validation_split
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,7 @@ class ProbeEstimator:
     meta: dict[str, Any] = field(default_factory=dict)
     _fitted: _Fitted | None = field(default=None, repr=False)
     layer_scores: dict[int, float] = field(default_factory=dict)
+    val_indices: np.ndarray | None = field(default=None, repr=False)  # held out by fit, if it held any out
 
     def fit(self, features: np.ndarray, labels: np.ndarray,
             val_features: np.ndarray | None = None, val_labels: np.ndarray | None = None) -> ProbeEstimator:
@@ -85,8 +86,8 @@ class ProbeEstimator:
         if len(np.unique(y)) < 2:
             raise CalibtuneError(f"cannot train a probe: all {len(y)} training labels are {bool(y[0])} (one class only)")
         if val_features is None:
-            idx_train, idx_val = train_test_split(np.arange(len(y)), test_size=self.config.val_fraction,
-                                                  random_state=self.config.seed, stratify=y)
+            idx_train, idx_val = validation_split(y, self.config.val_fraction, self.config.seed)
+            self.val_indices = idx_val
             x, xv, y, yv = x[idx_train], x[idx_val], y[idx_train], y[idx_val]
         else:
             xv, yv = _check(val_features, val_labels, self.layers)
