@@ -42,3 +42,41 @@ def test_quick_study_on_bundled_models(tmp_path, real_cache):
     assert (out / "heatmap.png").stat().st_size > 10_000
     assert "Probe" in (out / "report.html").read_text()
     assert Path(out / "config.yaml").read_text().startswith("name: default")
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])
+def test_query_option_tokens_of_the_bundled_tokenizers(name, real_cache):
+    from transformers import AutoTokenizer
+
+    from calibtune.estimators.query import DEFAULT_OPTIONS, DEFAULT_QUERY, option_token_ids
+    from calibtune.models import BUNDLED, ensure_converted
+
+    tokenizer = AutoTokenizer.from_pretrained(ensure_converted(BUNDLED[name]))
+    no, yes = option_token_ids(tokenizer, DEFAULT_QUERY, DEFAULT_OPTIONS)
+    assert tokenizer.decode([no]).strip() == "no" and tokenizer.decode([yes]).strip() == "yes"
+
+
+def test_lora_prompt_trains_briefly_on_a_bundled_model(tmp_path, real_cache):
+    import numpy as np
+
+    from calibtune.answer import format_prompt
+    from calibtune.data import load_questions
+    from calibtune.estimators.adapters import TrainSettings
+    from calibtune.estimators.lora_prompt import LoraPromptConfig, LoraPromptEstimator, encode_queries
+    from calibtune.estimators.query import DEFAULT_QUERY
+    from calibtune.models import load_model
+
+    lm = load_model("smollm2-135m")
+    questions = load_questions("sciq")[:40]
+    labels = np.arange(40) % 2
+    answers = [" " + q.choices[q.gold if y else (q.gold + 1) % 4] for q, y in zip(questions, labels)]
+    seqs = encode_queries(lm.tokenizer, [format_prompt(q) for q in questions], answers, DEFAULT_QUERY)
+    cfg = LoraPromptConfig(train=TrainSettings(max_steps=4, eval_every=2, batch_size=4))
+    est = LoraPromptEstimator(lm, cfg, meta={"estimator_model": "smollm2-135m"}).fit(seqs, labels)
+    p = est.predict_proba(seqs[:8])
+    assert est.log.steps == 4 and np.isfinite(est.log.train_loss).all()
+    assert ((p > 0) & (p < 1)).all()
+    est.save(tmp_path / "lp")
+    est.release()
+    reloaded = LoraPromptEstimator.load(tmp_path / "lp", lm)
+    np.testing.assert_allclose(reloaded.predict_proba(seqs[:8]), p, atol=1e-5)

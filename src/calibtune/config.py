@@ -71,6 +71,7 @@ class AdapterSettings(_Strict):
     alpha: int = 32
     dropout: float = 0.1
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+    layers: Literal["all", "top_half"] = "all"
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
     batch_size: int = Field(8, ge=1)
@@ -84,7 +85,8 @@ class AdapterSettings(_Strict):
 
     def lora(self) -> LoraSettings:
         """peft settings."""
-        return LoraSettings(r=self.r, alpha=self.alpha, dropout=self.dropout, target_modules=tuple(self.target_modules))
+        return LoraSettings(r=self.r, alpha=self.alpha, dropout=self.dropout, target_modules=tuple(self.target_modules),
+                            layers=self.layers)
 
     def training(self, seed: int) -> TrainSettings:
         """Loop settings."""
@@ -127,7 +129,7 @@ class QuickSettings(_Strict):
 
     train_per_set: int = 40
     eval_per_set: int = 40
-    adapter_steps: int = 12
+    adapter_steps: int = 8
 
 
 class StudyConfig(_Strict):
@@ -151,7 +153,7 @@ class StudyConfig(_Strict):
     probe: ProbeSettings = ProbeSettings()
     lora_prompt: LoraPromptSettings = LoraPromptSettings()
     lora: LoraHeadSettings = LoraHeadSettings()
-    zero_shot_calibration: int = Field(300, ge=0, description="training answers used to fit the zero-shot "
+    zero_shot_calibration: int = Field(200, ge=0, description="training answers used to fit the zero-shot "
                                        "query's temperature (a seeded sample)")
     temperature_scaling: bool = True
     quick: QuickSettings = QuickSettings()

@@ -284,7 +284,7 @@ class Study:
         cfg = self.config
         query = cfg.lora_prompt.to_config(cfg.seed).query
         tokens = option_token_ids(lm.tokenizer, query.query, query.options)
-        n_cal = min(cfg.zero_shot_calibration, len(inputs.train))
+        n_cal = min(cfg.zero_shot_calibration, len(inputs.train), cfg.quick.train_per_set if self.quick else len(inputs.train))
         cal = random.Random(f"{cfg.seed}-zero-shot").sample(list(inputs.train), n_cal) if n_cal else []
         seqs = encode_queries(lm.tokenizer, *self._prompts(answers, inputs.eval + cal), query.query)
         p_all = query_p_correct(lm, seqs, tokens, cfg.batch_size, f"zero-shot query {e} on {t}")

@@ -29,6 +29,7 @@ class LoraSettings:
     alpha: int = 32
     dropout: float = 0.1
     target_modules: tuple[str, ...] = DEFAULT_TARGETS
+    layers: str = "all"  # "all", or "top_half": adapters only on the upper half, so backward stops midway
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,10 @@ def attach_lora(lm: LoadedModel, settings: LoraSettings, seed: int, layers: Sequ
     """Wrap the model with fresh LoRA adapters (peft), on ``layers`` only if given; returns the PeftModel."""
     from peft import LoraConfig, get_peft_model
 
+    if layers is None and settings.layers == "top_half":
+        layers = range(lm.num_layers // 2, lm.num_layers)
+    elif settings.layers not in ("all", "top_half"):
+        raise ValueError(f"unknown adapter layers '{settings.layers}': use all or top_half")
     torch.manual_seed(seed)
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                         target_modules=list(settings.target_modules), bias="none",

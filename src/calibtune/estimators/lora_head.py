@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +76,8 @@ class LoraHeadEstimator:
             raise CalibtuneError(f"cannot train LoRA: all {len(y)} training labels are one class")
         idx_train, idx_val = validation_split(y, cfg.val_fraction, cfg.seed)
         self.val_indices = idx_val
-        lora = replace(cfg.lora)
-        self._peft = attach_lora(self.lm, lora, cfg.seed, layers=list(range(self.layer)))
+        # Adapters above the head's layer cannot change its input: place them below only.
+        self._peft = attach_lora(self.lm, cfg.lora, cfg.seed, layers=list(range(self.layer)))
         torch.manual_seed(cfg.seed)
         hidden = self.lm.model.get_output_embeddings().weight.shape[1]
         self.head = _head(hidden, cfg).to(self.lm.device)
