@@ -51,7 +51,7 @@ def build_tokenizer(bos: bool):
 def build_model(arch: str, vocab_size: int):
     """A 2-layer randomly initialised causal LM of the given architecture."""
     import torch
-    from transformers import (AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig, MistralConfig, Qwen2Config)
+    from transformers import AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig, MistralConfig, Qwen2Config
 
     torch.manual_seed(0)
     common = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,

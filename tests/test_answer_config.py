@@ -52,7 +52,8 @@ def test_default_config_loads():
 
 
 @pytest.mark.parametrize("body, message", [
-    ("models: [a]\ntrain: [{dataset: x}]\neval: [{dataset: y}]\nseeed: 1\n", "unknown key 'seeed' (did you mean 'seed'?)"),
+    ("models: [a]\ntrain: [{dataset: x}]\neval: [{dataset: y}]\nseeed: 1\n",
+     "unknown key 'seeed' (did you mean 'seed'?)"),
     ("models: [a]\ntrain: [{dataset: x, splitt: test}]\neval: [{dataset: y}]\n", "did you mean 'split'?"),
     ("models: [a]\ntrain: [{dataset: x}]\neval: [{dataset: y}]\nbatch_size: many\n", "batch_size"),
     ("models: [a]\ntrain: [{dataset: x}]\neval: [{dataset: y}]\nmethods: [prob]\n", "did you mean 'probe'?"),

@@ -11,8 +11,13 @@ from calibtune.calibration import TemperatureScaler
 from calibtune.errors import CalibtuneError
 from calibtune.estimators.adapters import TrainSettings, attach_lora
 from calibtune.estimators.lora_head import LoraHeadConfig, LoraHeadEstimator
-from calibtune.estimators.lora_prompt import (LoraPromptConfig, LoraPromptEstimator, divergence, encode_queries,
-                                              query_p_correct)
+from calibtune.estimators.lora_prompt import (
+    LoraPromptConfig,
+    LoraPromptEstimator,
+    divergence,
+    encode_queries,
+    query_p_correct,
+)
 from calibtune.estimators.query import DEFAULT_QUERY, option_token_ids
 from calibtune.forward import encode_texts, lm_head_logits
 from calibtune.models import load_model

@@ -64,7 +64,10 @@ def test_run_writes_the_run_folder(tmp_path, tiny_models, study_files):
     # A second run takes every model pass from the cache and gives the same scores.
     again = runner.invoke(app, ["run", config, "--output-path", str(tmp_path / "run2")])
     assert again.exit_code == 0, again.output
-    assert again.output.count("from the cache") == 4
+    # answers of both models and all four probe cells; features are not even read
+    assert again.output.count("from the cache") == 6
+    assert not any(k.startswith("load") for k in json.loads((tmp_path / "run2" / "timings.json").read_text()))
+    assert (tmp_path / "run2" / "estimators/probe/llama__on__gemma/probe.json").is_file()
     pd.testing.assert_frame_equal(scores, pd.read_parquet(tmp_path / "run2" / "scores.parquet"))
 
     rebuilt = runner.invoke(app, ["report", str(out)])

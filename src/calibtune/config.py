@@ -106,7 +106,8 @@ class LoraPromptSettings(AdapterSettings):
 
     def to_config(self, seed: int) -> LoraPromptConfig:
         """The estimator's own config dataclass."""
-        return LoraPromptConfig(lora=self.lora(), train=self.training(seed), query=QueryPrompt(self.query, self.options),
+        return LoraPromptConfig(lora=self.lora(), train=self.training(seed),
+                                query=QueryPrompt(self.query, self.options),
                                 kl_weight=self.kl_weight, divergence=self.divergence,
                                 val_fraction=self.val_fraction, seed=seed)
 

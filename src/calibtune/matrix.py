@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,13 +32,22 @@ from calibtune.features import candidate_layers, extract_features, proposed_answ
 from calibtune.forward import encode_texts
 from calibtune.grade import grade_multiple_choice
 from calibtune.metrics import metrics_table, paired_auroc_difference
-from calibtune.models import (LoadedModel, cache_dir, choose_device, choose_dtype, load_model, model_fingerprint,
-                              model_num_layers)
+from calibtune.models import (
+    LoadedModel,
+    cache_dir,
+    choose_device,
+    choose_dtype,
+    load_model,
+    model_fingerprint,
+    model_num_layers,
+)
 from calibtune.records import Answer, Question, answers_from_table, answers_to_table
+from calibtune.report.labels import method_label
 from calibtune.store import ArtifactStore, artifact_key
 
 ANSWER_STAGE_VERSION = 1
 FEATURE_STAGE_VERSION = 1
+CELL_STAGE_VERSION = 1
 
 Log = Callable[[str], None]
 
@@ -102,6 +113,7 @@ class Study:
     store: ArtifactStore = field(default_factory=lambda: ArtifactStore(cache_dir() / "store"))
     log: Log = print
     timings: dict[str, float] = field(default_factory=dict)
+    _answer_keys: dict[str, str] = field(default_factory=dict, repr=False)
 
     def run(self) -> pd.DataFrame:
         """The whole study; returns the metrics table and writes the run folder."""
@@ -152,6 +164,7 @@ class Study:
                     "prompt": cloze.prompt, "option_prefix": cloze.option_prefix, "select": cloze.select,
                     "questions": _ids_digest([q.id for q in questions])}
         key = artifact_key("answers", ANSWER_STAGE_VERSION, settings)
+        self._answer_keys[model] = key
         if self.store.has("answers", key):
             self.log(f"answers of {model}: from the cache ({key[:12]})")
             graded = answers_from_table(self.store.get_table("answers", key))
@@ -168,23 +181,67 @@ class Study:
         self.log(f"{model}: accuracy {acc_train:.3f} on training questions, {acc_eval:.3f} on evaluation questions")
         return by_id
 
-    def _estimator_cells(self, e: str, answers: dict[str, dict[str, Answer]], inputs: StudyInputs) -> list[pd.DataFrame]:
-        """Every matrix method's cells with estimator model ``e``; the model is loaded once, if needed."""
+    def _estimator_cells(self, e: str, answers: dict[str, dict[str, Answer]],
+                         inputs: StudyInputs) -> list[pd.DataFrame]:
+        """Every matrix method's cells with estimator model ``e``; the model is loaded once, and only if needed."""
         cfg = self.config
         cells: list[pd.DataFrame] = []
-        lazy = _LazyModel(lambda: self._load(e))
-        if "probe" in cfg.methods:
-            cells.append(self._probe_cells(e, lazy, answers, inputs))
-        for method, fn in (("zero_shot", self._zero_shot_cell), ("lora_prompt", self._lora_prompt_cell),
-                           ("lora", self._lora_head_cell)):
+        lazy = _Lazy(lambda: self._load(e))
+        probe_features = _Lazy(lambda: self._probe_features(e, lazy, answers, inputs))
+        methods = {"probe": lambda t, out: self._probe_cell(e, t, probe_features(), answers[t], inputs, out),
+                   "zero_shot": lambda t, out: self._zero_shot_cell(e, t, lazy(), answers[t], inputs),
+                   "lora_prompt": lambda t, out: self._lora_prompt_cell(e, t, lazy(), answers[t], inputs, out),
+                   "lora": lambda t, out: self._lora_head_cell(e, t, lazy(), answers[t], inputs, out)}
+        for method in MATRIX_METHODS:
             if method in cfg.methods:
                 for t in cfg.models:
-                    t0 = time.perf_counter()
-                    cells.append(fn(e, t, lazy(), answers[t], inputs))
-                    self._time(f"{method} {e} on {t}", t0)
+                    cells.append(self._cached_cell(method, e, t, inputs, methods[method]))
         return cells
 
-    def _features(self, e: str, lazy: _LazyModel, texts: list[str]) -> np.ndarray:
+    def _method_settings(self, method: str) -> dict:
+        """Everything in the config that a method's cell depends on (for its cache key)."""
+        cfg = self.config
+        common = {"prompt": cfg.prompt, "option_prefix": cfg.option_prefix, "batch_size": cfg.batch_size,
+                  "temperature_scaling": cfg.temperature_scaling, "quick": self.quick,
+                  "quick_settings": cfg.quick.model_dump() if self.quick else None}
+        specific = {"probe": {"probe": cfg.probe.model_dump(), "features": cfg.features.model_dump()},
+                    "lora_prompt": {"lora_prompt": cfg.lora_prompt.model_dump()},
+                    "lora": {"lora": cfg.lora.model_dump()},
+                    "zero_shot": {"query": cfg.lora_prompt.query, "options": list(cfg.lora_prompt.options),
+                                  "calibration": cfg.zero_shot_calibration}}[method]
+        return {**common, **specific}
+
+    def _cached_cell(self, method: str, e: str, t: str, inputs: StudyInputs,
+                     compute: Callable[[str, Path], pd.DataFrame]) -> pd.DataFrame:
+        """One cell's scores, from the store when the same cell was computed before.
+
+        A computed cell's estimator is saved inside its artifact and copied into the run
+        folder, so a cached cell still gives the run folder its estimator.
+        """
+        cfg = self.config
+        dtype = choose_dtype(cfg.dtype, choose_device(cfg.device))
+        settings = {"method": method, "estimator_model": e, "fingerprint": model_fingerprint(e), "dtype": str(dtype),
+                    "answers": self._answer_keys[t], "train": _ids_digest([q.id for q in inputs.train]),
+                    "eval": _ids_digest([q.id for q in inputs.eval]), "seed": cfg.seed,
+                    "settings": self._method_settings(method)}
+        key = artifact_key("cell", CELL_STAGE_VERSION, settings)
+        dest = self.output / "estimators" / method / f"{_slug(e)}__on__{_slug(t)}"
+        if self.store.has("cell", key):
+            self.log(f"{method_label(method)} {e} on {t}: from the cache ({key[:12]})")
+        else:
+            t0 = time.perf_counter()
+            with self.store.writing("cell", key, {"settings": settings}) as folder:
+                table = compute(t, folder / "estimator")
+                table.to_parquet(folder / "table.parquet", index=False)
+            self._time(f"{method} {e} on {t}", t0)
+        saved = self.store.path("cell", key) / "estimator"
+        if saved.is_dir():
+            if dest.exists():
+                shutil.rmtree(dest)
+            shutil.copytree(saved, dest)
+        return pd.read_parquet(self.store.path("cell", key) / "table.parquet")
+
+    def _features(self, e: str, lazy: _Lazy, texts: list[str]) -> np.ndarray:
         """E's features for texts (cached per unique text set); loads E only on a cache miss."""
         cfg = self.config
         num_layers = model_num_layers(e)
@@ -240,30 +297,29 @@ class Study:
                                      p_cal, self._labels(by_id, inputs.train)))
         return pd.concat(frames, ignore_index=True)
 
-    def _probe_cells(self, e: str, lazy: _LazyModel, answers: dict[str, dict[str, Answer]],
-                     inputs: StudyInputs) -> pd.DataFrame:
-        cfg = self.config
-        texts = {t: (self._texts(by_id, inputs.train), self._texts(by_id, inputs.eval)) for t, by_id in answers.items()}
-        # One pass over the unique texts of all answering models: they often give the same answer.
-        unique = sorted({x for tr, ev in texts.values() for x in tr + ev})
+    def _probe_features(self, e: str, lazy: _Lazy, answers: dict[str, dict[str, Answer]],
+                        inputs: StudyInputs) -> tuple[np.ndarray, dict[str, int], list[int]]:
+        """E's features of every answering model's texts, one pass over the unique texts."""
+        texts = [x for by_id in answers.values() for x in self._texts(by_id, inputs.all)]
+        # Answering models often give the same answer: each text is encoded once.
+        unique = sorted(set(texts))
         feats = self._features(e, lazy, unique)
-        layers = candidate_layers(model_num_layers(e), cfg.features.layers)
-        index = {x: i for i, x in enumerate(unique)}
-        frames = []
-        for t, (train_texts, eval_texts) in texts.items():
-            y_train, y_eval = self._labels(answers[t], inputs.train), self._labels(answers[t], inputs.eval)
-            meta = {**self._meta(e, t, len(y_train)), "token": cfg.features.token}
-            t0 = time.perf_counter()
-            x_train = feats[[index[x] for x in train_texts]]
-            probe = ProbeEstimator(cfg.probe.to_config(cfg.seed), layers=tuple(layers), meta=meta).fit(x_train, y_train)
-            self._time(f"probe {e} on {t}", t0)
-            probe.save(self.output / "estimators" / "probe" / f"{_slug(e)}__on__{_slug(t)}")
-            p = probe.predict_proba(feats[[index[x] for x in eval_texts]])
-            val = probe.val_indices
-            self.log(f"probe {e} on {t}: layer {probe.layer} "
-                     f"(validation AUROC by layer {_fmt_scores(probe.layer_scores)})")
-            frames.append(self._cell("probe", e, t, inputs, p, y_eval, probe.predict_proba(x_train[val]), y_train[val]))
-        return pd.concat(frames, ignore_index=True)
+        layers = candidate_layers(model_num_layers(e), self.config.features.layers)
+        return feats, {x: i for i, x in enumerate(unique)}, layers
+
+    def _probe_cell(self, e: str, t: str, features: tuple[np.ndarray, dict[str, int], list[int]],
+                    answers: dict[str, Answer], inputs: StudyInputs, out: Path) -> pd.DataFrame:
+        cfg = self.config
+        feats, index, layers = features
+        y_train, y_eval = self._labels(answers, inputs.train), self._labels(answers, inputs.eval)
+        x_train = feats[[index[x] for x in self._texts(answers, inputs.train)]]
+        meta = {**self._meta(e, t, len(y_train)), "token": cfg.features.token}
+        probe = ProbeEstimator(cfg.probe.to_config(cfg.seed), layers=tuple(layers), meta=meta).fit(x_train, y_train)
+        probe.save(out)
+        p = probe.predict_proba(feats[[index[x] for x in self._texts(answers, inputs.eval)]])
+        val = probe.val_indices
+        self.log(f"probe {e} on {t}: layer {probe.layer} (validation AUROC by layer {_fmt_scores(probe.layer_scores)})")
+        return self._cell("probe", e, t, inputs, p, y_eval, probe.predict_proba(x_train[val]), y_train[val])
 
     def _texts(self, answers: dict[str, Answer], questions: Sequence[Question]) -> list[str]:
         cfg = self.config
@@ -284,7 +340,9 @@ class Study:
         cfg = self.config
         query = cfg.lora_prompt.to_config(cfg.seed).query
         tokens = option_token_ids(lm.tokenizer, query.query, query.options)
-        n_cal = min(cfg.zero_shot_calibration, len(inputs.train), cfg.quick.train_per_set if self.quick else len(inputs.train))
+        n_cal = min(cfg.zero_shot_calibration, len(inputs.train))
+        if self.quick:
+            n_cal = min(n_cal, cfg.quick.train_per_set)
         cal = random.Random(f"{cfg.seed}-zero-shot").sample(list(inputs.train), n_cal) if n_cal else []
         seqs = encode_queries(lm.tokenizer, *self._prompts(answers, inputs.eval + cal), query.query)
         p_all = query_p_correct(lm, seqs, tokens, cfg.batch_size, f"zero-shot query {e} on {t}")
@@ -293,7 +351,7 @@ class Study:
                           p_all[n:] if cal else None, self._labels(answers, cal) if cal else None)
 
     def _lora_prompt_cell(self, e: str, t: str, lm: LoadedModel, answers: dict[str, Answer],
-                          inputs: StudyInputs) -> pd.DataFrame:
+                          inputs: StudyInputs, out: Path) -> pd.DataFrame:
         cfg = self.config
         settings = self._adapter_settings(cfg.lora_prompt)
         train = self._adapter_train_set(inputs, settings)
@@ -303,7 +361,7 @@ class Study:
         est = LoraPromptEstimator(lm, est_cfg, meta={**self._meta(e, t, len(train))})
         try:
             est.fit(seqs, y_train)
-            est.save(self.output / "estimators" / "lora_prompt" / f"{_slug(e)}__on__{_slug(t)}")
+            est.save(out)
             eval_seqs = encode_queries(lm.tokenizer, *self._prompts(answers, inputs.eval), est_cfg.query.query)
             val = est.val_indices
             p_all = est.predict_proba(eval_seqs + [seqs[i] for i in val])
@@ -316,7 +374,7 @@ class Study:
                           p_all[n:], y_train[val])
 
     def _lora_head_cell(self, e: str, t: str, lm: LoadedModel, answers: dict[str, Answer],
-                        inputs: StudyInputs) -> pd.DataFrame:
+                        inputs: StudyInputs, out: Path) -> pd.DataFrame:
         cfg = self.config
         settings = self._adapter_settings(cfg.lora)
         train = self._adapter_train_set(inputs, settings)
@@ -325,7 +383,7 @@ class Study:
         est = LoraHeadEstimator(lm, settings.to_config(cfg.seed), meta={**self._meta(e, t, len(train))})
         try:
             est.fit(seqs, y_train)
-            est.save(self.output / "estimators" / "lora" / f"{_slug(e)}__on__{_slug(t)}")
+            est.save(out)
             val = est.val_indices
             p_all = est.predict_proba(encode_texts(lm.tokenizer, self._texts(answers, inputs.eval))
                                       + [seqs[i] for i in val])
@@ -349,16 +407,18 @@ class Study:
         (self.output / "metrics.json").write_text(json.dumps(payload, indent=2))
 
 
-class _LazyModel:
-    """Loads a model on first use, so a fully cached stage does no model work."""
+class _Lazy:
+    """Computes a value on first use, so a fully cached study does no model work."""
 
-    def __init__(self, load: Callable[[], LoadedModel]):
-        self._load, self._lm = load, None
+    def __init__(self, make: Callable[[], Any]):
+        self._make, self._value, self._done = make, None, False
 
-    def __call__(self) -> LoadedModel:
-        if self._lm is None:
-            self._lm = self._load()
-        return self._lm
+    def __call__(self) -> Any:
+        if not self._done:
+            self._value, self._done = self._make(), True
+        return self._value
+
+
 
 
 KEYS = ["method", "model", "trained_on", "evaluated_on"]

@@ -149,7 +149,8 @@ def _assemble_gguf(model: BundledModel, out_dir: Path) -> Path:
         for package, relative in model.parts:
             part = _package_dir(package, model) / relative
             if not part.is_file():
-                raise CalibtuneError(f"bundled model '{model.name}': missing file {part}; reinstall: `{model.install_command}`")
+                raise CalibtuneError(
+                    f"bundled model '{model.name}': missing file {part}; reinstall: `{model.install_command}`")
             with open(part, "rb") as handle:
                 while chunk := handle.read(_HASH_CHUNK):
                     digest.update(chunk)
@@ -277,7 +278,8 @@ def load_model(
     model.to(torch_device)
     model.eval()
     model.requires_grad_(False)
-    return LoadedModel(name=name, model=model, tokenizer=tokenizer, dtype=torch_dtype, device=torch_device, source=source)
+    return LoadedModel(name=name, model=model, tokenizer=tokenizer, dtype=torch_dtype, device=torch_device,
+                       source=source)
 
 
 def _from_pretrained(source: str, dtype: torch.dtype, trust_remote_code: bool, local_only: bool):

@@ -117,7 +117,14 @@ def train_loop(
     """
     import time
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
     from transformers import get_cosine_schedule_with_warmup
 
     steps_per_epoch = max(1, math.ceil(n_train / settings.batch_size))
@@ -131,7 +138,8 @@ def train_loop(
     log = TrainLog()
     start = time.perf_counter()
     best_state, since, order = None, 0, np.array([], dtype=np.int64)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("loss {task.fields[loss]}"),
                TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as bar:
         task = bar.add_task(description, total=total, loss="-")

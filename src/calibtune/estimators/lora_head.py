@@ -18,9 +18,19 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from calibtune.errors import CalibtuneError
+from calibtune.estimators.adapters import (
+    LoraSettings,
+    TrainLog,
+    TrainSettings,
+    attach_lora,
+    detach_lora,
+    load_adapters,
+    load_lora_state,
+    lora_state,
+    save_adapters,
+    train_loop,
+)
 from calibtune.estimators.splits import validation_split
-from calibtune.estimators.adapters import (LoraSettings, TrainLog, TrainSettings, attach_lora, detach_lora,
-                                           load_adapters, load_lora_state, lora_state, save_adapters, train_loop)
 from calibtune.forward import Encoded, length_batches, pad_ids
 from calibtune.models import LoadedModel
 from calibtune.progress import progress_bar
@@ -65,7 +75,8 @@ class LoraHeadEstimator:
 
     def _features(self, seqs: Sequence[Encoded]) -> torch.Tensor:
         ids, mask = pad_ids([s.ids for s in seqs], self.lm.tokenizer.pad_token_id, self.lm.device)
-        states = self.lm.model.get_decoder()(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        decoder = self.lm.model.get_decoder()
+        states = decoder(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
         return states[self.layer][torch.arange(len(seqs)), mask.sum(dim=1) - 1].float()
 
     def fit(self, seqs: Sequence[Encoded], labels: np.ndarray) -> LoraHeadEstimator:

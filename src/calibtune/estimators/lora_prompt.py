@@ -20,10 +20,20 @@ import numpy as np
 import torch
 
 from calibtune.errors import CalibtuneError
-from calibtune.estimators.splits import validation_split
-from calibtune.estimators.adapters import (LoraSettings, TrainLog, TrainSettings, attach_lora, detach_lora,
-                                           load_adapters, load_lora_state, lora_state, save_adapters, train_loop)
+from calibtune.estimators.adapters import (
+    LoraSettings,
+    TrainLog,
+    TrainSettings,
+    attach_lora,
+    detach_lora,
+    load_adapters,
+    load_lora_state,
+    lora_state,
+    save_adapters,
+    train_loop,
+)
 from calibtune.estimators.query import QueryPrompt, option_token_ids, p_yes, two_way_logits
+from calibtune.estimators.splits import validation_split
 from calibtune.forward import length_batches, lm_head_logits, pad_ids
 from calibtune.models import LoadedModel
 from calibtune.progress import progress_bar

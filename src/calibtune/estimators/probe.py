@@ -84,7 +84,8 @@ class ProbeEstimator:
         """Train the head; without a validation set, hold out ``val_fraction`` of the training set."""
         x, y = _check(features, labels, self.layers)
         if len(np.unique(y)) < 2:
-            raise CalibtuneError(f"cannot train a probe: all {len(y)} training labels are {bool(y[0])} (one class only)")
+            raise CalibtuneError(
+                f"cannot train a probe: all {len(y)} training labels are {bool(y[0])} (one class only)")
         if val_features is None:
             idx_train, idx_val = validation_split(y, self.config.val_fraction, self.config.seed)
             self.val_indices = idx_val
