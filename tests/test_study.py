@@ -148,3 +148,33 @@ def test_all_methods_in_the_study(tmp_path, tiny_models, study_files):
     assert saved["config"]["kl_weight"] == 1.0 and saved["config"]["divergence"] == "js"
     assert "Is the proposed answer correct?" in saved["config"]["query"]["query"]
     assert (out / "estimators/lora/gemma__on__llama/adapter/adapter_model.safetensors").is_file()
+
+
+def test_a_locked_run_folder_is_refused(tmp_path, tiny_models, study_files):
+    import fcntl
+
+    out = tmp_path / "run"
+    out.mkdir()
+    with open(out / ".calibtune.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("calibtune pid 12345")
+        held.flush()
+        result = runner.invoke(app, ["run", _config(tmp_path, tiny_models, *study_files), "-o", str(out)])
+    assert result.exit_code == 2
+    assert "in use by calibtune pid 12345" in result.output
+    assert not (out / "scores.parquet").exists()
+
+
+def test_cache_commands(tmp_path, tiny_models, study_files):
+    result = runner.invoke(app, ["run", _config(tmp_path, tiny_models, *study_files), "-o", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    listing = runner.invoke(app, ["cache", "ls"])
+    assert listing.exit_code == 0
+    assert listing.output.count("answers ") == 2 and listing.output.count("cell ") == 4
+    du = runner.invoke(app, ["cache", "du"])
+    assert du.exit_code == 0 and "features" in du.output
+    dry = runner.invoke(app, ["cache", "prune", "--stage", "cell", "--dry-run"])
+    assert "would remove 4 artifacts" in dry.output
+    pruned = runner.invoke(app, ["cache", "prune", "--stage", "cell"])
+    assert "removed 4 artifacts" in pruned.output
+    assert runner.invoke(app, ["cache", "ls", "--stage", "cell"]).output.count("cell ") == 0

@@ -43,7 +43,7 @@ from calibtune.models import (
 )
 from calibtune.records import Answer, Question, answers_from_table, answers_to_table
 from calibtune.report.labels import method_label
-from calibtune.store import ArtifactStore, artifact_key
+from calibtune.store import ArtifactStore, artifact_key, run_folder_lock
 
 ANSWER_STAGE_VERSION = 1
 FEATURE_STAGE_VERSION = 1
@@ -116,10 +116,17 @@ class Study:
     _answer_keys: dict[str, str] = field(default_factory=dict, repr=False)
 
     def run(self) -> pd.DataFrame:
-        """The whole study; returns the metrics table and writes the run folder."""
+        """The whole study; returns the metrics table and writes the run folder.
+
+        The run folder is locked while the study runs: a second study on the same folder
+        is refused with a clear message.
+        """
+        with run_folder_lock(self.output):
+            return self._run()
+
+    def _run(self) -> pd.DataFrame:
         cfg = self.config
         start = time.perf_counter()
-        self.output.mkdir(parents=True, exist_ok=True)
         (self.output / "config.yaml").write_text(dump_config(cfg))
         inputs = study_questions(cfg, self.quick)
         self.log(f"{len(inputs.train)} training and {len(inputs.eval)} evaluation questions, "

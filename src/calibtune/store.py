@@ -86,3 +86,73 @@ class ArtifactStore:
     def get_arrays(self, stage: str, key: str) -> dict[str, np.ndarray]:
         """Read stored arrays."""
         return load_file(str(self.path(stage, key) / "arrays.safetensors"))
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    """One stored artifact, for ``calibtune cache``."""
+
+    stage: str
+    key: str
+    path: Path
+    size: int
+    modified: float
+    complete: bool
+
+    @property
+    def summary(self) -> str:
+        """The model(s) and method the artifact belongs to, from its meta.json."""
+        if not self.complete:
+            return "(incomplete: left by an interrupted write)"
+        settings = json.loads((self.path / "meta.json").read_text()).get("settings", {})
+        parts = [str(settings[k]) for k in ("method", "estimator_model", "model") if k in settings]
+        return " ".join(parts)
+
+
+def folder_size(path: Path) -> int:
+    """Total bytes of the files under a folder."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def list_artifacts(store: ArtifactStore) -> list[ArtifactInfo]:
+    """Every artifact in the store, complete ones and leftovers of interrupted writes."""
+    out = []
+    if not store.root.is_dir():
+        return out
+    for stage_dir in sorted(p for p in store.root.iterdir() if p.is_dir()):
+        for folder in sorted(p for p in stage_dir.iterdir() if p.is_dir()):
+            complete = not folder.name.startswith(".") and (folder / "meta.json").is_file()
+            key = folder.name.lstrip(".").split("-")[0] if not complete else folder.name
+            out.append(ArtifactInfo(stage_dir.name, key, folder, folder_size(folder), folder.stat().st_mtime,
+                                    complete))
+    return out
+
+
+def remove_artifact(info: ArtifactInfo) -> None:
+    """Delete one artifact folder."""
+    shutil.rmtree(info.path, ignore_errors=True)
+
+
+@contextmanager
+def run_folder_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on a run folder; a second process gets a clear error, not a corrupted folder."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lock_path = folder / ".calibtune.lock"
+    handle = open(lock_path, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise CalibtuneError(f"run folder {folder} is in use by {holder}: wait for it to finish or choose "
+                                 "another --output-path") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"calibtune pid {os.getpid()}")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
