@@ -178,6 +178,14 @@ def ensure_converted(model: BundledModel) -> Path:
     target = converted_dir(model)
     if _is_complete(target):
         return target
+    try:
+        return _convert(model, target)
+    except OSError as exc:
+        raise CalibtuneError(f"cannot convert bundled model '{model.name}' into {target.parent}: "
+                             f"{exc.strerror or exc}") from exc
+
+
+def _convert(model: BundledModel, target: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -265,7 +273,7 @@ def load_model(
                 if source != name:
                     raise
                 tokenizer, model = _from_pretrained(source, torch_dtype, trust_remote_code, local_only=False)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except Exception as exc:  # transformers and safetensors raise many kinds for a bad model folder
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if source == name and name not in BUNDLED and not Path(name).exists():
             raise CalibtuneError(

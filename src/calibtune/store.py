@@ -61,6 +61,8 @@ class ArtifactStore:
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
+        except OSError as exc:  # a full disk, a vanished folder: nothing half-written is left marked complete
+            raise CalibtuneError(f"cannot write {stage} artifact to {self.root}: {exc.strerror or exc}") from exc
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -196,8 +196,8 @@ class ProbeEstimator:
             layers = tuple(info["layers"])
             head = _head(int(info["in_features"]), config)
             head.load_state_dict({k.removeprefix("head."): v for k, v in tensors.items() if k.startswith("head.")})
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
-            raise CalibtuneError(f"cannot load probe from {folder}: {str(exc).splitlines()[0]}") from exc
+        except Exception as exc:  # json, safetensors and torch each raise their own kinds for a damaged file
+            raise CalibtuneError(f"cannot load probe from {folder}: {(str(exc) or type(exc).__name__).splitlines()[0]}") from exc
         head.eval()
         meta_keys = set(info) - {"method", "config", "layers", "chosen_layer", "val_auroc_by_layer", "val_loss",
                                  "epochs", "in_features"}
