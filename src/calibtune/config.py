@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from calibtune.answer import DEFAULT_PROMPT
-from calibtune.errors import CalibtuneError
+from calibtune.errors import CalibtuneError, first_line
 from calibtune.estimators.adapters import LoraSettings, TrainSettings
 from calibtune.estimators.lora_head import LoraHeadConfig
 from calibtune.estimators.lora_prompt import LoraPromptConfig
@@ -233,7 +233,7 @@ def load_config(path: Path | None) -> StudyConfig:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise CalibtuneError(f"{source}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        raise CalibtuneError(f"{source}: not valid YAML ({first_line(exc)})") from exc
     if not isinstance(data, dict):
         raise CalibtuneError(f"{source}: a study config must be a mapping of settings")
     try:

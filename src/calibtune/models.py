@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from calibtune.errors import CalibtuneError
+from calibtune.errors import CalibtuneError, first_line
 
 _HASH_CHUNK = 1 << 22
 
@@ -274,13 +274,13 @@ def load_model(
                     raise
                 tokenizer, model = _from_pretrained(source, torch_dtype, trust_remote_code, local_only=False)
     except Exception as exc:  # transformers and safetensors raise many kinds for a bad model folder
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         if source == name and name not in BUNDLED and not Path(name).exists():
             raise CalibtuneError(
                 f"unknown model '{name}': not a bundled name ({', '.join(BUNDLED)}), not a local folder, "
-                f"and not loadable as a Hugging Face id ({first_line})"
+                f"and not loadable as a Hugging Face id ({reason})"
             ) from exc
-        raise CalibtuneError(f"could not load model '{name}' from {source}: {first_line}") from exc
+        raise CalibtuneError(f"could not load model '{name}' from {source}: {reason}") from exc
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(torch_device)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from calibtune.errors import CalibtuneError
+from calibtune.errors import CalibtuneError, first_line
 from calibtune.estimators.adapters import (
     LoraSettings,
     TrainLog,
@@ -172,7 +172,7 @@ class LoraHeadEstimator:
                 train=TrainSettings(**c["train"]), val_fraction=c["val_fraction"], seed=c["seed"])
             tensors = load_file(str(folder / "head.safetensors"))
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise CalibtuneError(f"cannot load LoRA from {folder}: {str(exc).splitlines()[0]}") from exc
+            raise CalibtuneError(f"cannot load LoRA from {folder}: {first_line(exc)}") from exc
         expected = info.get("estimator_model")
         if expected and expected != lm.name:
             raise CalibtuneError(f"{folder} was trained on estimator model '{expected}', not '{lm.name}'")
@@ -184,7 +184,7 @@ class LoraHeadEstimator:
             est.head.load_state_dict(tensors)
             est._peft = load_adapters(lm, folder / "adapter")
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            raise CalibtuneError(f"cannot load LoRA from {folder}: {str(exc).splitlines()[0]}") from exc
+            raise CalibtuneError(f"cannot load LoRA from {folder}: {first_line(exc)}") from exc
         est.head.eval()
         lm.model.eval()
         return est

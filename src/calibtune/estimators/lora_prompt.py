@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from calibtune.errors import CalibtuneError
+from calibtune.errors import CalibtuneError, first_line
 from calibtune.estimators.adapters import (
     LoraSettings,
     TrainLog,
@@ -218,7 +218,7 @@ class LoraPromptEstimator:
             info = json.loads((folder / "lora_prompt.json").read_text())
             config = _config_from_dict(info["config"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise CalibtuneError(f"cannot load LoRA + Prompt from {folder}: {str(exc).splitlines()[0]}") from exc
+            raise CalibtuneError(f"cannot load LoRA + Prompt from {folder}: {first_line(exc)}") from exc
         expected = info.get("estimator_model")
         if expected and expected != lm.name:
             raise CalibtuneError(f"{folder} was trained on estimator model '{expected}', not '{lm.name}'")
@@ -229,7 +229,7 @@ class LoraPromptEstimator:
         try:
             est._peft = load_adapters(lm, folder / "adapter")
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            raise CalibtuneError(f"cannot load adapters from {folder / 'adapter'}: {str(exc).splitlines()[0]}") from exc
+            raise CalibtuneError(f"cannot load adapters from {folder / 'adapter'}: {first_line(exc)}") from exc
         lm.model.eval()
         return est
 

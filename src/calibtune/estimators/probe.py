@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from sklearn.metrics import roc_auc_score
 
-from calibtune.errors import CalibtuneError
+from calibtune.errors import CalibtuneError, first_line
 from calibtune.estimators.splits import validation_split
 
 
@@ -197,7 +197,7 @@ class ProbeEstimator:
             head = _head(int(info["in_features"]), config)
             head.load_state_dict({k.removeprefix("head."): v for k, v in tensors.items() if k.startswith("head.")})
         except Exception as exc:  # json, safetensors and torch each raise their own kinds for a damaged file
-            raise CalibtuneError(f"cannot load probe from {folder}: {(str(exc) or type(exc).__name__).splitlines()[0]}") from exc
+            raise CalibtuneError(f"cannot load probe from {folder}: {first_line(exc)}") from exc
         head.eval()
         meta_keys = set(info) - {"method", "config", "layers", "chosen_layer", "val_auroc_by_layer", "val_loss",
                                  "epochs", "in_features"}
