@@ -8,7 +8,7 @@ scoring is not.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,9 +37,13 @@ def format_prompt(question: Question, template: str = DEFAULT_PROMPT) -> str:
 
 
 def answer_multiple_choice(
-    lm: LoadedModel, questions: Sequence[Question], settings: ClozeSettings = ClozeSettings()
+    lm: LoadedModel, questions: Sequence[Question], settings: ClozeSettings = ClozeSettings(),
+    progress: Callable[[int], None] | None = None,
 ) -> list[Answer]:
-    """Score every option of every question and return the model's (ungraded) answers."""
+    """Score every option of every question and return the model's (ungraded) answers.
+
+    ``progress(n)`` is called as questions finish; without it a progress bar is shown.
+    """
     if settings.select not in ("mean", "sum"):
         raise ValueError(f"unknown selection '{settings.select}': use mean or sum")
     for question in questions:
@@ -52,8 +56,11 @@ def answer_multiple_choice(
         for text, ids in zip(question.choices, opts):
             if not ids:
                 raise ValueError(f"question {question.id}: option {text!r} has no tokens")
-    with progress_bar(f"answer  {lm.name}", len(questions)) as advance:
-        scores = option_logprobs(lm, contexts, options, batch_size=settings.batch_size, progress=advance)
+    if progress is None:
+        with progress_bar(f"answer  {lm.name}", len(questions)) as advance:
+            scores = option_logprobs(lm, contexts, options, batch_size=settings.batch_size, progress=advance)
+    else:
+        scores = option_logprobs(lm, contexts, options, batch_size=settings.batch_size, progress=progress)
     answers = []
     for question, q_sum, opts in zip(questions, scores, options):
         q_mean = q_sum / np.array([len(o) for o in opts])

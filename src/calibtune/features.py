@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -36,9 +36,12 @@ def proposed_answer_text(question: Question, answer: str, prompt: str, option_pr
 
 
 def extract_features(
-    lm: LoadedModel, texts: Sequence[str], layers: Sequence[int], token: str = "last", batch_size: int = 16
+    lm: LoadedModel, texts: Sequence[str], layers: Sequence[int], token: str = "last", batch_size: int = 16,
+    progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
-    """Hidden states ``[n, len(layers), hidden]`` of each text, with a progress bar."""
+    """Hidden states ``[n, len(layers), hidden]`` of each text; a progress bar unless ``progress`` is given."""
     seqs = encode_texts(lm.tokenizer, texts)
+    if progress is not None:
+        return hidden_features(lm, seqs, layers, token=token, batch_size=batch_size, progress=progress)
     with progress_bar(f"features {lm.name}", len(seqs)) as advance:
         return hidden_features(lm, seqs, layers, token=token, batch_size=batch_size, progress=advance)

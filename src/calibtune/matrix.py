@@ -41,13 +41,15 @@ from calibtune.models import (
     model_fingerprint,
     model_num_layers,
 )
+from calibtune.progress import progress_bar
 from calibtune.records import Answer, Question, answers_from_table, answers_to_table
 from calibtune.report.labels import method_label
 from calibtune.store import ArtifactStore, artifact_key, run_folder_lock
 
-ANSWER_STAGE_VERSION = 1
-FEATURE_STAGE_VERSION = 1
+ANSWER_STAGE_VERSION = 2
+FEATURE_STAGE_VERSION = 2
 CELL_STAGE_VERSION = 1
+SHARD_SIZE = 256  # questions or texts per stored shard of a model pass
 
 Log = Callable[[str], None]
 
@@ -162,26 +164,44 @@ class Study:
         return ClozeSettings(prompt=cfg.prompt, option_prefix=cfg.option_prefix, select=cfg.select,
                              batch_size=cfg.batch_size)
 
+    def _shard_plan(self, stage: str, version: int, settings: dict, ids: Sequence[str]) -> list[tuple[str, slice]]:
+        """Keys and index ranges of a stage's shards: a crash loses at most the shard in flight."""
+        plan = []
+        for start in range(0, len(ids), SHARD_SIZE):
+            part = slice(start, start + SHARD_SIZE)
+            plan.append((artifact_key(stage, version, {**settings, "shard": _ids_digest(ids[part])}), part))
+        return plan
+
+    def _report_shards(self, what: str, plan: list, missing: list) -> None:
+        if not missing:
+            self.log(f"{what}: from the cache ({len(plan)} shards)")
+        elif len(missing) < len(plan):
+            self.log(f"{what}: resuming, {len(plan) - len(missing)} of {len(plan)} shards from the cache")
+
     def _graded_answers(self, model: str, inputs: StudyInputs) -> dict[str, Answer]:
-        """Model T's graded answers to every study question, by question id (cached)."""
+        """Model T's graded answers to every study question, by question id (cached in shards)."""
         cloze = self._cloze()
         questions = inputs.all
         dtype = choose_dtype(self.config.dtype, choose_device(self.config.device))
         settings = {"model": model, "fingerprint": model_fingerprint(model), "dtype": str(dtype),
                     "prompt": cloze.prompt, "option_prefix": cloze.option_prefix, "select": cloze.select,
-                    "questions": _ids_digest([q.id for q in questions])}
-        key = artifact_key("answers", ANSWER_STAGE_VERSION, settings)
-        self._answer_keys[model] = key
-        if self.store.has("answers", key):
-            self.log(f"answers of {model}: from the cache ({key[:12]})")
-            graded = answers_from_table(self.store.get_table("answers", key))
-        else:
+                    "batch_size": cloze.batch_size}
+        ids = [q.id for q in questions]
+        self._answer_keys[model] = artifact_key("answers", ANSWER_STAGE_VERSION, {**settings, "ids": _ids_digest(ids)})
+        plan = self._shard_plan("answers", ANSWER_STAGE_VERSION, settings, ids)
+        missing = [(key, part) for key, part in plan if not self.store.has("answers", key)]
+        self._report_shards(f"answers of {model}", plan, missing)
+        if missing:
             lm = self._load(model)
             t0 = time.perf_counter()
-            graded = grade_multiple_choice(answer_multiple_choice(lm, questions, cloze), questions)
+            with progress_bar(f"answer  {model}", sum(len(ids[part]) for _, part in missing)) as advance:
+                for key, part in missing:
+                    chunk = questions[part]
+                    graded = grade_multiple_choice(answer_multiple_choice(lm, chunk, cloze, advance), chunk)
+                    self.store.put_table("answers", key, answers_to_table(graded), meta={"settings": settings})
             self._time(f"answer {model}", t0)
-            self.store.put_table("answers", key, answers_to_table(graded), meta={"settings": settings})
             del lm
+        graded = [a for key, _ in plan for a in answers_from_table(self.store.get_table("answers", key))]
         by_id = {a.question_id: a for a in graded}
         acc_train = np.mean([by_id[q.id].correct for q in inputs.train])
         acc_eval = np.mean([by_id[q.id].correct for q in inputs.eval])
@@ -249,23 +269,25 @@ class Study:
         return pd.read_parquet(self.store.path("cell", key) / "table.parquet")
 
     def _features(self, e: str, lazy: _Lazy, texts: list[str]) -> np.ndarray:
-        """E's features for texts (cached per unique text set); loads E only on a cache miss."""
+        """E's features for texts (cached in shards); loads E only if a shard is missing."""
         cfg = self.config
-        num_layers = model_num_layers(e)
-        layers = candidate_layers(num_layers, cfg.features.layers)
+        layers = candidate_layers(model_num_layers(e), cfg.features.layers)
         dtype = choose_dtype(cfg.dtype, choose_device(cfg.device))
         settings = {"model": e, "fingerprint": model_fingerprint(e), "dtype": str(dtype),
-                    "layers": layers, "token": cfg.features.token, "texts": _ids_digest(texts)}
-        key = artifact_key("features", FEATURE_STAGE_VERSION, settings)
-        if self.store.has("features", key):
-            self.log(f"features of {e}: from the cache ({key[:12]})")
-            return self.store.get_arrays("features", key)["features"]
-        lm = lazy()
-        t0 = time.perf_counter()
-        feats = extract_features(lm, texts, layers, token=cfg.features.token, batch_size=cfg.batch_size)
-        self._time(f"features {e}", t0)
-        self.store.put_arrays("features", key, {"features": feats}, meta={"settings": settings})
-        return feats
+                    "layers": layers, "token": cfg.features.token, "batch_size": cfg.batch_size}
+        plan = self._shard_plan("features", FEATURE_STAGE_VERSION, settings, texts)
+        missing = [(key, part) for key, part in plan if not self.store.has("features", key)]
+        self._report_shards(f"features of {e}", plan, missing)
+        if missing:
+            lm = lazy()
+            t0 = time.perf_counter()
+            with progress_bar(f"features {e}", sum(len(texts[part]) for _, part in missing)) as advance:
+                for key, part in missing:
+                    feats = extract_features(lm, texts[part], layers, token=cfg.features.token,
+                                             batch_size=cfg.batch_size, progress=advance)
+                    self.store.put_arrays("features", key, {"features": feats}, meta={"settings": settings})
+            self._time(f"features {e}", t0)
+        return np.concatenate([self.store.get_arrays("features", key)["features"] for key, _ in plan])
 
     def _prompts(self, answers: dict[str, Answer], questions: Sequence[Question]) -> tuple[list[str], list[str]]:
         """The question prompts and the proposed answers (with their leading separator)."""
