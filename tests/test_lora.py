@@ -154,3 +154,39 @@ def test_temperature_scaling_lowers_nll_on_an_overconfident_set():
     assert log_loss(y[1000:], after) < log_loss(y[1000:], overconfident[1000:])
     assert roc_auc_score(y[1000:], after) == pytest.approx(roc_auc_score(y[1000:], overconfident[1000:]))
     assert TemperatureScaler.fit(np.array([0.3, 0.6]), np.array([1, 1])).temperature == 1.0
+
+
+def test_training_resumes_from_a_checkpoint_to_the_same_result(tiny_models, tmp_path, monkeypatch):
+    from calibtune.estimators import adapters
+
+    lm = load_model(str(tiny_models["llama"]), dtype="float32")
+    prompts, answers, labels = _toy(48)
+    seqs = encode_queries(lm.tokenizer, prompts, answers, DEFAULT_QUERY)
+    cfg = LoraPromptConfig(train=TrainSettings(learning_rate=1e-2, batch_size=4, max_steps=8, eval_every=2,
+                                               patience=10))
+    est = LoraPromptEstimator(lm, cfg).fit(seqs, labels)
+    expected, expected_log = est.predict_proba(seqs), est.log
+    est.release()
+
+    saves = []
+    original = adapters.save_checkpoint
+
+    def crash_after_two(*args, **kwargs):
+        original(*args, **kwargs)
+        saves.append(1)
+        if len(saves) == 2:
+            raise KeyboardInterrupt  # the process dies after the checkpoint at step 4
+
+    monkeypatch.setattr(adapters, "save_checkpoint", crash_after_two)
+    checkpoint = tmp_path / "ckpt"
+    crashed = LoraPromptEstimator(lm, cfg)
+    with pytest.raises(KeyboardInterrupt):
+        crashed.fit(seqs, labels, checkpoint)
+    crashed.release()
+    monkeypatch.setattr(adapters, "save_checkpoint", original)
+    assert (checkpoint / "state.safetensors").is_file()
+    resumed = LoraPromptEstimator(lm, cfg).fit(seqs, labels, checkpoint)
+    np.testing.assert_array_equal(resumed.predict_proba(seqs), expected)
+    assert resumed.log.train_loss == expected_log.train_loss
+    assert resumed.log.val_loss == expected_log.val_loss
+    resumed.release()

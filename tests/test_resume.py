@@ -72,3 +72,48 @@ def test_sigkill_during_answering_then_resume(tmp_path, tiny_models):
     assert clean.returncode == 0, output
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "killed" / "scores.parquet"),
                                   pd.read_parquet(tmp_path / "clean" / "scores.parquet"))
+
+
+SLOW_TRAINING_CLI = """
+import sys, time
+import calibtune.estimators.adapters as adapters
+original = adapters.save_checkpoint
+def slow_save(*args, **kwargs):
+    original(*args, **kwargs)
+    time.sleep(1.5)
+adapters.save_checkpoint = slow_save
+from calibtune.cli import app
+app(sys.argv[1:], prog_name="calibtune")
+"""
+
+
+def test_sigkill_during_training_then_resume(tmp_path, tiny_models):
+    train = write_questions(tmp_path / "train.jsonl", n=60, options=2)
+    heldout = write_questions(tmp_path / "heldout.jsonl", n=20, options=2)
+    config = tmp_path / "study.yaml"
+    config.write_text(f"name: resume\nmodels: ['{tiny_models['llama']}']\ndtype: float32\n"
+                      f"train: [{{dataset: '{train}'}}]\neval: [{{dataset: '{heldout}'}}]\n"
+                      "methods: [lora_prompt]\n"
+                      "lora_prompt: {max_steps: 12, eval_every: 2, patience: 20, batch_size: 4}\n")
+    cache = tmp_path / "cache-killed"
+    checkpoints = cache / "store" / "checkpoints"
+    proc = _run(["run", str(config), "-o", str(tmp_path / "killed")], cache, SLOW_TRAINING_CLI)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(checkpoints.glob("*/state.json")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list(checkpoints.glob("*/state.json")), "no checkpoint was written before the kill"
+
+    rerun = _run(["run", str(config), "-o", str(tmp_path / "killed")], cache)
+    output, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, output
+    assert "resuming from the checkpoint at step" in " ".join(output.split())
+    assert "answers of" in output and "from the cache" in output
+    assert not list(checkpoints.glob("*")), "the checkpoint should be removed once the cell is done"
+
+    clean = _run(["run", str(config), "-o", str(tmp_path / "clean")], tmp_path / "cache-clean")
+    output, _ = clean.communicate(timeout=300)
+    assert clean.returncode == 0, output
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "killed" / "scores.parquet"),
+                                  pd.read_parquet(tmp_path / "clean" / "scores.parquet"))

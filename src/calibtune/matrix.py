@@ -215,10 +215,11 @@ class Study:
         cells: list[pd.DataFrame] = []
         lazy = _Lazy(lambda: self._load(e))
         probe_features = _Lazy(lambda: self._probe_features(e, lazy, answers, inputs))
-        methods = {"probe": lambda t, out: self._probe_cell(e, t, probe_features(), answers[t], inputs, out),
-                   "zero_shot": lambda t, out: self._zero_shot_cell(e, t, lazy(), answers[t], inputs),
-                   "lora_prompt": lambda t, out: self._lora_prompt_cell(e, t, lazy(), answers[t], inputs, out),
-                   "lora": lambda t, out: self._lora_head_cell(e, t, lazy(), answers[t], inputs, out)}
+        methods = {"probe": lambda t, out, ckpt: self._probe_cell(e, t, probe_features(), answers[t], inputs, out),
+                   "zero_shot": lambda t, out, ckpt: self._zero_shot_cell(e, t, lazy(), answers[t], inputs),
+                   "lora_prompt": lambda t, out, ckpt: self._lora_prompt_cell(e, t, lazy(), answers[t], inputs, out,
+                                                                              ckpt),
+                   "lora": lambda t, out, ckpt: self._lora_head_cell(e, t, lazy(), answers[t], inputs, out, ckpt)}
         for method in MATRIX_METHODS:
             if method in cfg.methods:
                 for t in cfg.models:
@@ -239,11 +240,12 @@ class Study:
         return {**common, **specific}
 
     def _cached_cell(self, method: str, e: str, t: str, inputs: StudyInputs,
-                     compute: Callable[[str, Path], pd.DataFrame]) -> pd.DataFrame:
+                     compute: Callable[[str, Path, Path], pd.DataFrame]) -> pd.DataFrame:
         """One cell's scores, from the store when the same cell was computed before.
 
         A computed cell's estimator is saved inside its artifact and copied into the run
-        folder, so a cached cell still gives the run folder its estimator.
+        folder, so a cached cell still gives the run folder its estimator. Training
+        checkpoints live under ``checkpoints/<key>`` in the store until the cell is done.
         """
         cfg = self.config
         dtype = choose_dtype(cfg.dtype, choose_device(cfg.device))
@@ -257,9 +259,11 @@ class Study:
             self.log(f"{method_label(method)} {e} on {t}: from the cache ({key[:12]})")
         else:
             t0 = time.perf_counter()
+            checkpoint = self.store.root / "checkpoints" / key
             with self.store.writing("cell", key, {"settings": settings}) as folder:
-                table = compute(t, folder / "estimator")
+                table = compute(t, folder / "estimator", checkpoint)
                 table.to_parquet(folder / "table.parquet", index=False)
+            shutil.rmtree(checkpoint, ignore_errors=True)
             self._time(f"{method} {e} on {t}", t0)
         saved = self.store.path("cell", key) / "estimator"
         if saved.is_dir():
@@ -380,7 +384,7 @@ class Study:
                           p_all[n:] if cal else None, self._labels(answers, cal) if cal else None)
 
     def _lora_prompt_cell(self, e: str, t: str, lm: LoadedModel, answers: dict[str, Answer],
-                          inputs: StudyInputs, out: Path) -> pd.DataFrame:
+                          inputs: StudyInputs, out: Path, checkpoint: Path) -> pd.DataFrame:
         cfg = self.config
         settings = self._adapter_settings(cfg.lora_prompt)
         train = self._adapter_train_set(inputs, settings)
@@ -389,7 +393,7 @@ class Study:
         seqs = encode_queries(lm.tokenizer, *self._prompts(answers, train), est_cfg.query.query)
         est = LoraPromptEstimator(lm, est_cfg, meta={**self._meta(e, t, len(train))})
         try:
-            est.fit(seqs, y_train)
+            est.fit(seqs, y_train, checkpoint)
             est.save(out)
             eval_seqs = encode_queries(lm.tokenizer, *self._prompts(answers, inputs.eval), est_cfg.query.query)
             val = est.val_indices
@@ -403,7 +407,7 @@ class Study:
                           p_all[n:], y_train[val])
 
     def _lora_head_cell(self, e: str, t: str, lm: LoadedModel, answers: dict[str, Answer],
-                        inputs: StudyInputs, out: Path) -> pd.DataFrame:
+                        inputs: StudyInputs, out: Path, checkpoint: Path) -> pd.DataFrame:
         cfg = self.config
         settings = self._adapter_settings(cfg.lora)
         train = self._adapter_train_set(inputs, settings)
@@ -411,7 +415,7 @@ class Study:
         seqs = encode_texts(lm.tokenizer, self._texts(answers, train))
         est = LoraHeadEstimator(lm, settings.to_config(cfg.seed), meta={**self._meta(e, t, len(train))})
         try:
-            est.fit(seqs, y_train)
+            est.fit(seqs, y_train, checkpoint)
             est.save(out)
             val = est.val_indices
             p_all = est.predict_proba(encode_texts(lm.tokenizer, self._texts(answers, inputs.eval))

@@ -104,6 +104,8 @@ class ArtifactInfo:
     @property
     def summary(self) -> str:
         """The model(s) and method the artifact belongs to, from its meta.json."""
+        if self.stage == "checkpoints":
+            return "(training checkpoint of an unfinished cell)"
         if not self.complete:
             return "(incomplete: left by an interrupted write)"
         settings = json.loads((self.path / "meta.json").read_text()).get("settings", {})

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +100,98 @@ def load_lora_state(peft_model, state: dict[str, torch.Tensor]) -> None:
             params[k].copy_(v)
 
 
+def _flatten(prefix: str, obj, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Nested dicts of tensors as one flat dict with dotted keys (for safetensors)."""
+    for key, value in obj.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            _flatten(name + "/", value, out)
+        else:
+            out[name] = value.detach().contiguous().clone()
+    return out
+
+
+def _unflatten(flat: dict[str, torch.Tensor], prefix: str) -> dict:
+    out: dict = {}
+    for name, value in flat.items():
+        if not name.startswith(prefix):
+            continue
+        parts = name[len(prefix):].split("/")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+@dataclass
+class _Progress:
+    """Everything a resumed training needs besides the model, optimizer and scheduler."""
+
+    step: int
+    since: int
+    order: list[int]
+    running: float | None
+    log: TrainLog
+    has_best: bool
+
+
+def save_checkpoint(folder: Path, current: dict, best: dict | None, opt, sched, rng, progress: _Progress) -> None:
+    """Write a training checkpoint atomically: safetensors for tensors, JSON for the rest (no pickle)."""
+    import json
+    import os
+    import shutil
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    opt_state = opt.state_dict()
+    tensors = _flatten("current/", current, {})
+    if best is not None:
+        _flatten("best/", best, tensors)
+    for index, state in opt_state["state"].items():
+        for key, value in state.items():
+            tensors[f"opt/{index}/{key}"] = value.detach().contiguous().clone()
+    tensors["rng/torch"] = torch.get_rng_state()
+    meta = {"param_groups": opt_state["param_groups"], "scheduler": {"last_epoch": sched.last_epoch},
+            "numpy_rng": rng.bit_generator.state, "progress": asdict(progress)}
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        save_file(tensors, str(tmp / "state.safetensors"))
+        (tmp / "state.json").write_text(json.dumps(meta))
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_checkpoint(folder: Path, opt, sched, rng) -> tuple[dict, dict | None, _Progress]:
+    """Restore optimizer, scheduler and random state from a checkpoint; return the weights and progress."""
+    import json
+
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(folder / "state.safetensors"))
+    meta = json.loads((folder / "state.json").read_text())
+    opt_state = {"state": {}, "param_groups": meta["param_groups"]}
+    for name, value in tensors.items():
+        if name.startswith("opt/"):
+            _, index, key = name.split("/")
+            opt_state["state"].setdefault(int(index), {})[key] = value
+    opt.load_state_dict(opt_state)
+    sched.last_epoch = meta["scheduler"]["last_epoch"]
+    sched._last_lr = [group["lr"] for group in opt.param_groups]
+    rng.bit_generator.state = meta["numpy_rng"]
+    torch.set_rng_state(tensors["rng/torch"])
+    raw = meta["progress"]
+    log = TrainLog(**{**raw["log"], "val_loss": [tuple(x) for x in raw["log"]["val_loss"]]})
+    progress = _Progress(raw["step"], raw["since"], raw["order"], raw["running"], log, raw["has_best"])
+    best = _unflatten(tensors, "best/") if progress.has_best else None
+    return _unflatten(tensors, "current/"), best, progress
+
+
 def train_loop(
     params: Sequence[torch.nn.Parameter],
     n_train: int,
@@ -109,11 +201,15 @@ def train_loop(
     set_state: Callable[[dict], None],
     settings: TrainSettings,
     description: str,
+    checkpoint: Path | None = None,
 ) -> TrainLog:
     """Train ``params`` on mini-batches of example indices; keep the state with the best validation loss.
 
     ``step_loss(indices)`` returns the loss of one batch (with gradients); ``val_loss()``
-    the validation loss. Deterministic for a given seed.
+    the validation loss. With ``checkpoint``, the whole training state (weights, best
+    weights, optimizer, scheduler, random state, data order) is saved there at every
+    validation, and a later call with the same folder resumes from it: the result is the
+    same as an uninterrupted run. Deterministic for a given seed.
     """
     import time
 
@@ -137,14 +233,19 @@ def train_loop(
     torch.manual_seed(settings.seed)
     log = TrainLog()
     start = time.perf_counter()
-    best_state, since, order = None, 0, np.array([], dtype=np.int64)
+    best_state, since, order, first, running = None, 0, np.array([], dtype=np.int64), 1, None
+    if checkpoint is not None and (checkpoint / "state.json").is_file():
+        current, best_state, progress = load_checkpoint(checkpoint, opt, sched, rng)
+        set_state(current)
+        log, since, running, first = progress.log, progress.since, progress.running, progress.step + 1
+        order = np.array(progress.order, dtype=np.int64)
+        console.print(f"{description}: resuming from the checkpoint at step {progress.step}")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]}"),
                TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as bar:
-        task = bar.add_task(description, total=total, loss="-")
-        running = None
-        for step in range(1, total + 1):
+        task = bar.add_task(description, total=total, completed=first - 1, loss="-")
+        for step in range(first, total + 1):
             if len(order) < settings.batch_size:
                 order = np.concatenate([order, rng.permutation(n_train)])
             batch, order = order[: settings.batch_size], order[settings.batch_size :]
@@ -169,9 +270,12 @@ def train_loop(
                     since += 1
                     if since >= settings.patience:
                         break
+                if checkpoint is not None and step < total:
+                    save_checkpoint(checkpoint, get_state(), best_state, opt, sched, rng,
+                                    _Progress(step, since, order.tolist(), running, log, best_state is not None))
     if best_state is not None:
         set_state(best_state)
-    log.seconds = time.perf_counter() - start
+    log.seconds += time.perf_counter() - start
     return log
 
 

@@ -79,8 +79,11 @@ class LoraHeadEstimator:
         states = decoder(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
         return states[self.layer][torch.arange(len(seqs)), mask.sum(dim=1) - 1].float()
 
-    def fit(self, seqs: Sequence[Encoded], labels: np.ndarray) -> LoraHeadEstimator:
-        """Train adapters and head jointly; a stratified ``val_fraction`` is held out for early stopping."""
+    def fit(self, seqs: Sequence[Encoded], labels: np.ndarray, checkpoint: Path | None = None) -> LoraHeadEstimator:
+        """Train adapters and head jointly; a stratified ``val_fraction`` is held out for early stopping.
+
+        With ``checkpoint`` (a folder), training saves its state there and resumes from it after a crash.
+        """
         cfg = self.config
         y = np.asarray(labels).astype(np.float32)
         if len(np.unique(y)) < 2:
@@ -121,7 +124,7 @@ class LoraHeadEstimator:
         self.head.train()
         self.log = train_loop(params, len(train_seqs), step_loss, val_loss, get_state, set_state, cfg.train,
                               f"train LoRA {self.meta.get('estimator_model', self.lm.name)} on "
-                              f"{self.meta.get('trained_on', '?')}")
+                              f"{self.meta.get('trained_on', '?')}", checkpoint)
         self.lm.model.eval()
         self.head.eval()
         return self

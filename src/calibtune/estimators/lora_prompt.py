@@ -137,8 +137,12 @@ class LoraPromptEstimator:
         """The (no, yes) option tokens in this model's vocabulary."""
         return option_token_ids(self.lm.tokenizer, self.config.query.query, self.config.query.options)
 
-    def fit(self, seqs: Sequence[QueryEncoded], labels: np.ndarray) -> LoraPromptEstimator:
-        """Train adapters on graded answers; a stratified ``val_fraction`` is held out for early stopping."""
+    def fit(self, seqs: Sequence[QueryEncoded], labels: np.ndarray,
+            checkpoint: Path | None = None) -> LoraPromptEstimator:
+        """Train adapters on graded answers; a stratified ``val_fraction`` is held out for early stopping.
+
+        With ``checkpoint`` (a folder), training saves its state there and resumes from it after a crash.
+        """
         cfg = self.config
         if cfg.divergence not in DIVERGENCES:
             raise CalibtuneError(f"unknown divergence '{cfg.divergence}': use one of {', '.join(DIVERGENCES)}")
@@ -183,7 +187,7 @@ class LoraPromptEstimator:
         self.log = train_loop(params, len(train_seqs), step_loss, val_loss, lambda: lora_state(self._peft),
                               lambda s: load_lora_state(self._peft, s), cfg.train,
                               f"train LoRA + Prompt {self.meta.get('estimator_model', self.lm.name)} on "
-                              f"{self.meta.get('trained_on', '?')}")
+                              f"{self.meta.get('trained_on', '?')}", checkpoint)
         self.lm.model.eval()
         return self
 
