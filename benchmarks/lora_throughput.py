@@ -65,8 +65,9 @@ def main() -> None:
                               "--batch-size", str(args.batch_size), "--kl-weight", str(args.kl_weight)],
                              capture_output=True, text=True, check=True)
         row = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{row['model']:14} {row['dtype']:15} kl_weight {row['kl_weight']}: {row['examples_per_s']:6.2f} examples/s "
-              f"({row['seconds_per_step']:.2f} s/step, batch {row['batch_size']}, {row['mean_tokens']:.0f} tokens/example), "
+        print(f"{row['model']:14} {row['dtype']:15} kl_weight {row['kl_weight']}: "
+              f"{row['examples_per_s']:6.2f} examples/s ({row['seconds_per_step']:.2f} s/step, "
+              f"batch {row['batch_size']}, {row['mean_tokens']:.0f} tokens/example), "
               f"peak memory {row['peak_memory_gib']:.2f} GiB")
 
 

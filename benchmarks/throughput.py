@@ -47,8 +47,10 @@ def main() -> None:
         n = len(questions)
         print(f"{name} ({lm.dtype}, load {load_s:.1f} s)")
         print(f"  cloze, shared prefix : {n / shared_s:6.1f} questions/s  ({shared_s:.1f} s)")
-        print(f"  cloze, pairwise      : {n / pair_s:6.1f} questions/s  {pair_tokens / pair_s:7.0f} tokens/s ({pair_s:.1f} s)")
-        print(f"  features (4 layers)  : {n / feat_s:6.1f} texts/s      {text_tokens / feat_s:7.0f} tokens/s ({feat_s:.1f} s)")
+        print(f"  cloze, pairwise      : {n / pair_s:6.1f} questions/s  "
+              f"{pair_tokens / pair_s:7.0f} tokens/s ({pair_s:.1f} s)")
+        print(f"  features (4 layers)  : {n / feat_s:6.1f} texts/s      "
+              f"{text_tokens / feat_s:7.0f} tokens/s ({feat_s:.1f} s)")
 
 
 if __name__ == "__main__":
