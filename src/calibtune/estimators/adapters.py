@@ -8,6 +8,7 @@ gradient clipping, periodic validation, early stopping that keeps the best adapt
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -73,7 +74,9 @@ def attach_lora(lm: LoadedModel, settings: LoraSettings, seed: int, layers: Sequ
                         target_modules=list(settings.target_modules), bias="none",
                         layers_to_transform=list(layers) if layers is not None else None)
     lm.model.requires_grad_(False)
-    peft_model = get_peft_model(lm.model, config)
+    with warnings.catch_warnings():  # peft calls a transformers method that transformers 5 deprecates
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        peft_model = get_peft_model(lm.model, config)
     # LoRA weights train in fp32 even when the base model runs in bf16.
     for name, param in peft_model.named_parameters():
         if "lora_" in name:
