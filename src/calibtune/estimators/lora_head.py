@@ -129,12 +129,14 @@ class LoraHeadEstimator:
         self.head.eval()
         return self
 
-    def _predict(self, seqs: Sequence[Encoded]) -> np.ndarray:
+    def _predict(self, seqs: Sequence[Encoded], advance=None) -> np.ndarray:
         out = np.zeros(len(seqs))
         with torch.no_grad():
             for batch in length_batches([len(s.ids) for s in seqs], self.config.train.batch_size * 2, None):
                 logits = self.head(self._features([seqs[i] for i in batch])).squeeze(-1)
                 out[batch] = torch.sigmoid(logits).double().cpu().numpy()
+                if advance:
+                    advance(len(batch))
         return out
 
     def predict_proba(self, seqs: Sequence[Encoded]) -> np.ndarray:
@@ -143,8 +145,8 @@ class LoraHeadEstimator:
             raise CalibtuneError("LoRA is not fitted: call fit() or load() first")
         self.lm.model.eval()
         self.head.eval()
-        with progress_bar(f"predict LoRA {self.lm.name}", len(seqs)):
-            return self._predict(seqs)
+        with progress_bar(f"predict LoRA {self.lm.name}", len(seqs)) as advance:
+            return self._predict(seqs, advance)
 
     def describe(self) -> dict[str, Any]:
         """Every setting and outcome, for the saved JSON."""
