@@ -50,7 +50,10 @@ class LoraHeadConfig:
 
 
 def _head(in_features: int, config: LoraHeadConfig) -> torch.nn.Module:
+    # Residual streams are large (Gemma's mid-layer norms run into the hundreds): normalise
+    # first, as the Probe standardises its features, or the head diverges.
     return torch.nn.Sequential(
+        torch.nn.LayerNorm(in_features, elementwise_affine=False),
         torch.nn.Linear(in_features, config.hidden_size), torch.nn.GELU(), torch.nn.Dropout(config.dropout),
         torch.nn.Linear(config.hidden_size, 1),
     )
