@@ -49,6 +49,13 @@ class TrainSettings:
     seed: int = 0
 
 
+def settings_from_dict(data: dict) -> tuple[LoraSettings, TrainSettings]:
+    """The ``lora`` and ``train`` settings of a saved estimator's JSON config."""
+    lora = data["lora"]
+    return (LoraSettings(**{**lora, "target_modules": tuple(lora["target_modules"])}),
+            TrainSettings(**data["train"]))
+
+
 @dataclass
 class TrainLog:
     """What happened during training, saved with the estimator."""

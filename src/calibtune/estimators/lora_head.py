@@ -28,6 +28,7 @@ from calibtune.estimators.adapters import (
     load_lora_state,
     lora_state,
     save_adapters,
+    settings_from_dict,
     train_loop,
 )
 from calibtune.estimators.splits import validation_split
@@ -174,10 +175,10 @@ class LoraHeadEstimator:
         try:
             info = json.loads((folder / "lora.json").read_text())
             c = info["config"]
+            lora, train = settings_from_dict(c)
             config = LoraHeadConfig(
                 layer=c["layer"], hidden_size=c["hidden_size"], dropout=c["dropout"],
-                lora=LoraSettings(**{**c["lora"], "target_modules": tuple(c["lora"]["target_modules"])}),
-                train=TrainSettings(**c["train"]), val_fraction=c["val_fraction"], seed=c["seed"])
+                lora=lora, train=train, val_fraction=c["val_fraction"], seed=c["seed"])
             tensors = load_file(str(folder / "head.safetensors"))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise CalibtuneError(f"cannot load LoRA from {folder}: {first_line(exc)}") from exc

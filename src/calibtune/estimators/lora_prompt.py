@@ -30,6 +30,7 @@ from calibtune.estimators.adapters import (
     load_lora_state,
     lora_state,
     save_adapters,
+    settings_from_dict,
     train_loop,
 )
 from calibtune.estimators.query import QueryPrompt, option_token_ids, p_yes, two_way_logits
@@ -260,10 +261,9 @@ def _config_dict(config: LoraPromptConfig) -> dict[str, Any]:
 
 
 def _config_from_dict(data: dict[str, Any]) -> LoraPromptConfig:
-    lora = data["lora"]
+    lora, train = settings_from_dict(data)
     return LoraPromptConfig(
-        lora=LoraSettings(**{**lora, "target_modules": tuple(lora["target_modules"])}),
-        train=TrainSettings(**data["train"]),
+        lora=lora, train=train,
         query=QueryPrompt(data["query"]["query"], tuple(data["query"]["options"])),
         kl_weight=data["kl_weight"], divergence=data["divergence"], val_fraction=data["val_fraction"],
         seed=data["seed"],
