@@ -105,6 +105,28 @@ def test_training_is_deterministic(tiny_models):
     np.testing.assert_array_equal(runs[0], runs[1])
 
 
+def test_precomputed_base_logits_give_the_same_training_as_recomputing_them(tiny_models, monkeypatch):
+    from calibtune.estimators import lora_prompt
+
+    lm = load_model(str(tiny_models["llama"]), dtype="float32")
+    prompts, answers, labels = _toy(32)
+    seqs = encode_queries(lm.tokenizer, prompts, answers, DEFAULT_QUERY)
+    cfg = LoraPromptConfig(kl_weight=1.0, train=TrainSettings(learning_rate=1e-2, batch_size=8, max_steps=6,
+                                                              eval_every=3))
+    runs = []
+    for budget in (lora_prompt.BASE_LOGITS_BUDGET, 0):
+        monkeypatch.setattr(lora_prompt, "BASE_LOGITS_BUDGET", budget)
+        est = LoraPromptEstimator(lm, cfg).fit(seqs, labels)
+        runs.append((est.log.train_loss, est.predict_proba(seqs)))
+        est.release()
+    assert len(runs[0][0]) >= 3
+    np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-4)
+    np.testing.assert_allclose(runs[0][1], runs[1][1], atol=1e-5)
+    seq_logits = lora_prompt.base_answer_logits(lm, seqs[:2], 2, budget=2**30)
+    assert [t.shape[0] for t in seq_logits] == [s.answer[1] - s.answer[0] for s in seqs[:2]]
+    assert lora_prompt.base_answer_logits(lm, seqs[:2], 2, budget=10) is None
+
+
 def test_loaded_for_another_model_is_refused(tiny_models, tmp_path):
     lm = load_model(str(tiny_models["llama"]), dtype="float32")
     prompts, answers, labels = _toy(16)

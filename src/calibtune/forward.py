@@ -80,7 +80,12 @@ def pad_ids(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device) ->
 
 def lm_head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
     """The LM head (and Gemma's final soft-capping) on selected hidden states."""
-    logits = model.get_output_embeddings()(hidden).float()
+    return finish_logits(model, model.get_output_embeddings()(hidden))
+
+
+def finish_logits(model, raw: torch.Tensor) -> torch.Tensor:
+    """Raw LM-head outputs (in the model's dtype) as float logits, soft-capped where the model does that."""
+    logits = raw.float()
     cap = getattr(model.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap

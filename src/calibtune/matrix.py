@@ -48,7 +48,7 @@ from calibtune.store import ArtifactStore, artifact_key, run_folder_lock
 
 ANSWER_STAGE_VERSION = 2
 FEATURE_STAGE_VERSION = 2
-CELL_STAGE_VERSION = 1
+CELL_STAGE_VERSION = 2
 SHARD_SIZE = 256  # questions or texts per stored shard of a model pass
 
 Log = Callable[[str], None]

@@ -35,11 +35,15 @@ from calibtune.estimators.adapters import (
 )
 from calibtune.estimators.query import QueryPrompt, option_token_ids, p_yes, two_way_logits
 from calibtune.estimators.splits import validation_split
-from calibtune.forward import length_batches, lm_head_logits, pad_ids
+from calibtune.forward import finish_logits, length_batches, lm_head_logits, pad_ids
 from calibtune.models import LoadedModel
 from calibtune.progress import progress_bar
 
 DIVERGENCES = ("js", "forward_kl", "reverse_kl")
+
+# The base model's answer-token logits are computed once before training and kept in memory
+# when they fit in this many bytes; otherwise each step recomputes them with the adapter disabled.
+BASE_LOGITS_BUDGET = 4 * 2**30
 
 
 @dataclass(frozen=True)
@@ -153,10 +157,11 @@ class LoraPromptEstimator:
         idx_train, idx_val = validation_split(y, cfg.val_fraction, cfg.seed)
         self.val_indices = idx_val
         tokens = self.token_ids
+        train_seqs = [seqs[i] for i in idx_train]
+        base_cache = base_answer_logits(self.lm, train_seqs, cfg.train.batch_size * 2) if cfg.kl_weight > 0 else None
         self._peft = attach_lora(self.lm, cfg.lora, cfg.seed)
         self.lm.model.train()
         params = [p for p in self._peft.parameters() if p.requires_grad]
-        train_seqs = [seqs[i] for i in idx_train]
         y_train = torch.from_numpy(y[idx_train])
         val_seqs, y_val = [seqs[i] for i in idx_val], torch.from_numpy(y[idx_val])
 
@@ -169,9 +174,12 @@ class LoraPromptEstimator:
             if cfg.kl_weight > 0:
                 rows, cols = _answer_positions(items)
                 adapted = lm_head_logits(self.lm.model, hidden[rows, cols])
-                with torch.no_grad(), self._peft.disable_adapter():
-                    base_hidden = self.lm.model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
-                    base = lm_head_logits(self.lm.model, base_hidden[rows, cols])
+                if base_cache is not None:
+                    base = finish_logits(self.lm.model, torch.cat([base_cache[i] for i in batch]))
+                else:
+                    with torch.no_grad(), self._peft.disable_adapter():
+                        base_hidden = self.lm.model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+                        base = lm_head_logits(self.lm.model, base_hidden[rows, cols])
                 loss = loss + cfg.kl_weight * divergence(adapted, base, cfg.divergence)
             return loss
 
@@ -243,6 +251,33 @@ class LoraPromptEstimator:
         if self._peft is not None:
             detach_lora(self._peft)
             self._peft = None
+
+
+def base_answer_logits(lm: LoadedModel, seqs: Sequence[QueryEncoded], batch_size: int,
+                       budget: int | None = None) -> list[torch.Tensor] | None:
+    """The base model's raw LM-head outputs at each sequence's answer positions (one tensor per sequence).
+
+    Run once, before adapters are attached, on the sequences cut at the end of the answer;
+    the divergence term then costs no second forward pass per step. Returns None when the
+    logits would not fit in ``budget`` bytes (default ``BASE_LOGITS_BUDGET``).
+    """
+    budget = BASE_LOGITS_BUDGET if budget is None else budget
+    head = lm.model.get_output_embeddings()
+    rows = sum(max(0, s.answer[1] - max(s.answer[0], 1)) for s in seqs)
+    if rows * head.weight.shape[0] * head.weight.element_size() > budget:
+        return None
+    cut = [s.ids[: s.answer[1]] for s in seqs]
+    out: list[torch.Tensor | None] = [None] * len(seqs)
+    lm.model.eval()
+    with torch.no_grad(), progress_bar(f"base logits {lm.name}", len(seqs)) as advance:
+        for batch in length_batches([len(c) for c in cut], batch_size, None):
+            ids, mask = pad_ids([cut[i] for i in batch], lm.tokenizer.pad_token_id, lm.device)
+            hidden = lm.model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+            for row, i in enumerate(batch):
+                _, cols = _answer_positions([seqs[i]])
+                out[i] = head(hidden[row, cols]).clone()
+            advance(len(batch))
+    return out  # type: ignore[return-value]
 
 
 def _answer_positions(items: Sequence[QueryEncoded]) -> tuple[list[int], list[int]]:
