@@ -58,7 +58,7 @@ def test_config_wrong_type(tmp_path):
     ("", "empty"),
     ('{"id": 1, "question": "a?", "choices": ["x", "y"], "answer": 0}\n'
      '{"id": 1, "question": "b?", "choices": ["x", "y"], "answer": 1}\n', "line 2"),
-    ('{"question": "a?", "answer": 0}\n', "line 1"),
+    ('{"question": "a?", "answer": 0}\n', "no choices"),
     ('{"question": "a?", "choices": ["x", "y"], "answer": 5}\n', "line 1"),
 ])
 def test_bad_question_files_in_a_study(tmp_path, tiny_models, isolated_cache, content, fragment):

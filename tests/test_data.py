@@ -40,7 +40,11 @@ EXPECTED_SPLITS = {
     "hellaswag": {"validation": 10042},
     "boolq": {"validation": 3270},
     "copa": {"validation": 100},
+    "trivia_qa": {"validation": 7993},
+    "nq_open": {"validation": 3610},
+    "gsm8k": {"test": 1319},
 }
+OPEN_ENDED_SETS = {"trivia_qa", "nq_open", "gsm8k"}
 
 
 def one_line_error(exc_info: pytest.ExceptionInfo[BaseException]) -> str:
@@ -63,7 +67,7 @@ def test_list_datasets_sizes() -> None:
     assert all(isinstance(info, DatasetInfo) for info in infos)
     assert {info.name: info.splits for info in infos} == EXPECTED_SPLITS
     for info in infos:
-        assert info.kind == "multiple_choice"
+        assert info.kind == ("open_ended" if info.name in OPEN_ENDED_SETS else "multiple_choice")
         assert info.default_split in info.splits
         assert info.description
     defaults = {info.name: info.default_split for info in infos}
@@ -85,8 +89,44 @@ def test_every_split_loads_well_formed(name: str, split: str) -> None:
         assert q.dataset == name and q.split == split
         assert q.id.startswith(f"{name}/{split}/")
         assert q.text and q.text == q.text.strip()
-        assert len(q.choices) >= 2 and all(c for c in q.choices)
-        assert q.gold is not None and 0 <= q.gold < len(q.choices)
+        if name in OPEN_ENDED_SETS:
+            assert not q.choices and q.gold is None
+            assert q.references and all(r and r == r.strip() for r in q.references)
+        else:
+            assert len(q.choices) >= 2 and all(c for c in q.choices)
+            assert q.gold is not None and 0 <= q.gold < len(q.choices)
+
+
+def test_open_ended_sets_map_their_answers() -> None:
+    trivia = load_questions("trivia_qa")[0]
+    assert trivia.text.startswith("Which Lloyd Webber musical")
+    assert trivia.references[0] == "Sunset Boulevard" and "Sunset Blvd" in trivia.references
+    nq = load_questions("nq_open")[0]
+    assert nq.text == "When was the last time anyone was on the moon?"
+    assert nq.references == ("14 December 1972 UTC", "December 1972")
+    assert load_questions("gsm8k")[0].references == ("18",)
+
+
+def test_open_ended_user_files(tmp_path: Path) -> None:
+    jsonl = tmp_path / "oe.jsonl"
+    jsonl.write_text('{"id": "a", "question": "Capital of France?", "answers": ["Paris", "Paris, France"]}\n'
+                     '{"id": "b", "question": "2 + 2?", "answer": 4}\n')
+    a, b = load_questions(str(jsonl))
+    assert a.references == ("Paris", "Paris, France") and not a.is_multiple_choice
+    assert b.references == ("4",)
+    csv = tmp_path / "oe.csv"
+    csv.write_text("id,question,answer,aliases\n1,Capital of France?,Paris,Paris France|City of Light\n")
+    (q,) = load_questions(str(csv))
+    assert q.references == ("Paris", "Paris France", "City of Light")
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text('{"question": "a?", "choices": ["x", "y"], "answer": 0}\n{"question": "b?", "answers": ["z"]}\n')
+    with pytest.raises(UserFileError) as info:
+        load_questions(str(mixed))
+    assert "line 2" in one_line_error(info) and "one kind" in one_line_error(info)
+    empty = tmp_path / "empty_ref.jsonl"
+    empty.write_text('{"question": "a?", "answers": ["  "]}\n')
+    with pytest.raises(UserFileError, match="reference answer is empty"):
+        load_questions(str(empty))
 
 
 def test_default_split_is_used() -> None:
@@ -318,7 +358,7 @@ JSONL_ERRORS = [
         "missing 'question'",
     ),
     ("empty_question", [{**GOOD, "question": "  "}], 1, "'question' is empty"),
-    ("no_choices", [GOOD, {"question": "Q?", "answer": 0}], 2, "missing 'choices'"),
+    ("no_choices", [GOOD, {"question": "Q?", "answer": 0}], 2, "open-ended (no 'choices')"),
     ("empty_choices", [{**GOOD, "choices": []}], 1, "at least 2 choices"),
     ("one_choice", [{**GOOD, "choices": ["x"]}], 1, "at least 2 choices"),
     ("blank_choice", [{**GOOD, "choices": ["x", " "]}], 1, "option B is empty"),

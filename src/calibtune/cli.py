@@ -121,24 +121,117 @@ def answer(
     model: Annotated[str, typer.Option("--model", help="Bundled name, local folder or hub id.")],
     split: Annotated[Optional[str], typer.Option("--split", help="Split (default: the set's default).")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N questions.")] = None,
+    open_ended: Annotated[bool, typer.Option("--open-ended", help="Generate answers (automatic for open-ended sets).")] = False,
+    grader: Annotated[str, typer.Option("--grader", help="Open-ended grader: exact, contains or numeric.")] = "contains",
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Open-ended answers: token limit.")] = 24,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
     output_path: Annotated[Path, typer.Option("--output-path", "-o", help="Where to write the graded answers (.parquet).")] = Path("answers.parquet"),
     dtype: Annotated[str, typer.Option("--dtype")] = "auto",
     device: Annotated[str, typer.Option("--device")] = "auto",
 ) -> None:
-    """Answer a question set by cloze scoring, grade it, and write the graded answers."""
+    """Answer a question set (cloze scoring, or generation for open-ended questions), grade it, write the answers."""
     from calibtune.answer import ClozeSettings, answer_multiple_choice
     from calibtune.data import load_questions
+    from calibtune.generate import GenerationSettings
     from calibtune.grade import grade_multiple_choice
+    from calibtune.graders import get_grader
     from calibtune.models import load_model
+    from calibtune.open_ended import OpenEndedPrompt, answer_open_ended, grade_answers
     from calibtune.records import answers_to_table
 
     questions = load_questions(dataset, split=split)[:limit]
+    rule = get_grader(grader)
     lm = load_model(model, dtype=dtype, device=device)
-    graded = grade_multiple_choice(answer_multiple_choice(lm, questions, ClozeSettings(batch_size=batch_size)), questions)
+    if open_ended or not questions[0].is_multiple_choice:
+        generation = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
+        graded = grade_answers(answer_open_ended(lm, questions, OpenEndedPrompt(ClozeSettings().prompt), generation),
+                               questions, rule)
+    else:
+        graded = grade_multiple_choice(answer_multiple_choice(lm, questions, ClozeSettings(batch_size=batch_size)), questions)
     answers_to_table(graded).to_parquet(output_path, index=False)
     accuracy = sum(a.correct for a in graded) / len(graded)
     typer.echo(f"{len(graded)} answers, accuracy {accuracy:.3f}, written to {output_path}")
+
+
+@app.command()
+@_friendly
+def grade(
+    answers_path: Annotated[Path, typer.Argument(help="Answers written by `calibtune answer` (.parquet).")],
+    dataset: Annotated[str, typer.Option("--dataset", help="The question set the answers are to (name or file).")],
+    split: Annotated[Optional[str], typer.Option("--split")] = None,
+    grader: Annotated[str, typer.Option("--grader", help="exact, contains, numeric, or judge.")] = "contains",
+    compare: Annotated[Optional[str], typer.Option("--compare", help="A second grader; report the agreement of the two.")] = None,
+    judge_model: Annotated[Optional[str], typer.Option("--judge-model", help="Local judge model (for grader judge).")] = None,
+    judge_url: Annotated[Optional[str], typer.Option("--judge-url", help="OpenAI-compatible base URL (for grader judge).")] = None,
+    judge_api_model: Annotated[Optional[str], typer.Option("--judge-api-model", help="The endpoint's model name.")] = None,
+    api_key_env: Annotated[str, typer.Option("--api-key-env", help="Environment variable holding the endpoint's key.")] = "OPENAI_API_KEY",
+    sample: Annotated[Optional[int], typer.Option("--sample", help="Grade a seeded sample of this many answers.")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    fmt: Annotated[str, typer.Option("--format", help="text or markdown.")] = "text",
+    output_path: Annotated[Optional[Path], typer.Option("--output-path", "-o", help="Write the regraded answers here.")] = None,
+) -> None:
+    """Grade open-ended answers again, with any grader; with --compare, Cohen's kappa and the confusion table of two."""
+    import random
+
+    import pandas as pd
+
+    from calibtune.config import JudgeSettings, OpenEndedSettings
+    from calibtune.data import load_questions
+    from calibtune.graders import format_agreement, grader_agreement
+    from calibtune.open_ended import build_grader, grade_answers
+    from calibtune.records import answers_from_table, answers_to_table
+
+    if not answers_path.is_file():
+        raise CalibtuneError(f"answers file {answers_path} not found")
+    try:
+        answers = answers_from_table(pd.read_parquet(answers_path))
+    except Exception as exc:  # pyarrow and pandas raise many kinds for a file that is not an answers table
+        raise CalibtuneError(f"{answers_path} is not an answers table written by `calibtune answer`: {exc}") from exc
+    questions = load_questions(dataset, split=split)
+    if sample is not None and sample < len(answers):
+        answers = random.Random(seed).sample(answers, sample)
+    judge = JudgeSettings(model=judge_model, base_url=judge_url, api_model=judge_api_model, api_key_env=api_key_env)
+
+    def make(name: str):
+        try:
+            return build_grader(OpenEndedSettings(grader=name, judge=judge if name == "judge" else None))
+        except ValueError as exc:
+            raise CalibtuneError(f"grader {name}: {exc}") from exc
+
+    first = grade_answers(answers, questions, make(grader))
+    accuracy = sum(bool(a.correct) for a in first) / len(first)
+    typer.echo(f"{len(first)} answers graded by {first[0].grader}: accuracy {accuracy:.3f}")
+    if output_path:
+        answers_to_table(first).to_parquet(output_path, index=False)
+    if compare:
+        second = grade_answers(answers, questions, make(compare))
+        agreement = grader_agreement([a.correct for a in first], [a.correct for a in second])
+        typer.echo(format_agreement(agreement, first[0].grader, second[0].grader, markdown=fmt == "markdown"))
+
+
+@app.command()
+@_friendly
+def ask(
+    estimator: Annotated[Path, typer.Argument(help="An estimator folder, e.g. runs/default/estimators/lora_prompt/<E>__on__<T>.")],
+    question: Annotated[Optional[str], typer.Argument(help="The question; omit to read questions from stdin, one per line.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="The answering model (default: the estimator's own model).")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 24,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per question.")] = False,
+    dtype: Annotated[str, typer.Option("--dtype")] = "auto",
+    device: Annotated[str, typer.Option("--device")] = "auto",
+) -> None:
+    """Answer a question and print the answer with the estimator's P(correct)."""
+    from calibtune.ask import ask as ask_questions
+
+    if not estimator.is_dir():
+        raise CalibtuneError(f"estimator folder {estimator} not found")
+    questions = [question] if question is not None else sys.stdin.read().splitlines()
+    for item in ask_questions(estimator, questions, model, max_new_tokens, dtype, device):
+        if as_json:
+            typer.echo(json.dumps(item.__dict__))
+        else:
+            typer.echo(f"Q: {item.question}\nA: {item.answer}\nP(correct) = {item.p_correct:.3f}  "
+                       f"({item.method} on {item.estimator_model}, answered by {item.answering_model})")
 
 
 @app.command()

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from calibtune.answer import DEFAULT_PROMPT
 from calibtune.errors import CalibtuneError, first_line
@@ -21,7 +21,13 @@ from calibtune.estimators.query import DEFAULT_OPTIONS, DEFAULT_QUERY, QueryProm
 # Methods with an estimator model: one cell per (estimator model E, answering model T).
 MATRIX_METHODS = ("probe", "lora", "lora_prompt", "zero_shot")
 # Methods read off the answering model itself: one value per answering model.
-BASELINE_METHODS = ("option_confidence",)
+# likelihood: exp(summed log-probability of the answer); perplexity: exp(mean token
+# log-probability) = 1 / perplexity; verbalized: the model's stated probability;
+# sampling: the share of sampled answers equivalent to the greedy one (open-ended only).
+BASELINE_METHODS = ("option_confidence", "likelihood", "perplexity", "verbalized", "sampling")
+MC_ONLY_METHODS = ("option_confidence",)
+OPEN_ENDED_ONLY_METHODS = ("sampling",)
+GRADER_NAMES = ("exact", "contains", "numeric", "judge")
 
 
 class _Strict(BaseModel):
@@ -125,6 +131,51 @@ class LoraHeadSettings(AdapterSettings):
                               lora=self.lora(), train=self.training(seed), val_fraction=self.val_fraction, seed=seed)
 
 
+class JudgeSettings(_Strict):
+    """The language-model judge: a local model, or an OpenAI-compatible chat endpoint."""
+
+    model: str | None = Field(None, description="a model calibtune can load (local judge)")
+    base_url: str | None = Field(None, description="an OpenAI-compatible endpoint, e.g. http://host:8000/v1")
+    api_model: str | None = Field(None, description="the endpoint's model name")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the key (never saved)")
+    timeout: float = Field(30.0, gt=0)
+    max_retries: int = Field(5, ge=0)
+
+
+class OpenEndedSettings(_Strict):
+    """How open-ended answers are generated and graded."""
+
+    max_new_tokens: int = Field(24, ge=1)
+    shots: int = Field(0, ge=0, description="k-shot exemplars put before each question")
+    exemplars: Selection | None = Field(None, description="where the exemplars come from (disjoint from the "
+                                        "study's questions)")
+    chat_template: bool = Field(False, description="use the answering model's chat template (instruct models)")
+    grader: str = "contains"
+    judge: JudgeSettings | None = None
+
+    @field_validator("grader")
+    @classmethod
+    def _known_grader(cls, grader: str) -> str:
+        if grader not in GRADER_NAMES:
+            raise ValueError(f"unknown grader '{grader}'{_suggest(grader, GRADER_NAMES)}; known: "
+                             f"{', '.join(GRADER_NAMES)}")
+        return grader
+
+
+class SamplingSettings(_Strict):
+    """The sampling-consistency baseline."""
+
+    k: int = Field(5, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    max_new_tokens: int = Field(24, ge=1)
+
+
+class VerbalizedSettings(_Strict):
+    """The verbalized-confidence baseline."""
+
+    max_new_tokens: int = Field(8, ge=1)
+
+
 class QuickSettings(_Strict):
     """How ``--quick`` shrinks the study: at most this many questions per selection."""
 
@@ -138,6 +189,7 @@ class StudyConfig(_Strict):
 
     name: str = "study"
     seed: int = 0
+    task: Literal["multiple_choice", "open_ended"] = "multiple_choice"
     models: list[str] = Field(min_length=1)
     dtype: str = "auto"
     device: str = "auto"
@@ -157,7 +209,25 @@ class StudyConfig(_Strict):
     zero_shot_calibration: int = Field(200, ge=0, description="training answers used to fit the zero-shot "
                                        "query's temperature (a seeded sample)")
     temperature_scaling: bool = True
+    open_ended: OpenEndedSettings = OpenEndedSettings()
+    sampling: SamplingSettings = SamplingSettings()
+    verbalized: VerbalizedSettings = VerbalizedSettings()
     quick: QuickSettings = QuickSettings()
+
+    @model_validator(mode="after")
+    def _methods_fit_the_task(self) -> StudyConfig:
+        wrong = MC_ONLY_METHODS if self.task == "open_ended" else OPEN_ENDED_ONLY_METHODS
+        for method in self.methods:
+            if method in wrong:
+                raise ValueError(f"method '{method}' does not apply to task {self.task}")
+        judge = self.open_ended.judge
+        if self.task == "open_ended" and self.open_ended.grader == "judge":
+            if judge is None or not (judge.model or (judge.base_url and judge.api_model)):
+                raise ValueError("grader 'judge' needs open_ended.judge.model, or open_ended.judge.base_url "
+                                 "and open_ended.judge.api_model")
+        if self.open_ended.shots and self.open_ended.exemplars is None:
+            raise ValueError("open_ended.shots needs open_ended.exemplars (where the exemplars come from)")
+        return self
 
     @field_validator("methods")
     @classmethod

@@ -12,7 +12,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from calibtune.estimators.probe import ProbeEstimator
 from calibtune.estimators.query import option_token_ids
 from calibtune.features import candidate_layers, extract_features, proposed_answer_text
 from calibtune.forward import encode_texts
+from calibtune.generate import GenerationSettings
 from calibtune.grade import grade_multiple_choice
 from calibtune.metrics import metrics_table, paired_auroc_difference
 from calibtune.models import (
@@ -41,10 +42,23 @@ from calibtune.models import (
     model_fingerprint,
     model_num_layers,
 )
+from calibtune.open_ended import (
+    OpenEndedPrompt,
+    answer_open_ended,
+    build_grader,
+    equivalence,
+    grade_answers,
+    grader_identity,
+    likelihood_confidence,
+    perplexity_confidence,
+    sampling_consistency,
+    verbalized_confidence,
+)
 from calibtune.progress import progress_bar
 from calibtune.records import Answer, Question, answers_from_table, answers_to_table
 from calibtune.report.labels import method_label
 from calibtune.store import ArtifactStore, artifact_key, run_folder_lock
+from calibtune.verbalized import VERBALIZED_PROMPT
 
 ANSWER_STAGE_VERSION = 2
 FEATURE_STAGE_VERSION = 2
@@ -54,8 +68,12 @@ SHARD_SIZE = 256  # questions or texts per stored shard of a model pass
 Log = Callable[[str], None]
 
 
-def select_questions(selections: Sequence[Selection], seed: int, limit_per_set: int | None = None) -> list[Question]:
-    """The questions a list of selections names, in order, with duplicates refused."""
+def select_questions(selections: Sequence[Selection], seed: int, limit_per_set: int | None = None,
+                     require_choices: bool = False) -> list[Question]:
+    """The questions a list of selections names, in order, with duplicates refused.
+
+    ``require_choices`` refuses open-ended questions (a multiple choice study), naming the set at fault.
+    """
     out: list[Question] = []
     seen: set[str] = set()
     for sel in selections:
@@ -68,6 +86,9 @@ def select_questions(selections: Sequence[Selection], seed: int, limit_per_set: 
         if not chosen:
             raise CalibtuneError(f"selection {sel.dataset}:{sel.split} [{sel.start}:{sel.stop}] holds no questions")
         for question in chosen:
+            if require_choices and not question.is_multiple_choice:
+                raise CalibtuneError(f"{sel.dataset}: question {question.id} has no choices (it is open-ended) but "
+                                     "the study's task is multiple_choice; set task: open_ended")
             if question.id in seen:
                 raise CalibtuneError(f"question {question.id} is selected twice")
             seen.add(question.id)
@@ -77,10 +98,11 @@ def select_questions(selections: Sequence[Selection], seed: int, limit_per_set: 
 
 @dataclass
 class StudyInputs:
-    """The questions of a study, split into training and evaluation."""
+    """The questions of a study, split into training and evaluation (and k-shot exemplars, if any)."""
 
     train: list[Question]
     eval: list[Question]
+    exemplars: list[Question] = field(default_factory=list)
 
     @property
     def all(self) -> list[Question]:
@@ -90,13 +112,25 @@ class StudyInputs:
 
 def study_questions(config: StudyConfig, quick: bool = False) -> StudyInputs:
     """Load the study's questions and check that no evaluation question is also trained on."""
-    train = select_questions(config.train, config.seed, config.quick.train_per_set if quick else None)
-    evaluation = select_questions(config.eval, config.seed, config.quick.eval_per_set if quick else None)
+    mc = config.task == "multiple_choice"
+    train = select_questions(config.train, config.seed, config.quick.train_per_set if quick else None, mc)
+    evaluation = select_questions(config.eval, config.seed, config.quick.eval_per_set if quick else None, mc)
     overlap = {q.id for q in train} & {q.id for q in evaluation}
     if overlap:
         raise CalibtuneError(f"{len(overlap)} evaluation questions are also in the training set, "
                              f"e.g. {sorted(overlap)[0]}: make the train and eval selections disjoint")
-    return StudyInputs(train, evaluation)
+    exemplars: list[Question] = []
+    settings = config.open_ended
+    if config.task == "open_ended" and settings.shots:
+        exemplars = select_questions([settings.exemplars], config.seed)[: settings.shots]
+        used = {q.id for q in train + evaluation} & {q.id for q in exemplars}
+        if used:
+            raise CalibtuneError(f"exemplar {sorted(used)[0]} is also a study question: make "
+                                 "open_ended.exemplars disjoint from train and eval")
+        if len(exemplars) < settings.shots:
+            raise CalibtuneError(f"open_ended.exemplars holds {len(exemplars)} questions, fewer than "
+                                 f"shots: {settings.shots}")
+    return StudyInputs(train, evaluation, exemplars)
 
 
 def _ids_digest(items: Sequence[str]) -> str:
@@ -116,6 +150,7 @@ class Study:
     log: Log = print
     timings: dict[str, float] = field(default_factory=dict)
     _answer_keys: dict[str, str] = field(default_factory=dict, repr=False)
+    _grader_cache: Any = field(default=None, repr=False)
 
     def run(self) -> pd.DataFrame:
         """The whole study; returns the metrics table and writes the run folder.
@@ -135,8 +170,7 @@ class Study:
                  f"{len(cfg.models)} models")
         answers = {t: self._graded_answers(t, inputs) for t in cfg.models}
         cells: list[pd.DataFrame] = []
-        if "option_confidence" in cfg.methods:
-            cells.append(self._option_confidence(answers, inputs))
+        cells.extend(self._baseline_cells(answers, inputs))
         for e in cfg.models:
             cells.extend(self._estimator_cells(e, answers, inputs))
         table = pd.concat(cells, ignore_index=True)
@@ -180,6 +214,58 @@ class Study:
 
     def _graded_answers(self, model: str, inputs: StudyInputs) -> dict[str, Answer]:
         """Model T's graded answers to every study question, by question id (cached in shards)."""
+        by_id = (self._open_ended_answers(model, inputs) if self.config.task == "open_ended"
+                 else self._multiple_choice_answers(model, inputs))
+        acc_train = np.mean([by_id[q.id].correct for q in inputs.train])
+        acc_eval = np.mean([by_id[q.id].correct for q in inputs.eval])
+        self.log(f"{model}: accuracy {acc_train:.3f} on training questions, {acc_eval:.3f} on evaluation questions")
+        return by_id
+
+    def _open_prompt(self, inputs: StudyInputs) -> OpenEndedPrompt:
+        cfg = self.config
+        return OpenEndedPrompt(cfg.prompt, tuple(inputs.exemplars), cfg.open_ended.chat_template)
+
+    def _open_ended_answers(self, model: str, inputs: StudyInputs) -> dict[str, Answer]:
+        """T's generated answers (cached in shards, ungraded), then graded by the study's grader."""
+        cfg = self.config
+        questions = inputs.all
+        dtype = choose_dtype(cfg.dtype, choose_device(cfg.device))
+        generation = GenerationSettings(max_new_tokens=cfg.open_ended.max_new_tokens, batch_size=cfg.batch_size)
+        settings = {"model": model, "fingerprint": model_fingerprint(model), "dtype": str(dtype), "task": cfg.task,
+                    "prompt": cfg.prompt, "exemplars": [q.id for q in inputs.exemplars],
+                    "chat_template": cfg.open_ended.chat_template, "generation": asdict(generation)}
+        ids = [q.id for q in questions]
+        plan = self._shard_plan("answers", ANSWER_STAGE_VERSION, settings, ids)
+        missing = [(key, part) for key, part in plan if not self.store.has("answers", key)]
+        self._report_shards(f"answers of {model}", plan, missing)
+        if missing:
+            lm = self._load(model)
+            prompt = self._open_prompt(inputs)
+            t0 = time.perf_counter()
+            with progress_bar(f"generate {model}", sum(len(ids[part]) for _, part in missing)) as advance:
+                for key, part in missing:
+                    answers = answer_open_ended(lm, questions[part], prompt, generation, advance)
+                    self.store.put_table("answers", key, answers_to_table(answers), meta={"settings": settings})
+            self._time(f"answer {model}", t0)
+            del lm
+        answers = [a for key, _ in plan for a in answers_from_table(self.store.get_table("answers", key))]
+        t0 = time.perf_counter()
+        grader = self._grader()
+        graded = grade_answers(answers, questions, grader)
+        self._time(f"grade {model}", t0)
+        graded_settings = {**settings, "ids": _ids_digest(ids), "grader": grader_identity(grader)}
+        self._answer_keys[model] = artifact_key("answers", ANSWER_STAGE_VERSION, graded_settings)
+        return {a.question_id: a for a in graded}
+
+    def _grader(self):
+        """The study's grader for open-ended answers (built once; a local judge model is loaded here)."""
+        if self._grader_cache is None:
+            self._grader_cache = build_grader(self.config.open_ended, self.config.dtype, self.config.device,
+                                              self.config.batch_size)
+        return self._grader_cache
+
+    def _multiple_choice_answers(self, model: str, inputs: StudyInputs) -> dict[str, Answer]:
+        """T's cloze answers, graded against the gold option (cached in shards)."""
         cloze = self._cloze()
         questions = inputs.all
         dtype = choose_dtype(self.config.dtype, choose_device(self.config.device))
@@ -202,11 +288,7 @@ class Study:
             self._time(f"answer {model}", t0)
             del lm
         graded = [a for key, _ in plan for a in answers_from_table(self.store.get_table("answers", key))]
-        by_id = {a.question_id: a for a in graded}
-        acc_train = np.mean([by_id[q.id].correct for q in inputs.train])
-        acc_eval = np.mean([by_id[q.id].correct for q in inputs.eval])
-        self.log(f"{model}: accuracy {acc_train:.3f} on training questions, {acc_eval:.3f} on evaluation questions")
-        return by_id
+        return {a.question_id: a for a in graded}
 
     def _estimator_cells(self, e: str, answers: dict[str, dict[str, Answer]],
                          inputs: StudyInputs) -> list[pd.DataFrame]:
@@ -236,7 +318,11 @@ class Study:
                     "lora_prompt": {"lora_prompt": cfg.lora_prompt.model_dump()},
                     "lora": {"lora": cfg.lora.model_dump()},
                     "zero_shot": {"query": cfg.lora_prompt.query, "options": list(cfg.lora_prompt.options),
-                                  "calibration": cfg.zero_shot_calibration}}[method]
+                                  "calibration": cfg.zero_shot_calibration},
+                    "verbalized": {"verbalized": cfg.verbalized.model_dump(), "calibration": cfg.zero_shot_calibration,
+                                   "prompt_text": VERBALIZED_PROMPT},
+                    "sampling": {"sampling": cfg.sampling.model_dump(), "calibration": cfg.zero_shot_calibration,
+                                 "open_ended": cfg.open_ended.model_dump()}}[method]
         return {**common, **specific}
 
     def _cached_cell(self, method: str, e: str, t: str, inputs: StudyInputs,
@@ -309,26 +395,80 @@ class Study:
 
     def _cell(self, method: str, e: str, t: str, inputs: StudyInputs, p: np.ndarray, y: np.ndarray,
               p_cal: np.ndarray | None, y_cal: np.ndarray | None) -> pd.DataFrame:
-        """Score rows of one cell, with temperature-scaled P(correct) fitted on the calibration answers."""
+        """Score rows of one cell, with temperature-scaled P(correct) fitted on the calibration answers.
+
+        A NaN P(correct) (a verbalized reply with no probability in it) leaves its answer out
+        of the cell, and the count is logged; metrics.json reports it as ``n_left_out``.
+        """
+        p, y = np.asarray(p, dtype=float), np.asarray(y)
+        keep = np.isfinite(p)
+        if not keep.all():
+            self.log(f"{method_label(method)} {e} on {t}: {int((~keep).sum())} of {len(p)} evaluation answers have "
+                     "no P(correct) (an unparseable reply) and are left out of this cell")
         scaler = TemperatureScaler()
         if self.config.temperature_scaling and p_cal is not None:
-            scaler = TemperatureScaler.fit(p_cal, y_cal)
+            cal_keep = np.isfinite(np.asarray(p_cal, dtype=float))
+            if cal_keep.any() and len(np.unique(np.asarray(y_cal)[cal_keep])) == 2:
+                scaler = TemperatureScaler.fit(np.asarray(p_cal)[cal_keep], np.asarray(y_cal)[cal_keep])
+        questions = [q for q, k in zip(inputs.eval, keep) if k]
         return pd.DataFrame({
             "method": method, "model": e, "trained_on": t, "evaluated_on": t,
-            "question_id": [q.id for q in inputs.eval], "dataset": [q.dataset for q in inputs.eval],
-            "p_correct": np.asarray(p, dtype=float), "label": np.asarray(y, dtype=int),
-            "p_correct_ts": scaler.transform(p), "temperature": scaler.temperature,
+            "question_id": [q.id for q in questions], "dataset": [q.dataset for q in questions],
+            "subject": [q.subject for q in questions],
+            "p_correct": p[keep], "label": y[keep].astype(int),
+            "p_correct_ts": scaler.transform(p[keep]), "temperature": scaler.temperature,
         })
 
-    def _option_confidence(self, answers: dict[str, dict[str, Answer]], inputs: StudyInputs) -> pd.DataFrame:
-        select = self.config.select
+    def _baseline_cells(self, answers: dict[str, dict[str, Answer]], inputs: StudyInputs) -> list[pd.DataFrame]:
+        """Baselines read off each answering model: from its answers, or (verbalized, sampling) by asking it again."""
+        cfg = self.config
+        from_answers = {"option_confidence": lambda a: option_confidence(a, cfg.select),
+                        "likelihood": likelihood_confidence, "perplexity": perplexity_confidence}
         frames = []
-        for t, by_id in answers.items():
-            p = np.array([option_confidence(by_id[q.id], select) for q in inputs.eval])
-            p_cal = np.array([option_confidence(by_id[q.id], select) for q in inputs.train])
-            frames.append(self._cell("option_confidence", t, t, inputs, p, self._labels(by_id, inputs.eval),
-                                     p_cal, self._labels(by_id, inputs.train)))
-        return pd.concat(frames, ignore_index=True)
+        for method in BASELINE_METHODS:
+            if method not in cfg.methods:
+                continue
+            for t, by_id in answers.items():
+                if method in from_answers:
+                    score = from_answers[method]
+                    p = np.array([score(by_id[q.id]) for q in inputs.eval])
+                    p_cal = np.array([score(by_id[q.id]) for q in inputs.train])
+                    frames.append(self._cell(method, t, t, inputs, p, self._labels(by_id, inputs.eval),
+                                             p_cal, self._labels(by_id, inputs.train)))
+                else:
+                    def compute(_t: str, out: Path, ckpt: Path, method: str = method, t: str = t) -> pd.DataFrame:
+                        return self._asked_baseline(method, t, answers[t], inputs)
+
+                    frames.append(self._cached_cell(method, t, t, inputs, compute))
+        return frames
+
+    def _calibration_sample(self, inputs: StudyInputs) -> list[Question]:
+        """A seeded sample of training questions for fitting the temperature of untrained methods."""
+        cfg = self.config
+        n_cal = min(cfg.zero_shot_calibration, len(inputs.train))
+        if self.quick:
+            n_cal = min(n_cal, cfg.quick.train_per_set)
+        return random.Random(f"{cfg.seed}-zero-shot").sample(list(inputs.train), n_cal) if n_cal else []
+
+    def _asked_baseline(self, method: str, t: str, answers: dict[str, Answer], inputs: StudyInputs) -> pd.DataFrame:
+        """Verbalized confidence or sampling consistency of T, on the evaluation and calibration questions."""
+        cfg = self.config
+        lm = self._load(t)
+        cal = self._calibration_sample(inputs)
+        questions = inputs.eval + cal
+        given = [answers[q.id] for q in questions]
+        if method == "verbalized":
+            p, replies = verbalized_confidence(lm, questions, given, cfg.verbalized.max_new_tokens, cfg.batch_size)
+            self.log(f"verbalized {t}: {int(np.isnan(p).sum())} of {len(p)} replies had no parseable probability, "
+                     f"e.g. {next((r for r, v in zip(replies, p) if np.isnan(v)), '')!r}")
+        else:
+            s = cfg.sampling
+            generation = GenerationSettings(max_new_tokens=s.max_new_tokens, batch_size=cfg.batch_size)
+            p = sampling_consistency(lm, questions, given, self._open_prompt(inputs), equivalence(self._grader()),
+                                     s.k, s.temperature, cfg.seed, generation)
+        n = len(inputs.eval)
+        return self._cell(method, t, t, inputs, p[:n], self._labels(answers, inputs.eval), p[n:],
+                          self._labels(answers, cal))
 
     def _probe_features(self, e: str, lazy: _Lazy, answers: dict[str, dict[str, Answer]],
                         inputs: StudyInputs) -> tuple[np.ndarray, dict[str, int], list[int]]:
@@ -373,10 +513,7 @@ class Study:
         cfg = self.config
         query = cfg.lora_prompt.to_config(cfg.seed).query
         tokens = option_token_ids(lm.tokenizer, query.query, query.options)
-        n_cal = min(cfg.zero_shot_calibration, len(inputs.train))
-        if self.quick:
-            n_cal = min(n_cal, cfg.quick.train_per_set)
-        cal = random.Random(f"{cfg.seed}-zero-shot").sample(list(inputs.train), n_cal) if n_cal else []
+        cal = self._calibration_sample(inputs)
         seqs = encode_queries(lm.tokenizer, *self._prompts(answers, inputs.eval + cal), query.query)
         p_all = query_p_correct(lm, seqs, tokens, cfg.batch_size, f"zero-shot query {e} on {t}")
         n = len(inputs.eval)
@@ -433,6 +570,8 @@ class Study:
                        inputs: StudyInputs) -> None:
         metrics.to_csv(self.output / "metrics.csv", index=False)
         records = json.loads(metrics.to_json(orient="records"))
+        for record in records:  # answers a method could not score (unparseable verbalized replies)
+            record["n_left_out"] = len(inputs.eval) - int(record["n"])
         accuracy = {t: {"train": float(np.mean([a[q.id].correct for q in inputs.train])),
                         "eval": float(np.mean([a[q.id].correct for q in inputs.eval]))} for t, a in answers.items()}
         payload = {"cells": records, "answer_accuracy": accuracy, "n_train": len(inputs.train),

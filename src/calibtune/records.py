@@ -52,6 +52,7 @@ class Answer:
     correct: bool | None = None
     grader: str = ""
     grader_output: str = ""
+    token_logprobs: tuple[float, ...] = ()
 
 
 def answers_to_table(answers: list[Answer]):
@@ -65,11 +66,15 @@ def answers_to_table(answers: list[Answer]):
 
 
 def answers_from_table(table) -> list[Answer]:
-    """The inverse of ``answers_to_table``."""
+    """The inverse of ``answers_to_table`` (tables written before ``token_logprobs`` existed read too)."""
+    import pandas as pd
+
     out = []
     for row in table.to_dict(orient="records"):
         row["option_logprob_sum"] = tuple(float(x) for x in row["option_logprob_sum"])
         row["option_logprob_mean"] = tuple(float(x) for x in row["option_logprob_mean"])
+        tokens = row.get("token_logprobs")
+        row["token_logprobs"] = () if tokens is None or tokens is pd.NA else tuple(float(x) for x in tokens)
         row["choice"] = None if row["choice"] is None or row["choice"] != row["choice"] else int(row["choice"])
         row["correct"] = None if row["correct"] is None else bool(row["correct"])
         out.append(Answer(**row))

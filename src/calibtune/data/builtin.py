@@ -1,7 +1,8 @@
-"""The bundled multiple choice sets other than MMLU: where each lives and how rows map.
+"""The bundled question sets other than MMLU: where each lives and how rows map.
 
-Every converter returns the question text (what follows ``Question: `` in a cloze
-prompt), the options' texts and the gold index. Texts are stripped of surrounding
+Every multiple choice converter returns the question text (what follows ``Question: ``
+in a cloze prompt), the options' texts and the gold index; the open-ended ones (TriviaQA,
+NQ-open, GSM8K) return the question and its reference answers. Texts are stripped of surrounding
 whitespace (PIQA has ~230 options with stray leading/trailing spaces). No bundled row
 is unusable, so none is skipped: every split has as many questions as rows (or docs).
 """
@@ -14,7 +15,7 @@ from typing import Any
 
 from calibtune.data.errors import BundleFormatError
 from calibtune.data.readers import ArrowSplit, RequestsSplit
-from calibtune.data.spec import DatasetSpec, Item
+from calibtune.data.spec import OPEN_ENDED, DatasetSpec, Item
 
 CLOZE_PREFIX = "Question: "
 CLOZE_SUFFIX = "\nAnswer:"
@@ -156,6 +157,27 @@ def copa(row: dict[str, Any], index: int) -> Item:
     )
 
 
+def trivia_qa(row: dict[str, Any], index: int) -> Item:
+    """TriviaQA (no context): ``answer.value`` first, then its ``aliases``."""
+    answer = row["answer"]
+    refs = [answer["value"], *answer["aliases"]]
+    return Item(key=str(row["question_id"]), text=row["question"].strip(), choices=(), gold=-1,
+                references=tuple(dict.fromkeys(r.strip() for r in refs if r and r.strip())))
+
+
+def nq_open(row: dict[str, Any], index: int) -> Item:
+    """NQ-open: a lower-case question without "?"; ``answer`` is the list of accepted answers."""
+    question = row["question"].strip()
+    return Item(key=str(index), text=question[0].upper() + question[1:] + "?", choices=(), gold=-1,
+                references=tuple(a.strip() for a in row["answer"]))
+
+
+def gsm8k(doc: dict[str, Any], index: int) -> Item:
+    """GSM8K: the word problem; the reference is the final number (``short_answer``)."""
+    return Item(key=str(doc["id"]), text=doc["question"].strip(), choices=(), gold=-1,
+                references=(str(doc["short_answer"]).strip(),))
+
+
 BUILTIN = (
     DatasetSpec(
         name="arc_easy",
@@ -239,5 +261,26 @@ BUILTIN = (
         description="COPA: pick the more plausible cause or effect of a premise, 2 options",
         default_split="validation",
         splits={"validation": ArrowSplit("super_glue/copa/validation", copa)},
+    ),
+    DatasetSpec(
+        name="trivia_qa",
+        description="TriviaQA (no context): open-ended trivia questions with answer aliases",
+        default_split="validation",
+        splits={"validation": ArrowSplit("trivia_qa/rc.wikipedia.nocontext/validation", trivia_qa)},
+        kind=OPEN_ENDED,
+    ),
+    DatasetSpec(
+        name="nq_open",
+        description="NQ-open: open-ended Google search questions with short answers",
+        default_split="validation",
+        splits={"validation": ArrowSplit("nq_open/none/validation", nq_open)},
+        kind=OPEN_ENDED,
+    ),
+    DatasetSpec(
+        name="gsm8k",
+        description="GSM8K: grade-school math word problems with a numeric answer (open-ended)",
+        default_split="test",
+        splits={"test": RequestsSplit("gsm8k", "gold_bpb_5shot", gsm8k)},
+        kind=OPEN_ENDED,
     ),
 )

@@ -18,6 +18,7 @@ from calibtune.data.errors import (
 from calibtune.records import Question
 
 MULTIPLE_CHOICE = "multiple_choice"
+OPEN_ENDED = "open_ended"
 MIN_CHOICES = 2
 
 
@@ -33,13 +34,18 @@ class DatasetInfo:
 
 
 class Item(NamedTuple):
-    """One multiple choice question as a reader produces it, before it gets its full id."""
+    """One question as a reader produces it, before it gets its full id.
+
+    Multiple choice items carry ``choices`` and ``gold``; open-ended ones carry
+    ``references`` (the answer and its aliases), no choices and gold -1.
+    """
 
     key: str
     text: str
     choices: tuple[str, ...]
     gold: int
     subject: str = ""
+    references: tuple[str, ...] = ()
 
 
 class SplitReader(Protocol):
@@ -121,6 +127,11 @@ class DatasetSpec:
     def _question(self, split: str, item: Item) -> Question:
         """Turn a reader's ``item`` into a ``Question``, checking it is well formed."""
         qid = f"{self.name}/{split}/{item.key}"
+        if self.kind == OPEN_ENDED:
+            if not any(r.strip() for r in item.references):
+                raise BundleFormatError(f"bundled question {qid} has no reference answer")
+            return Question(id=qid, dataset=self.name, split=split, text=item.text, subject=item.subject,
+                            references=tuple(r.strip() for r in item.references if r.strip()))
         if len(item.choices) < MIN_CHOICES or not 0 <= item.gold < len(item.choices):
             raise BundleFormatError(
                 f"bundled question {qid} has gold {item.gold} for {len(item.choices)} options"

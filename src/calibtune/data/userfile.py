@@ -1,4 +1,4 @@
-"""User question files: multiple choice questions in JSONL or CSV.
+"""User question files: multiple choice or open-ended questions in JSONL or CSV.
 
 Pass the file's path wherever a dataset name is accepted. The file must be UTF-8
 (a byte-order mark is allowed); its questions keep the file's order.
@@ -20,6 +20,11 @@ Other fields are ignored. Example::
 
     {"id": "q1", "question": "Capital of France?", "choices": ["Lyon", "Paris"], "answer": "B"}
 
+An open-ended question has no ``choices``; its reference answers are ``answers`` (a list
+of strings: the answer and its aliases) or ``answer`` (one string)::
+
+    {"id": "q2", "question": "Capital of France?", "answers": ["Paris", "Paris, France"]}
+
 CSV (``.csv``), with a header row (column names are case-insensitive):
 
 - ``question`` (required).
@@ -29,6 +34,9 @@ CSV (``.csv``), with a header row (column names are case-insensitive):
 - ``answer`` (required): the same forms as in JSONL. The index is 0-based even though
   the columns are numbered from 1: ``0`` or ``A`` means ``choice1``.
 - ``id`` and ``subject`` (optional); an empty ``id`` defaults to the row's line number.
+
+A CSV file with no choice columns holds open-ended questions: ``answer`` is the
+reference, and an optional ``aliases`` column adds more, separated by ``|``.
 
 Rows whose cells are all empty are skipped. Quote cells that contain commas or line
 breaks, as any spreadsheet's CSV export does. Example::
@@ -142,7 +150,7 @@ def _csv_header(
         for position, name in enumerate(names)
         if (m := _CHOICE_COLUMN.fullmatch(name))
     )
-    if len(numbered) < MIN_CHOICES:
+    if 0 < len(numbered) < MIN_CHOICES:
         raise UserFileError(
             path,
             line,
@@ -177,6 +185,12 @@ def csv_records(path: Path, text: str) -> Iterator[tuple[int, Record]]:
             for name, position in columns.items()
             if name in ("question", "answer", "id", "subject") and cells[position]
         }
+        if not choice_positions:
+            aliases = cells[columns["aliases"]].split("|") if "aliases" in columns else []
+            record["answers"] = [record.get("answer", ""), *aliases]
+            record.pop("answer", None)
+            yield line, record
+            continue
         choices = [cells[position] for position in choice_positions]
         while choices and not choices[-1]:
             choices.pop()
@@ -258,9 +272,27 @@ def _subject(path: Path, line: int, record: Record) -> str:
     return value.strip()
 
 
+def _references(path: Path, line: int, record: Record) -> tuple[str, ...]:
+    """An open-ended question's reference answers, from ``answers`` (a list) or ``answer`` (a string)."""
+    value = record.get("answers", record.get("answer"))
+    if value is None:
+        raise UserFileError(path, line, "missing 'answers' (the reference answers of an open-ended question)")
+    values = [value] if isinstance(value, (str, int, float)) and not isinstance(value, bool) else value
+    if not isinstance(values, list) or not all(
+            isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in values):
+        raise UserFileError(path, line, f"'answers' must be a list of strings, got {show(value)}")
+    refs = tuple(dict.fromkeys(str(v).strip() for v in values if str(v).strip()))
+    if not refs:
+        raise UserFileError(path, line, "the reference answer is empty")
+    return refs
+
+
 def to_question(path: Path, line: int, record: Record) -> Question:
     """Check one record and turn it into a ``Question`` of the file's set."""
     text = _text_field(path, line, record, "question")
+    if "choices" not in record:
+        return Question(id=f"{path.stem}/{_local_id(path, line, record)}", dataset=path.stem, split=FILE_SPLIT,
+                        text=text, subject=_subject(path, line, record), references=_references(path, line, record))
     choices = _choices(path, line, record)
     if record.get("answer") is None:
         raise UserFileError(path, line, "missing 'answer'")
@@ -298,6 +330,10 @@ def read_user_file(path: Path) -> list[Question]:
                 f"duplicate id {show(local)} (first used on line {first_line[question.id]})",
             )
         first_line[question.id] = line
+        if questions and question.is_multiple_choice != questions[0].is_multiple_choice:
+            kinds = {True: "multiple choice (it has 'choices')", False: "open-ended (no 'choices')"}
+            raise UserFileError(path, line, f"the question is {kinds[question.is_multiple_choice]} but the "
+                                f"first question is {kinds[questions[0].is_multiple_choice]}; a file holds one kind")
         questions.append(question)
     if not questions:
         raise UserFileError(path, None, "no questions in the file (it is empty)")

@@ -1,0 +1,185 @@
+"""Open-ended answers: prompts (k-shot or chat template), generation, and the baselines read off them.
+
+The answering model writes its own answer after ``Question: ...\\nAnswer:`` (optionally
+after k exemplars with their reference answers, or inside its chat template). The answer's
+token log-probabilities are kept for the likelihood baselines; the verbalized baseline asks
+the model for a probability, and sampling consistency compares sampled answers with the
+greedy one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from calibtune.answer import format_prompt
+from calibtune.generate import GenerationSettings, encode_prompts, generate_answers, sample_answers
+from calibtune.models import LoadedModel
+from calibtune.progress import progress_bar
+from calibtune.records import Answer, Question
+from calibtune.verbalized import parse_confidence, verbalized_prompt
+
+Progress = Callable[[int], None]
+
+
+def references_of(question: Question) -> tuple[str, ...]:
+    """The reference answers: an open-ended question's aliases, or a multiple choice question's gold option."""
+    if question.references:
+        return question.references
+    if question.is_multiple_choice and question.gold is not None:
+        return (question.choices[question.gold],)
+    raise ValueError(f"question {question.id} has no reference answer")
+
+
+@dataclass(frozen=True)
+class OpenEndedPrompt:
+    """How a question is put to the answering model: template, exemplars, chat template or not."""
+
+    template: str
+    exemplars: tuple[Question, ...] = ()
+    chat_template: bool = False
+
+    def texts(self, lm: LoadedModel, questions: Sequence[Question]) -> list[list[int]]:
+        """Token ids of each question's prompt."""
+        if self.chat_template:
+            if not getattr(lm.tokenizer, "chat_template", None):
+                raise ValueError(f"model '{lm.name}' has no chat template; set open_ended.chat_template: false")
+            texts = [lm.tokenizer.apply_chat_template(self.messages(q), tokenize=False, add_generation_prompt=True)
+                     for q in questions]
+            return encode_prompts(lm, texts, special_tokens=False)
+        return encode_prompts(lm, [self.plain(q) for q in questions])
+
+    def plain(self, question: Question) -> str:
+        """The k-shot text prompt: each exemplar with its first reference, then the question."""
+        shots = "".join(f"{format_prompt(x, self.template)} {references_of(x)[0]}\n\n" for x in self.exemplars)
+        return shots + format_prompt(question, self.template)
+
+    def messages(self, question: Question) -> list[dict[str, str]]:
+        """The chat version: exemplars as earlier user/assistant turns."""
+        out: list[dict[str, str]] = []
+        for x in self.exemplars:
+            out += [{"role": "user", "content": x.text}, {"role": "assistant", "content": references_of(x)[0]}]
+        return out + [{"role": "user", "content": question.text}]
+
+
+def answer_open_ended(lm: LoadedModel, questions: Sequence[Question], prompt: OpenEndedPrompt,
+                      settings: GenerationSettings, progress: Progress | None = None) -> list[Answer]:
+    """The model's greedy (ungraded) answer to each question, with its token log-probabilities."""
+    ids = prompt.texts(lm, questions)
+    if progress is None:
+        with progress_bar(f"generate {lm.name}", len(questions)) as advance:
+            generated = generate_answers(lm, ids, settings, advance)
+    else:
+        generated = generate_answers(lm, ids, settings, progress)
+    return [Answer(question_id=q.id, model=lm.name, text=g.text, logprob=float(sum(g.token_logprobs)),
+                   token_logprobs=tuple(map(float, g.token_logprobs))) for q, g in zip(questions, generated)]
+
+
+def likelihood_confidence(answer: Answer) -> float:
+    """exp(summed log-probability of the answer): the sequence's probability."""
+    return float(math.exp(min(0.0, answer.logprob)))
+
+
+def perplexity_confidence(answer: Answer) -> float:
+    """exp(mean token log-probability) = 1 / perplexity; multiple choice answers use the chosen option's mean."""
+    if answer.choice is not None and answer.option_logprob_mean:
+        mean = answer.option_logprob_mean[answer.choice]
+    elif answer.token_logprobs:
+        mean = float(np.mean(answer.token_logprobs))
+    else:
+        return 0.0  # an empty answer: no token vouches for it
+    return float(math.exp(min(0.0, mean)))
+
+
+def verbalized_confidence(lm: LoadedModel, questions: Sequence[Question], answers: Sequence[Answer],
+                          max_new_tokens: int = 8, batch_size: int = 16) -> tuple[np.ndarray, list[str]]:
+    """The model's stated probability that its answer is right (NaN where the reply has none), and the replies."""
+    texts = [verbalized_prompt(q.text, a.text) for q, a in zip(questions, answers)]
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
+    with progress_bar(f"verbalized {lm.name}", len(texts)) as advance:
+        replies = generate_answers(lm, encode_prompts(lm, texts), settings, advance)
+    values = [parse_confidence(r.text) for r in replies]
+    return np.array([np.nan if v is None else v for v in values], dtype=float), [r.text for r in replies]
+
+
+def sampling_consistency(lm: LoadedModel, questions: Sequence[Question], answers: Sequence[Answer],
+                         prompt: OpenEndedPrompt, equivalent: Callable[[str, str], bool], k: int,
+                         temperature: float, seed: int, settings: GenerationSettings) -> np.ndarray:
+    """Share of ``k`` sampled answers that ``equivalent`` judges the same as the greedy answer."""
+    ids = prompt.texts(lm, questions)
+    with progress_bar(f"sample {lm.name} x{k}", len(questions)) as advance:
+        samples = sample_answers(lm, ids, k, temperature, seed, settings, advance)
+    return np.array([np.mean([equivalent(s.text, a.text) for s in group]) for group, a in zip(samples, answers)])
+
+
+def build_grader(settings, dtype: str = "auto", device: str = "auto", batch_size: int = 16):
+    """The grader an ``OpenEndedSettings`` names: a rule-based one, a local-model judge, or an HTTP judge."""
+    from calibtune.graders import HttpJudge, get_grader
+
+    if settings.grader != "judge":
+        return get_grader(settings.grader)
+    judge = settings.judge
+    if judge.base_url:
+        return HttpJudge(base_url=judge.base_url, model=judge.api_model, api_key_env=judge.api_key_env,
+                         timeout=judge.timeout, max_retries=judge.max_retries)
+    return local_judge(judge.model, dtype, device, batch_size)
+
+
+def local_judge(model: str, dtype: str = "auto", device: str = "auto", batch_size: int = 16, max_new_tokens: int = 8):
+    """A judge backed by a local model's greedy replies (loaded on first use)."""
+    from calibtune.graders import LocalJudge
+    from calibtune.models import load_model
+
+    loaded: list[LoadedModel] = []
+
+    def reply(prompts: list[str]) -> list[str]:
+        if not loaded:
+            loaded.append(load_model(model, dtype=dtype, device=device))
+        lm = loaded[0]
+        settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
+        return [g.text for g in generate_answers(lm, encode_prompts(lm, prompts), settings)]
+
+    return LocalJudge(generate=reply, name=model, batch_size=batch_size)
+
+
+def grader_identity(grader) -> dict:
+    """What identifies a grader's verdicts (for cache keys): its name, and a judge's identity."""
+    identity = getattr(grader, "identity", None)
+    return {"name": grader.name, **(identity() if callable(identity) else {})}
+
+
+def grade_answers(answers: Sequence[Answer], questions: Sequence[Question], grader) -> list[Answer]:
+    """Grade open-ended answers (multiple choice questions are graded against their gold option's text).
+
+    Judgements are cached on disk, so a failed run resumes without asking again. A verdict
+    the grader could not reach (``correct`` None) counts as wrong: the answer was not shown right.
+    """
+    import dataclasses
+
+    from calibtune.graders import JudgementCache
+    from calibtune.graders import grade_answers as grade_with
+
+    with_refs = [q if q.references else dataclasses.replace(q, references=references_of(q)) for q in questions]
+    cache = JudgementCache.default() if hasattr(grader, "grade_batch") else None
+    if cache is not None:
+        with progress_bar(f"judge {grader.name}", len(answers)) as advance:
+            graded = grade_with(answers, with_refs, grader, cache=cache, progress=advance)
+    else:
+        graded = grade_with(answers, with_refs, grader)
+    return [a if a.correct is not None else dataclasses.replace(a, correct=False,
+                                                                grader_output=f"undecided: {a.grader_output}")
+            for a in graded]
+
+
+def equivalence(grader) -> Callable[[str, str], bool]:
+    """Whether a sampled answer matches the greedy one, by the study's rule-based grader.
+
+    A judge is not asked k times per question: sampling consistency then uses exact match.
+    """
+    from calibtune.graders import get_grader
+
+    rule = grader if not hasattr(grader, "grade_batch") else get_grader("exact")
+    return lambda sample, greedy: bool(greedy.strip()) and bool(rule.grade(sample, (greedy,)).correct)

@@ -1,0 +1,122 @@
+"""Open-ended answers with tiny models: generation, grading, the baselines, the study and `calibtune ask`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from calibtune.cli import app
+from calibtune.generate import GenerationSettings, encode_prompts, generate_answers, sample_answers
+from calibtune.models import load_model
+from calibtune.open_ended import OpenEndedPrompt, answer_open_ended, perplexity_confidence, references_of
+from calibtune.records import Question
+
+runner = CliRunner()
+
+
+def _questions(n: int) -> list[Question]:
+    return [Question(id=f"oe/{i}", dataset="oe", split="file", text=f"What comes after number {i}?",
+                     references=("zzqx",)) for i in range(n)]
+
+
+def test_generation_stops_at_a_newline_and_keeps_token_logprobs(tiny_models):
+    lm = load_model(str(tiny_models["llama"]), dtype="float32")
+    ids = encode_prompts(lm, ["Question: What is the capital?\nAnswer:", "Question: Which fox?\nAnswer:"])
+    long = generate_answers(lm, ids, GenerationSettings(max_new_tokens=12, stop=""))
+    cut = generate_answers(lm, ids, GenerationSettings(max_new_tokens=12, stop="\n"))
+    for full, short in zip(long, cut):
+        assert "\n" not in short.text
+        assert len(short.token_ids) == len(short.token_logprobs) <= 12
+        assert all(lp <= 0 for lp in short.token_logprobs)
+        # the cut answer is the start of the uncut one, up to its first newline
+        assert lm.tokenizer.decode(list(full.token_ids), skip_special_tokens=True).split("\n")[0].strip() == short.text
+    # greedy generation is batched: alone or together, the same answer
+    alone = generate_answers(lm, ids[:1], GenerationSettings(max_new_tokens=12))
+    assert alone[0].text == cut[0].text and alone[0].token_ids == cut[0].token_ids
+    np.testing.assert_allclose(alone[0].token_logprobs, cut[0].token_logprobs, atol=1e-4)
+
+
+def test_sampling_is_seeded(tiny_models):
+    lm = load_model(str(tiny_models["gemma"]), dtype="float32")
+    ids = encode_prompts(lm, ["Question: What is the capital?\nAnswer:"])
+    one = sample_answers(lm, ids, k=4, seed=3, settings=GenerationSettings(max_new_tokens=6))
+    two = sample_answers(lm, ids, k=4, seed=3, settings=GenerationSettings(max_new_tokens=6))
+    assert len(one[0]) == 4 and [g.text for g in one[0]] == [g.text for g in two[0]]
+
+
+def test_k_shot_prompt_and_references():
+    exemplar = Question(id="x/1", dataset="x", split="dev", text="Capital of France?", references=("Paris", "paris"))
+    mc = Question(id="m/1", dataset="m", split="t", text="Pick?", choices=("a", "b"), gold=1)
+    prompt = OpenEndedPrompt("Question: {question}\nAnswer:", (exemplar,))
+    assert prompt.plain(mc) == "Question: Capital of France?\nAnswer: Paris\n\nQuestion: Pick?\nAnswer:"
+    assert references_of(mc) == ("b",)
+
+
+def _open_ended_files(tmp_path, tiny_models):
+    """Questions whose references are the tiny models' own greedy answers for half of them, so both classes occur."""
+    questions = _questions(64)
+    texts = {}
+    for arch in ("llama", "gemma"):
+        lm = load_model(str(tiny_models[arch]), dtype="float32")
+        prompt = OpenEndedPrompt("Question: {question}\nAnswer:")
+        answers = answer_open_ended(lm, questions, prompt, GenerationSettings(max_new_tokens=6, batch_size=8))
+        texts[arch] = [a.text for a in answers]
+    rows = []
+    for i, q in enumerate(questions):
+        refs = [texts["llama"][i], texts["gemma"][i]] if i % 2 == 0 else ["zzqx"]
+        rows.append({"id": f"q{i}", "question": q.text, "answers": [r for r in refs if r.strip()] or ["zzqx"]})
+    train, held = tmp_path / "oe_train.jsonl", tmp_path / "oe_held.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows[:44]))
+    held.write_text("".join(json.dumps(r) + "\n" for r in rows[44:]))
+    return train, held
+
+
+def test_open_ended_study_with_every_method(tmp_path, tiny_models, isolated_cache):
+    train, held = _open_ended_files(tmp_path, tiny_models)
+    config = tmp_path / "oe.yaml"
+    config.write_text(
+        f"name: oe\nseed: 0\ntask: open_ended\nmodels: ['{tiny_models['llama']}', '{tiny_models['gemma']}']\n"
+        f"dtype: float32\nbatch_size: 8\ntrain: [{{dataset: '{train}'}}]\neval: [{{dataset: '{held}'}}]\n"
+        "methods: [probe, lora_prompt, zero_shot, likelihood, perplexity, verbalized, sampling]\n"
+        "open_ended: {max_new_tokens: 6, grader: exact}\nsampling: {k: 3, max_new_tokens: 6}\n"
+        "probe: {max_epochs: 5, patience: 2}\nlora_prompt: {max_steps: 2, eval_every: 1}\n")
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", str(config), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    scores = pd.read_parquet(out / "scores.parquet")
+    # verbalized may have no row at all: a tiny random model rarely states a probability
+    assert {"probe", "lora_prompt", "zero_shot", "likelihood", "perplexity", "sampling"} <= set(scores.method)
+    assert scores.p_correct.between(0, 1).all()
+    probe = scores[scores.method == "probe"]
+    assert probe.groupby(["model", "trained_on"]).size().tolist() == [20] * 4
+    # labels follow the references built above: the even questions are right
+    labels = probe[probe.model == probe.trained_on].set_index("question_id").label
+    assert labels.mean() > 0.3
+    assert scores[scores.method == "sampling"].p_correct.isin([0, 1 / 3, 2 / 3, 1]).all()
+    info = json.loads((out / "metrics.json").read_text())
+    verbal = [c for c in info["cells"] if c["method"] == "verbalized"]
+    assert all(c["n"] + c["n_left_out"] == 20 for c in verbal)  # unparseable replies are counted, not made 0.5
+
+    # `calibtune ask` with the LoRA + Prompt estimator of llama on llama, and --json
+    folder = out / "estimators" / "lora_prompt" / "llama__on__llama"
+    asked = runner.invoke(app, ["ask", str(folder), "What comes after number 3?", "--json", "--dtype", "float32"])
+    assert asked.exit_code == 0, asked.output
+    record = json.loads(asked.output.strip().splitlines()[-1])
+    assert 0 <= record["p_correct"] <= 1 and record["estimator_model"].endswith("llama")
+    probe_folder = out / "estimators" / "probe" / "gemma__on__llama"
+    many = runner.invoke(app, ["ask", str(probe_folder), "--dtype", "float32", "--model", str(tiny_models["llama"])],
+                         input="What comes after number 3?\nWhat comes after number 5?\n")
+    assert many.exit_code == 0, many.output
+    assert many.output.count("P(correct)") == 2
+
+
+def test_perplexity_confidence_of_an_empty_answer_is_zero():
+    from calibtune.records import Answer
+
+    assert perplexity_confidence(Answer(question_id="a", model="m", text="", logprob=0.0)) == 0.0
+    assert perplexity_confidence(Answer(question_id="a", model="m", text="x", logprob=-1.0,
+                                        token_logprobs=(-1.0,))) == pytest.approx(np.exp(-1.0))
