@@ -10,6 +10,24 @@ from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
 from calibtune import metrics as M
 
+# The original columns first, in their original order, then the ones added for issue 6.
+ALL_METRICS = [
+    "auroc",
+    "ece",
+    "ece_top_label",
+    "brier",
+    "nll",
+    "accuracy",
+    "mean_p",
+    "auprc",
+    "auprc_incorrect",
+    "ece_equal_mass",
+    "mce",
+    "aurc",
+    "acc_at_50",
+    "acc_at_80",
+]
+
 
 def ece_reference(p, y, n_bins=10):
     """The textbook loop: bins [k/n, (k+1)/n), the last one closed."""
@@ -204,16 +222,7 @@ def test_cell_metrics_keys_and_values(rng):
     p = rng.uniform(size=50)
     y = rng.integers(0, 2, size=50)
     out = M.cell_metrics(p, y)
-    assert list(out) == [
-        "n",
-        "auroc",
-        "ece",
-        "ece_top_label",
-        "brier",
-        "nll",
-        "accuracy",
-        "mean_p",
-    ]
+    assert list(out) == ["n", *ALL_METRICS]
     assert out["n"] == 50
     assert out["auroc"] == pytest.approx(roc_auc_score(y, p))
     assert out["ece"] == pytest.approx(ece_reference(p, y))
@@ -248,20 +257,7 @@ def test_metrics_table_groups_and_sorts():
     scores, cells = _scores()
     with pytest.warns(UserWarning, match="method=lora"):
         table = M.metrics_table(scores)
-    assert list(table.columns) == [
-        "method",
-        "model",
-        "trained_on",
-        "evaluated_on",
-        "n",
-        "auroc",
-        "ece",
-        "ece_top_label",
-        "brier",
-        "nll",
-        "accuracy",
-        "mean_p",
-    ]
+    assert list(table.columns) == ["method", "model", "trained_on", "evaluated_on", "n", *ALL_METRICS]
     assert list(zip(table["method"], table["model"], strict=True)) == [
         ("lora", "E1"),
         ("probe", "E1"),
@@ -305,3 +301,270 @@ def test_paired_auroc_difference_brackets_the_point_and_detects_a_real_gap():
     d, lo, hi = paired_auroc_difference(good, good, y, n_resamples=50)
     assert d == lo == hi == 0.0
     assert all(np.isnan(paired_auroc_difference(good, noise, np.ones(400, dtype=int))))
+
+
+def test_metrics_registry_names():
+    assert list(M.METRICS) == ALL_METRICS
+    assert M.BINNED_METRICS <= set(M.METRICS)
+
+
+def test_metrics_table_passes_n_bins():
+    scores, cells = _scores()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        table = M.metrics_table(scores, n_bins=3)
+    row = table[(table.method == "probe") & (table.model == "E1")].iloc[0]
+    p, y = cells[("probe", "E1", "T1")]
+    assert row.ece == pytest.approx(ece_reference(p, y, 3))
+    assert row.mce == pytest.approx(M.mce(p, y, n_bins=3))
+
+
+# ---- AUPRC ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_auprc_matches_sklearn(rng, tied):
+    from sklearn.metrics import average_precision_score
+
+    for _ in range(5):
+        p = rng.choice([0.0, 0.2, 0.5, 0.8, 1.0], size=300) if tied else rng.uniform(size=300)
+        y = (rng.uniform(size=300) < p).astype(int)
+        assert M.auprc(p, y) == pytest.approx(average_precision_score(y, p))
+        assert M.auprc_incorrect(p, y) == pytest.approx(average_precision_score(1 - y, 1 - p))
+
+
+def test_auprc_hand_computed():
+    # sorted by p descending: y = 1, 0, 1, 0 -> precision at the two hits 1/1 and 2/3
+    p, y = [0.9, 0.8, 0.7, 0.1], [1, 0, 1, 0]
+    assert M.auprc(p, y) == pytest.approx((1.0 + 2 / 3) / 2)
+    # incorrect class, by 1 - p descending (p ascending): y = 0, 1, 0, 1 -> 1/1 and 2/3
+    assert M.auprc_incorrect(p, y) == pytest.approx((1.0 + 2 / 3) / 2)
+    # all tied: precision is the prevalence at the single threshold
+    assert M.auprc([0.5] * 4, [1, 0, 0, 0]) == pytest.approx(0.25)
+    assert M.auprc_incorrect([0.5] * 4, [1, 0, 0, 0]) == pytest.approx(0.75)
+
+
+def test_auprc_one_class():
+    with pytest.warns(UserWarning, match="one class"):
+        assert math.isnan(M.auprc([0.2, 0.9], [0, 0]))
+    with pytest.warns(UserWarning, match="one class"):
+        assert math.isnan(M.auprc_incorrect([0.2, 0.9], [1, 1]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert M.auprc([0.2, 0.9], [1, 1]) == 1.0  # every threshold is all right answers
+        assert M.auprc_incorrect([0.2, 0.9], [0, 0]) == 1.0
+
+
+# ---- ECE and MCE against torchmetrics ------------------------------------------------
+
+
+def _torchmetrics_ce(p, y, n_bins, norm):
+    torch = pytest.importorskip("torch")
+    tm = pytest.importorskip("torchmetrics.classification")
+    metric = tm.BinaryCalibrationError(n_bins=n_bins, norm=norm)
+    return float(metric(torch.tensor(p, dtype=torch.float64), torch.tensor(y)))
+
+
+def _away_from_edges(p, n_bins):
+    """torchmetrics bins with torch.linspace edges and puts p == 1 in a bin of its own; keep p off the edges."""
+    frac = (p * n_bins) % 1.0
+    return p[(frac > 1e-6) & (frac < 1 - 1e-6)]
+
+
+@pytest.mark.parametrize("n_bins", [5, 10, 15])
+def test_ece_and_mce_match_torchmetrics(rng, n_bins):
+    for _ in range(3):
+        p = _away_from_edges(rng.uniform(size=400) ** 0.7, n_bins)
+        y = (rng.uniform(size=p.size) < p**1.3).astype(int)
+        assert M.ece(p, y, n_bins=n_bins) == pytest.approx(_torchmetrics_ce(p, y, n_bins, "l1"), abs=1e-10)
+        assert M.mce(p, y, n_bins=n_bins) == pytest.approx(_torchmetrics_ce(p, y, n_bins, "max"), abs=1e-10)
+
+
+def test_ece_matches_torchmetrics_at_zero_but_not_one():
+    # p == 0 is in the first bin for both; p == 1 is its own bin in torchmetrics but
+    # shares the last bin [0.9, 1] here, as the docstring says.
+    p, y = np.array([0.0, 0.05, 0.95]), np.array([0, 1, 1])
+    assert M.ece(p, y) == pytest.approx(_torchmetrics_ce(p, y, 10, "l1"))
+    assert M.ece(p, y) == pytest.approx(2 / 3 * abs(0.5 - 0.025) + 1 / 3 * 0.05)
+    p, y = np.array([0.95, 1.0]), np.array([1, 0])
+    assert M.ece(p, y) == pytest.approx(ece_reference(p, y))
+    assert M.ece(p, y) == pytest.approx(abs(0.5 - 0.975))  # one bin [0.9, 1]
+    assert _torchmetrics_ce(p, y, 10, "l1") == pytest.approx(0.5 * 0.05 + 0.5 * 1.0)  # two bins there
+
+
+def test_mce_hand_computed_and_edges():
+    # bins [0.1,0.2): gap 0.1 ; [0.8,0.9): mean p 0.85, acc 0.5 -> 0.35 ; [0.9,1]: p 1, y 1 -> 0
+    p, y = [0.8, 0.9 - 1e-9, 0.1, 1.0], [1, 0, 0, 1]
+    assert M.mce(p, y) == pytest.approx(0.35, abs=1e-8)
+    assert M.mce([1.0, 0.0], [1, 0]) == 0.0
+    assert M.mce([1.0, 0.0], [0, 1]) == 1.0
+    assert M.mce([0.7] * 4, [1, 1, 1, 0]) == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="n_bins"):
+        M.mce([0.5], [1], n_bins=0)
+
+
+# ---- equal-mass ECE ------------------------------------------------------------------
+
+
+def equal_mass_reference(p, y, n_bins):
+    """Loop reference for distinct p: sorted position s goes to bin floor(s * n_bins / N)."""
+    order = sorted(range(len(p)), key=lambda i: p[i])
+    bins = {}
+    for s, i in enumerate(order):
+        bins.setdefault(s * n_bins // len(p), []).append(i)
+    return sum(len(b) / len(p) * abs(np.mean([y[i] for i in b]) - np.mean([p[i] for i in b])) for b in bins.values())
+
+
+def test_ece_equal_mass_hand_computed():
+    # two bins of two: {0.1, 0.2} gap |0.5 - 0.15| ; {0.3, 0.4} gap |0.5 - 0.35|
+    assert M.ece_equal_mass([0.4, 0.1, 0.3, 0.2], [1, 0, 0, 1], n_bins=2) == pytest.approx(0.5 * 0.35 + 0.5 * 0.15)
+    # 10 examples in 3 bins: sizes 4, 3, 3 (positions 0-3, 4-6, 7-9)
+    p = np.arange(1, 11) / 11
+    y = np.array([0, 0, 0, 1, 0, 1, 1, 1, 1, 1])
+    expected = 0.4 * abs(0.25 - p[:4].mean()) + 0.3 * abs(2 / 3 - p[4:7].mean()) + 0.3 * abs(1.0 - p[7:].mean())
+    assert M.ece_equal_mass(p, y, n_bins=3) == pytest.approx(expected)
+
+
+def test_ece_equal_mass_keeps_ties_together_whatever_the_order(rng):
+    # the block of three 0.2s starts at position 0 -> all in bin 0; 0.8 starts at 3 -> bin 1
+    p, y = np.array([0.2, 0.2, 0.2, 0.8]), np.array([1, 0, 0, 1])
+    expected = 0.75 * abs(1 / 3 - 0.2) + 0.25 * abs(1 - 0.8)
+    for _ in range(6):
+        perm = rng.permutation(4)
+        assert M.ece_equal_mass(p[perm], y[perm], n_bins=2) == pytest.approx(expected)
+    # a large tied block fills its bin and leaves later bins empty
+    p = rng.choice([0.1, 0.5, 0.9], size=200)
+    y = rng.integers(0, 2, size=200)
+    perms = [rng.permutation(200) for _ in range(5)]
+    values = {round(M.ece_equal_mass(p[perm], y[perm], n_bins=10), 12) for perm in perms}
+    assert len(values) == 1
+    assert values.pop() == pytest.approx(ece_reference(p, y, 10))  # one bin per distinct value here
+
+
+@pytest.mark.parametrize("n_bins", [1, 3, 10, 1000])
+def test_ece_equal_mass_matches_loop_reference(rng, n_bins):
+    p = rng.uniform(size=250)
+    y = (rng.uniform(size=250) < p).astype(int)
+    assert M.ece_equal_mass(p, y, n_bins=n_bins) == pytest.approx(equal_mass_reference(p, y, n_bins))
+    if n_bins == 1:
+        assert M.ece_equal_mass(p, y, n_bins=1) == pytest.approx(abs(y.mean() - p.mean()))
+    if n_bins >= 250:
+        assert M.ece_equal_mass(p, y, n_bins=n_bins) == pytest.approx(np.mean(np.abs(y - p)))
+
+
+def test_ece_equal_mass_edges():
+    assert M.ece_equal_mass([0.0, 1.0], [0, 1]) == 0.0
+    assert M.ece_equal_mass([0.0, 1.0], [1, 0]) == 1.0
+    assert M.ece_equal_mass([0.5] * 6, [1, 1, 1, 0, 0, 0]) == 0.0
+    with pytest.raises(ValueError, match="n_bins"):
+        M.ece_equal_mass([0.5], [1], n_bins=0)
+
+
+# ---- selective prediction ------------------------------------------------------------
+
+
+def average_over_orderings(p, y, fn):
+    """Mean of fn over every ordering of the input, each sorted stably by p descending (breaks ties by order)."""
+    import itertools
+
+    values = []
+    for perm in itertools.permutations(range(len(p))):
+        order = sorted(perm, key=lambda i: -p[i])  # stable: ties keep the permutation's order
+        values.append(fn(np.array([y[i] for i in order])))
+    return np.mean(values, axis=0)
+
+
+def naive_risk(y_sorted):
+    k = np.arange(1, len(y_sorted) + 1)
+    return np.cumsum(1 - y_sorted) / k
+
+
+def test_risk_coverage_hand_computed():
+    # p descending: 0.9 (right), 0.8 (wrong), 0.3 (wrong), 0.1 (right)
+    coverage, risk = M.risk_coverage_curve([0.1, 0.8, 0.9, 0.3], [1, 0, 1, 0])
+    np.testing.assert_allclose(coverage, [0.25, 0.5, 0.75, 1.0])
+    np.testing.assert_allclose(risk, [0.0, 0.5, 2 / 3, 0.5])
+    assert M.aurc([0.1, 0.8, 0.9, 0.3], [1, 0, 1, 0]) == pytest.approx((0 + 0.5 + 2 / 3 + 0.5) / 4)
+    assert M.accuracy_at_coverage([0.1, 0.8, 0.9, 0.3], [1, 0, 1, 0], 0.5) == pytest.approx(0.5)
+    assert M.accuracy_at_coverage([0.1, 0.8, 0.9, 0.3], [1, 0, 1, 0], 0.25) == 1.0
+    assert M.accuracy_at_coverage([0.1, 0.8, 0.9, 0.3], [1, 0, 1, 0], 0.3) == pytest.approx(0.5)  # ceil -> 2
+
+
+def test_risk_coverage_ties_are_a_block():
+    # 0.9 right, then a block of 0.8 with one wrong of two, then 0.3 wrong
+    p, y = [0.8, 0.3, 0.9, 0.8], [0, 0, 1, 1]
+    _, risk = M.risk_coverage_curve(p, y)
+    np.testing.assert_allclose(risk, [0.0, 0.5 / 2, 1 / 3, 2 / 4])
+    np.testing.assert_allclose(risk, average_over_orderings(p, y, naive_risk))
+    assert M.aurc(p, y) == pytest.approx(np.mean(risk))
+    assert M.accuracy_at_coverage(p, y, 0.5) == pytest.approx(0.75)
+
+
+def test_risk_coverage_is_the_mean_over_tie_orderings(rng):
+    for _ in range(4):
+        p = rng.choice([0.2, 0.6, 0.9], size=6)
+        y = rng.integers(0, 2, size=6)
+        _, risk = M.risk_coverage_curve(p, y)
+        np.testing.assert_allclose(risk, average_over_orderings(list(p), list(y), naive_risk))
+        perm = rng.permutation(6)
+        np.testing.assert_allclose(M.risk_coverage_curve(p[perm], y[perm])[1], risk)
+
+
+def test_risk_coverage_without_ties_matches_naive(rng):
+    p = rng.uniform(size=300)
+    y = (rng.uniform(size=300) < p).astype(int)
+    coverage, risk = M.risk_coverage_curve(p, y)
+    np.testing.assert_allclose(risk, naive_risk(y[np.argsort(-p)]))
+    np.testing.assert_allclose(coverage, np.arange(1, 301) / 300)
+    assert M.aurc(p, y) == pytest.approx(naive_risk(y[np.argsort(-p)]).mean())
+    top = y[np.argsort(-p)]
+    assert M.accuracy_at_coverage(p, y, 0.5) == pytest.approx(top[:150].mean())
+    assert M.accuracy_at_coverage(p, y, 0.8) == pytest.approx(top[:240].mean())
+    assert M.METRICS["acc_at_50"](p, y) == M.accuracy_at_coverage(p, y, 0.5)
+    assert M.METRICS["acc_at_80"](p, y) == M.accuracy_at_coverage(p, y, 0.8)
+    assert M.accuracy_at_coverage(p, y, 1.0) == pytest.approx(y.mean())
+
+
+def test_selective_edges():
+    # all-equal scores: a random selector, risk = error rate everywhere
+    _, risk = M.risk_coverage_curve([0.5] * 4, [1, 0, 1, 1])
+    np.testing.assert_allclose(risk, 0.25)
+    assert M.aurc([0.5] * 4, [1, 0, 1, 1]) == pytest.approx(0.25)
+    assert M.accuracy_at_coverage([0.5] * 4, [1, 0, 1, 1], 0.5) == pytest.approx(0.75)
+    # a single class, and p at 0 / 1
+    assert M.aurc([0.0, 1.0, 0.3], [1, 1, 1]) == 0.0
+    assert M.aurc([0.0, 1.0, 0.3], [0, 0, 0]) == 1.0
+    assert M.aurc([1.0, 0.0], [1, 0]) == pytest.approx(0.25)  # perfect: e + (1 - e) ln(1 - e) would be the limit
+    assert M.aurc([0.0, 1.0], [1, 0]) == pytest.approx(0.75)
+    assert M.accuracy_at_coverage([0.3], [1], 0.01) == 1.0
+    # 0.7 * 10 is 7.000000000000001 in floats: still 7 examples
+    p = np.linspace(1, 0.1, 10)
+    y = np.array([1] * 7 + [0] * 3)
+    assert M.accuracy_at_coverage(p, y, 0.7) == 1.0
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="coverage"):
+            M.accuracy_at_coverage([0.3], [1], bad)
+
+
+@pytest.mark.parametrize("name", ALL_METRICS)
+def test_every_metric_on_edge_cases(name):
+    cases = [
+        ([0.0, 1.0, 1.0, 0.0], [0, 1, 1, 0]),  # perfect, at the extremes
+        ([0.0, 1.0, 1.0, 0.0], [1, 0, 0, 1]),  # maximally wrong
+        ([0.5] * 5, [1, 0, 1, 0, 1]),  # all equal
+        ([0.3], [1]),  # one example
+        ([0.2, 0.9, 0.4], [1, 1, 1]),  # one class
+    ]
+    for p, y in cases:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            value = M.metric_value(name, p, y)
+        one_class = len(set(y)) < 2
+        undefined = (name == "auroc" and one_class) or (name == "auprc" and 1 not in y)
+        undefined = undefined or (name == "auprc_incorrect" and 0 not in y)
+        assert math.isnan(value) if undefined else math.isfinite(value), (name, p, y, value)
+
+
+def test_metric_value_unknown_name():
+    with pytest.raises(ValueError, match="unknown metric"):
+        M.metric_value("nope", [0.5], [1])

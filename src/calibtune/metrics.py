@@ -14,11 +14,14 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
-from sklearn.metrics import brier_score_loss, roc_auc_score
+from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
 NLL_EPS = 1e-7
 GROUP_KEYS: tuple[str, ...] = ("method", "model", "trained_on", "evaluated_on")
 SCORE_COLUMNS: tuple[str, ...] = (*GROUP_KEYS, "question_id", "p_correct", "label")
+DEFAULT_BINS = 10
+# Registry entries that take an ``n_bins`` keyword.
+BINNED_METRICS: frozenset[str] = frozenset({"ece", "ece_top_label", "ece_equal_mass", "mce"})
 
 
 def _check_p(p: ArrayLike) -> np.ndarray:
@@ -86,19 +89,35 @@ def _bin_index(p: np.ndarray, n_bins: int) -> np.ndarray:
     return np.searchsorted(inner_edges, p, side="right")
 
 
-def _binned_ece(conf: np.ndarray, hit: np.ndarray, n_bins: int) -> float:
+def _check_bins(n_bins: int) -> None:
     if n_bins < 1:
         raise ValueError(f"n_bins must be at least 1; got {n_bins}")
-    idx = _bin_index(conf, n_bins)
+
+
+def _equal_mass_bin_index(p: np.ndarray, n_bins: int) -> np.ndarray:
+    # A tied block of p values goes whole into the bin of its first sorted position s
+    # (s = how many values are strictly smaller), bin = floor(s * n_bins / N). That
+    # depends on the multiset of p only, never on the input order.
+    start = np.searchsorted(np.sort(p), p, side="left")
+    return (start * n_bins) // p.size
+
+
+def _bin_gaps(conf: np.ndarray, hit: np.ndarray, idx: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Counts and |mean(hit) - mean(conf)| of the non-empty bins given each example's bin."""
     counts = np.bincount(idx, minlength=n_bins)
     conf_sum = np.bincount(idx, weights=conf, minlength=n_bins)
     hit_sum = np.bincount(idx, weights=hit, minlength=n_bins)
     filled = counts > 0
-    gap = np.abs(hit_sum[filled] - conf_sum[filled]) / counts[filled]
-    return float(np.sum(counts[filled] / conf.size * gap))
+    return counts[filled], np.abs(hit_sum[filled] - conf_sum[filled]) / counts[filled]
 
 
-def ece(p: ArrayLike, y: ArrayLike, n_bins: int = 10) -> float:
+def _binned_ece(conf: np.ndarray, hit: np.ndarray, n_bins: int) -> float:
+    _check_bins(n_bins)
+    counts, gap = _bin_gaps(conf, hit, _bin_index(conf, n_bins), n_bins)
+    return float(np.sum(counts / conf.size * gap))
+
+
+def ece(p: ArrayLike, y: ArrayLike, n_bins: int = DEFAULT_BINS) -> float:
     """Expected calibration error of P(correct), with equal-width bins.
 
     The bins are [0, 1/n), [1/n, 2/n), ..., [(n-1)/n, 1] (p == 1 falls in the last
@@ -108,7 +127,7 @@ def ece(p: ArrayLike, y: ArrayLike, n_bins: int = 10) -> float:
     return _binned_ece(p_arr, y_arr.astype(float), n_bins)
 
 
-def ece_top_label(p: ArrayLike, y: ArrayLike, n_bins: int = 10) -> float:
+def ece_top_label(p: ArrayLike, y: ArrayLike, n_bins: int = DEFAULT_BINS) -> float:
     """Top-label ECE, the variant the paper reports.
 
     Treats the estimator as a binary classifier: it predicts "correct" when
@@ -119,6 +138,133 @@ def ece_top_label(p: ArrayLike, y: ArrayLike, n_bins: int = 10) -> float:
     conf = np.maximum(p_arr, 1.0 - p_arr)
     hit = ((p_arr >= 0.5).astype(int) == y_arr).astype(float)
     return _binned_ece(conf, hit, n_bins)
+
+
+def ece_equal_mass(p: ArrayLike, y: ArrayLike, n_bins: int = DEFAULT_BINS) -> float:
+    """Expected calibration error of P(correct), with equal-mass (equal-count) bins.
+
+    The examples are sorted by ``p`` and cut into ``n_bins`` bins of (nearly) equal
+    size: an example whose sorted position is s (0-based) goes to bin
+    floor(s * n_bins / N). Ties are never split: every example of a block of equal
+    ``p`` takes the bin of the block's first position (s = the number of strictly
+    smaller values), so the result does not depend on the input order; a large tied
+    block makes its bin bigger and can leave later bins empty. With N < n_bins each
+    distinct value is its own bin. ECE = sum over non-empty bins of
+    (bin size / N) * |mean(y) - mean(p)|.
+    """
+    p_arr, y_arr = _check(p, y)
+    _check_bins(n_bins)
+    counts, gap = _bin_gaps(p_arr, y_arr.astype(float), _equal_mass_bin_index(p_arr, n_bins), n_bins)
+    return float(np.sum(counts / p_arr.size * gap))
+
+
+def mce(p: ArrayLike, y: ArrayLike, n_bins: int = DEFAULT_BINS) -> float:
+    """Maximum calibration error: the largest |mean(y) - mean(p)| over non-empty bins.
+
+    Uses the same equal-width bins as :func:`ece` ([k/n, (k+1)/n), p == 1 in the last
+    bin); empty bins are ignored.
+    """
+    p_arr, y_arr = _check(p, y)
+    _check_bins(n_bins)
+    _, gap = _bin_gaps(p_arr, y_arr.astype(float), _bin_index(p_arr, n_bins), n_bins)
+    return float(gap.max())
+
+
+def auprc(p: ArrayLike, y: ArrayLike) -> float:
+    """Average precision of ``p`` as a score for ``y == 1`` (the "correct" class).
+
+    sklearn's ``average_precision_score``: sum over distinct thresholds, from high
+    to low, of (recall gain) * precision. Chance level is the accuracy. Undefined
+    when no label is 1: returns NaN with a ``UserWarning`` (all labels 1 gives 1.0).
+    """
+    p_arr, y_arr = _check(p, y)
+    if not y_arr.any():
+        warnings.warn(
+            f"AUPRC is undefined when all {y_arr.size} labels are 0 (one class only); returning NaN",
+            UserWarning,
+            stacklevel=2,
+        )
+        return float("nan")
+    return float(average_precision_score(y_arr, p_arr))
+
+
+def auprc_incorrect(p: ArrayLike, y: ArrayLike) -> float:
+    """Average precision for finding the wrong answers: ``y == 0`` is positive, scored by ``1 - p``.
+
+    Chance level is the error rate. Undefined when every label is 1: returns NaN
+    with a ``UserWarning``.
+    """
+    p_arr, y_arr = _check(p, y)
+    if y_arr.all():
+        warnings.warn(
+            f"AUPRC (incorrect) is undefined when all {y_arr.size} labels are 1 (one class only); returning NaN",
+            UserWarning,
+            stacklevel=2,
+        )
+        return float("nan")
+    return float(average_precision_score(1 - y_arr, 1.0 - p_arr))
+
+
+def risk_coverage_curve(p: ArrayLike, y: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Selective-prediction curve: keep the k most confident examples, k = 1..N.
+
+    Returns ``(coverage, risk)``, two arrays of length N: coverage[k-1] = k / N and
+    risk[k-1] = the error rate (fraction of ``y == 0``) among the k examples with the
+    highest ``p``. Examples with equal ``p`` form a block that is kept or dropped as
+    a whole in expectation: inside a block the error count grows linearly, by the
+    block's error rate per example, which is the average over every ordering of the
+    tied examples. At a block's end the value is exact, and nothing depends on the
+    input order (all-equal ``p`` gives the overall error rate at every coverage).
+    """
+    p_arr, y_arr = _check(p, y)
+    values, inverse, counts = np.unique(p_arr, return_inverse=True, return_counts=True)
+    errors = np.bincount(inverse, weights=1.0 - y_arr, minlength=values.size)
+    counts, errors = counts[::-1], errors[::-1]  # most confident block first
+    starts = np.cumsum(counts) - counts
+    errors_before = np.cumsum(errors) - errors
+    block = np.repeat(np.arange(values.size), counts)
+    k = np.arange(1, p_arr.size + 1)
+    cum_errors = errors_before[block] + (k - starts[block]) * errors[block] / counts[block]
+    return k / p_arr.size, cum_errors / k
+
+
+def aurc(p: ArrayLike, y: ArrayLike) -> float:
+    """Area under the risk-coverage curve: the mean of the risk over coverages k/N, k = 1..N.
+
+    AURC = (1/N) * sum_k risk(k / N), with the tie handling of
+    :func:`risk_coverage_curve`. Lower is better; a perfect ranking of a model with
+    error rate e scores about e + (1 - e) * ln(1 - e), a random one scores e.
+    """
+    _, risk = risk_coverage_curve(p, y)
+    return float(np.mean(risk))
+
+
+def _coverage_count(n: int, coverage: float) -> int:
+    if not 0.0 < coverage <= 1.0:
+        raise ValueError(f"coverage must lie in (0, 1]; got {coverage!r}")
+    # The small slack keeps 0.7 * 10 = 7.000000000000001 at 7 examples, not 8.
+    return max(1, int(np.ceil(coverage * n - 1e-9)))
+
+
+def accuracy_at_coverage(p: ArrayLike, y: ArrayLike, coverage: float) -> float:
+    """Accuracy on the ceil(coverage * N) examples with the highest ``p`` (at least one).
+
+    ``coverage`` lies in (0, 1]; 1 gives the plain accuracy. A tied block that
+    straddles the cut counts with its mean accuracy (see :func:`risk_coverage_curve`),
+    so the result does not depend on the input order.
+    """
+    _, risk = risk_coverage_curve(p, y)
+    return float(1.0 - risk[_coverage_count(risk.size, coverage) - 1])
+
+
+def accuracy_at_50(p: ArrayLike, y: ArrayLike) -> float:
+    """Accuracy on the most confident half of the examples (:func:`accuracy_at_coverage` 0.5)."""
+    return accuracy_at_coverage(p, y, 0.5)
+
+
+def accuracy_at_80(p: ArrayLike, y: ArrayLike) -> float:
+    """Accuracy on the most confident 80% of the examples (:func:`accuracy_at_coverage` 0.8)."""
+    return accuracy_at_coverage(p, y, 0.8)
 
 
 def brier(p: ArrayLike, y: ArrayLike) -> float:
@@ -169,23 +315,41 @@ METRICS: dict[str, Callable[[ArrayLike, ArrayLike], float]] = {
     "nll": nll,
     "accuracy": _accuracy_metric,
     "mean_p": _mean_p_metric,
+    "auprc": auprc,
+    "auprc_incorrect": auprc_incorrect,
+    "ece_equal_mass": ece_equal_mass,
+    "mce": mce,
+    "aurc": aurc,
+    "acc_at_50": accuracy_at_50,
+    "acc_at_80": accuracy_at_80,
 }
 
 
-def cell_metrics(p: ArrayLike, y: ArrayLike) -> dict[str, float]:
+def metric_value(name: str, p: ArrayLike, y: ArrayLike, n_bins: int = DEFAULT_BINS) -> float:
+    """One registry metric by name, passing ``n_bins`` to the binned ones."""
+    if name not in METRICS:
+        raise ValueError(f"unknown metric {name!r}; known: {', '.join(METRICS)}")
+    if name in BINNED_METRICS:
+        return METRICS[name](p, y, n_bins=n_bins)  # type: ignore[call-arg]
+    return METRICS[name](p, y)
+
+
+def cell_metrics(p: ArrayLike, y: ArrayLike, n_bins: int = DEFAULT_BINS) -> dict[str, float]:
     """Every metric in :data:`METRICS` for one set of scores, plus ``n``.
 
     Returns a dict with keys n, auroc, ece, ece_top_label, brier, nll, accuracy,
-    mean_p. ``auroc`` is NaN (with a warning) when ``y`` holds one class only.
+    mean_p, auprc, auprc_incorrect, ece_equal_mass, mce, aurc, acc_at_50, acc_at_80.
+    ``auroc`` and the AUPRCs are NaN (with a warning) when ``y`` holds one class only.
+    ``n_bins`` goes to every binned metric.
     """
     p_arr, y_arr = _check(p, y)
     out: dict[str, float] = {"n": int(p_arr.size)}
-    for name, fn in METRICS.items():
-        out[name] = fn(p_arr, y_arr)
+    for name in METRICS:
+        out[name] = metric_value(name, p_arr, y_arr, n_bins=n_bins)
     return out
 
 
-def metrics_table(scores: pd.DataFrame) -> pd.DataFrame:
+def metrics_table(scores: pd.DataFrame, n_bins: int = DEFAULT_BINS) -> pd.DataFrame:
     """One row of :func:`cell_metrics` per (method, model, trained_on, evaluated_on).
 
     ``scores`` has one row per scored example with columns method, model,
@@ -206,9 +370,7 @@ def metrics_table(scores: pd.DataFrame) -> pd.DataFrame:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                values = cell_metrics(
-                    group["p_correct"].to_numpy(), group["label"].to_numpy()
-                )
+                values = cell_metrics(group["p_correct"].to_numpy(), group["label"].to_numpy(), n_bins=n_bins)
             except ValueError as exc:
                 raise ValueError(f"{where}: {exc}") from exc
         # Re-emit with the cell named, so a one-class warning says which cell it is.
@@ -220,20 +382,6 @@ def metrics_table(scores: pd.DataFrame) -> pd.DataFrame:
     table = table.sort_values(list(GROUP_KEYS), kind="stable").reset_index(drop=True)
     table["n"] = table["n"].astype(int)
     return table
-
-
-__all__ = [
-    "METRICS",
-    "accuracy",
-    "auroc",
-    "brier",
-    "cell_metrics",
-    "ece",
-    "ece_top_label",
-    "mean_confidence",
-    "metrics_table",
-    "nll",
-]
 
 
 def paired_auroc_difference(
@@ -259,3 +407,30 @@ def paired_auroc_difference(
     point = roc_auc_score(y_arr, pa) - roc_auc_score(y_arr, pb)
     low, high = np.percentile(diffs, [2.5, 97.5])
     return float(point), float(low), float(high)
+
+
+__all__ = [
+    "BINNED_METRICS",
+    "DEFAULT_BINS",
+    "METRICS",
+    "accuracy",
+    "accuracy_at_50",
+    "accuracy_at_80",
+    "accuracy_at_coverage",
+    "auprc",
+    "auprc_incorrect",
+    "aurc",
+    "auroc",
+    "brier",
+    "cell_metrics",
+    "ece",
+    "ece_equal_mass",
+    "ece_top_label",
+    "mce",
+    "mean_confidence",
+    "metric_value",
+    "metrics_table",
+    "nll",
+    "paired_auroc_difference",
+    "risk_coverage_curve",
+]
