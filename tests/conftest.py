@@ -100,3 +100,36 @@ def write_questions(path: Path, n: int = 40, options: int = 3) -> Path:
                    "answer": i % options}
             handle.write(json.dumps(row) + "\n")
     return path
+
+
+def synthetic_run(folder: Path, n: int = 240, shift: float = 0.0, ids_from: int = 0):
+    """A run folder with config, scores and every result: two models, two matrix methods and a baseline,
+    three MMLU subjects. ``shift`` makes the Probe sharper; ``ids_from`` renumbers the questions."""
+    import numpy as np
+    import pandas as pd
+
+    from calibtune.config import StudyConfig, dump_config
+    from calibtune.results import write_results
+
+    rng = np.random.default_rng(0)
+    models = ["smollm2-135m", "gemma3-270m"]
+    config = StudyConfig(name="browser <check>", models=models, train=[{"dataset": "mmlu"}], eval=[{"dataset": "mmlu"}],
+                         methods=["probe", "lora_prompt", "option_confidence"], report={"bootstrap_resamples": 200})
+    subjects = ["anatomy", "astronomy", "virology"]
+    rows = []
+    for t in models:
+        y = rng.integers(0, 2, n)
+        cells = [(m, e) for m in ("probe", "lora_prompt") for e in models] + [("option_confidence", t)]
+        for method, e in cells:
+            sharp = 0.25 + (shift if method == "probe" else 0.0)
+            p = np.clip(0.5 + sharp * (y - 0.5) + rng.normal(0, 0.2, n), 0, 1)
+            rows.append(pd.DataFrame({"method": method, "model": e, "trained_on": t, "evaluated_on": t,
+                                      "question_id": [f"mmlu/test/{subjects[i % 3]}/{i + ids_from}" for i in range(n)],
+                                      "dataset": "mmlu", "subject": [subjects[i % 3] for i in range(n)],
+                                      "p_correct": p, "label": y, "p_correct_ts": p, "temperature": 1.0}))
+    scores = pd.concat(rows, ignore_index=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(dump_config(config))
+    scores.to_parquet(folder / "scores.parquet", index=False)
+    write_results(folder, config, scores, {"n_eval": n})
+    return config

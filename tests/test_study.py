@@ -142,8 +142,14 @@ def test_all_methods_in_the_study(tmp_path, tiny_models, study_files):
     metrics = pd.read_csv(out / "metrics.csv")
     assert {"ece_ts", "brier_ts", "nll_ts", "temperature"} <= set(metrics)
     info = json.loads((out / "metrics.json").read_text())
-    diffs = info["paired_differences"]
-    assert len(diffs) == 4 and all(d["ci_low"] <= d["auroc_difference"] <= d["ci_high"] for d in diffs)
+    diffs = [d for d in info["paired"] if d["a"] == "lora_prompt" and d["b"] == "probe"]
+    assert len(diffs) == 4 and all(d["auroc_diff_low"] <= d["auroc_diff"] <= d["auroc_diff_high"] for d in diffs)
+    cell = info["cells"][0]
+    for metric in ("auroc", "auprc", "auprc_incorrect", "ece", "ece_equal_mass", "mce", "brier", "nll", "aurc",
+                   "acc_at_50", "acc_at_80"):
+        assert f"{metric}_low" in cell and f"{metric}_high" in cell, metric
+    for figure in ("heatmap", "risk_coverage", "reliability_probe", "reliability_lora_prompt"):
+        assert (out / f"{figure}.png").is_file() and (out / f"{figure}.svg").is_file(), figure
     saved = json.loads((out / "estimators/lora_prompt/llama__on__gemma/lora_prompt.json").read_text())
     assert saved["config"]["kl_weight"] == 1.0 and saved["config"]["divergence"] == "js"
     assert "Is the proposed answer correct?" in saved["config"]["query"]["query"]

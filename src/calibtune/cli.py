@@ -81,6 +81,19 @@ def _print_metrics(metrics) -> None:
     console.print(table)
 
 
+def _markdown_metrics(metrics) -> str:
+    from calibtune.compare import render_table
+    from calibtune.report.labels import method_label
+
+    def cell(row, m):
+        low, high = getattr(row, f"{m}_low", float("nan")), getattr(row, f"{m}_high", float("nan"))
+        return f"{getattr(row, m):.3f} [{low:.3f}, {high:.3f}]"
+
+    rows = [[method_label(r.method), r.model, r.trained_on, str(r.n), cell(r, "auroc"), cell(r, "ece"),
+             cell(r, "brier"), f"{r.accuracy:.3f}"] for r in metrics.itertuples()]
+    return render_table(["method", "model", "trained on", "n", "AUROC", "ECE", "Brier", "accuracy"], rows, True)
+
+
 @app.command()
 @_friendly
 def models(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
@@ -236,22 +249,49 @@ def ask(
 
 @app.command()
 @_friendly
-def report(run_dir: Annotated[Path, typer.Argument(help="A run folder written by `calibtune run`.")]) -> None:
-    """Rebuild metrics, heatmap and report.html from a run folder's scores, without loading a model."""
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by `calibtune run`.")],
+    fmt: Annotated[str, typer.Option("--format", help="text, or markdown to print the tables for pasting.")] = "text",
+) -> None:
+    """Rebuild every metric, figure and report.html from a run folder's scores, without loading a model."""
     import pandas as pd
 
     from calibtune.config import load_config
-    from calibtune.matrix import study_metrics, write_figures
+    from calibtune.results import write_results
 
     scores_path = run_dir / "scores.parquet"
     if not scores_path.is_file():
         raise CalibtuneError(f"{scores_path} not found: is {run_dir} a run folder?")
     cfg = load_config(run_dir / "config.yaml")
-    metrics = study_metrics(pd.read_parquet(scores_path))
-    write_figures(run_dir, cfg, metrics)
-    metrics.to_csv(run_dir / "metrics.csv", index=False)
-    _print_metrics(metrics)
+    if fmt not in ("text", "markdown"):
+        raise CalibtuneError(f"unknown format '{fmt}': use text or markdown")
+    metrics = write_results(run_dir, cfg, pd.read_parquet(scores_path))
+    if fmt == "markdown":
+        typer.echo(_markdown_metrics(metrics))
+    else:
+        _print_metrics(metrics)
     typer.echo(f"rebuilt {run_dir / 'report.html'}")
+
+
+@app.command()
+@_friendly
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="The first run folder (A).")],
+    run_b: Annotated[Path, typer.Argument(help="The second run folder (B).")],
+    metric: Annotated[Optional[list[str]], typer.Option("--metric", help="Metrics to compare (repeat; default AUROC, ECE, Brier, AURC).")] = None,
+    resamples: Annotated[int, typer.Option("--resamples", help="Bootstrap resamples.")] = 1000,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    fmt: Annotated[str, typer.Option("--format", help="text or markdown.")] = "text",
+) -> None:
+    """Metric differences B - A per cell of two runs, with bootstrap intervals (paired where the questions match)."""
+    from calibtune.compare import DEFAULT_METRICS, compare_runs, format_comparison
+
+    if fmt not in ("text", "markdown"):
+        raise CalibtuneError(f"unknown format '{fmt}': use text or markdown")
+    metrics = metric or list(DEFAULT_METRICS)
+    table = compare_runs(run_a, run_b, metrics, resamples, seed)
+    typer.echo(format_comparison(table, metrics, markdown=fmt == "markdown"))
+    typer.echo(f"\nA = {run_a}, B = {run_b}; intervals: 95% bootstrap, * where they exclude 0")
 
 
 cache_app = typer.Typer(help="Show and clean the artifact store (cached answers, features and cells).",

@@ -176,6 +176,14 @@ class VerbalizedSettings(_Strict):
     max_new_tokens: int = Field(8, ge=1)
 
 
+class ReportSettings(_Strict):
+    """How metrics are summarised: bootstrap resamples, interval level, calibration bins."""
+
+    bootstrap_resamples: int = Field(1000, ge=10)
+    level: float = Field(0.95, gt=0, lt=1)
+    bins: int = Field(10, ge=1, description="bins of ECE (equal-width and equal-mass), MCE and reliability diagrams")
+
+
 class QuickSettings(_Strict):
     """How ``--quick`` shrinks the study: at most this many questions per selection."""
 
@@ -212,6 +220,7 @@ class StudyConfig(_Strict):
     open_ended: OpenEndedSettings = OpenEndedSettings()
     sampling: SamplingSettings = SamplingSettings()
     verbalized: VerbalizedSettings = VerbalizedSettings()
+    report: ReportSettings = ReportSettings()
     quick: QuickSettings = QuickSettings()
 
     @model_validator(mode="after")

@@ -32,7 +32,6 @@ from calibtune.features import candidate_layers, extract_features, proposed_answ
 from calibtune.forward import encode_texts
 from calibtune.generate import GenerationSettings
 from calibtune.grade import grade_multiple_choice
-from calibtune.metrics import metrics_table, paired_auroc_difference
 from calibtune.models import (
     LoadedModel,
     cache_dir,
@@ -57,6 +56,7 @@ from calibtune.open_ended import (
 from calibtune.progress import progress_bar
 from calibtune.records import Answer, Question, answers_from_table, answers_to_table
 from calibtune.report.labels import method_label
+from calibtune.results import write_results
 from calibtune.store import ArtifactStore, artifact_key, run_folder_lock
 from calibtune.verbalized import VERBALIZED_PROMPT
 
@@ -175,9 +175,7 @@ class Study:
             cells.extend(self._estimator_cells(e, answers, inputs))
         table = pd.concat(cells, ignore_index=True)
         table.to_parquet(self.output / "scores.parquet", index=False)
-        metrics = study_metrics(table)
-        self._write_metrics(metrics, table, answers, inputs)
-        write_figures(self.output, cfg, metrics)
+        metrics = write_results(self.output, cfg, table, self._facts(answers, inputs))
         self.timings["total"] = time.perf_counter() - start
         (self.output / "timings.json").write_text(json.dumps(self.timings, indent=2))
         return metrics
@@ -566,17 +564,12 @@ class Study:
 
     # -- outputs --------------------------------------------------------------------------------
 
-    def _write_metrics(self, metrics: pd.DataFrame, scores: pd.DataFrame, answers: dict[str, dict[str, Answer]],
-                       inputs: StudyInputs) -> None:
-        metrics.to_csv(self.output / "metrics.csv", index=False)
-        records = json.loads(metrics.to_json(orient="records"))
-        for record in records:  # answers a method could not score (unparseable verbalized replies)
-            record["n_left_out"] = len(inputs.eval) - int(record["n"])
+    def _facts(self, answers: dict[str, dict[str, Answer]], inputs: StudyInputs) -> dict:
+        """Study facts for metrics.json: each answering model's accuracy and the question counts."""
         accuracy = {t: {"train": float(np.mean([a[q.id].correct for q in inputs.train])),
                         "eval": float(np.mean([a[q.id].correct for q in inputs.eval]))} for t, a in answers.items()}
-        payload = {"cells": records, "answer_accuracy": accuracy, "n_train": len(inputs.train),
-                   "n_eval": len(inputs.eval), "paired_differences": paired_differences(scores)}
-        (self.output / "metrics.json").write_text(json.dumps(payload, indent=2))
+        return {"answer_accuracy": accuracy, "n_train": len(inputs.train), "n_eval": len(inputs.eval),
+                "task": self.config.task}
 
 
 class _Lazy:
@@ -591,54 +584,6 @@ class _Lazy:
         return self._value
 
 
-
-
-KEYS = ["method", "model", "trained_on", "evaluated_on"]
-
-
-def study_metrics(scores: pd.DataFrame) -> pd.DataFrame:
-    """Per-cell metrics, with ECE, Brier and NLL after temperature scaling where the scores have it."""
-    metrics = metrics_table(scores[KEYS + ["question_id", "p_correct", "label"]])
-    if "p_correct_ts" in scores:
-        scaled = scores[KEYS + ["question_id", "p_correct_ts", "label"]].rename(columns={"p_correct_ts": "p_correct"})
-        ts = metrics_table(scaled)[KEYS + ["ece", "ece_top_label", "brier", "nll"]]
-        ts = ts.rename(columns={c: f"{c}_ts" for c in ("ece", "ece_top_label", "brier", "nll")})
-        temps = scores.groupby(KEYS, as_index=False).temperature.first()
-        metrics = metrics.merge(ts, on=KEYS, how="left").merge(temps, on=KEYS, how="left")
-    return metrics
-
-
-def paired_differences(scores: pd.DataFrame, pairs: Sequence[tuple[str, str]] = (("lora_prompt", "probe"),),
-                       n_resamples: int = 1000, seed: int = 0) -> list[dict]:
-    """AUROC(a) - AUROC(b) per cell with a paired bootstrap 95% interval, for each method pair present."""
-    out = []
-    for a, b in pairs:
-        sa, sb = scores[scores.method == a], scores[scores.method == b]
-        for (e, t), ga in sa.groupby(["model", "trained_on"], sort=False):
-            gb = sb[(sb.model == e) & (sb.trained_on == t)]
-            if gb.empty:
-                continue
-            merged = ga.merge(gb, on="question_id", suffixes=("_a", "_b"))
-            d, lo, hi = paired_auroc_difference(merged.p_correct_a, merged.p_correct_b, merged.label_a,
-                                                n_resamples=n_resamples, seed=seed)
-            out.append({"a": a, "b": b, "model": e, "trained_on": t, "n": len(merged),
-                        "auroc_difference": d, "ci_low": lo, "ci_high": hi})
-    return out
-
-
-def write_figures(output: Path, config: StudyConfig, metrics: pd.DataFrame) -> None:
-    """Draw the heatmap and write report.html in a run folder, from its metrics alone."""
-    from calibtune.report.heatmap import plot_heatmap
-    from calibtune.report.html import write_report
-
-    matrix = [m for m in config.heatmap if m in config.methods] or [m for m in MATRIX_METHODS if m in config.methods]
-    baselines = [m for m in BASELINE_METHODS if m in config.methods]
-    order = {name: i for i, name in enumerate(config.models)}
-    ordered = metrics.sort_values(["model", "trained_on"], key=lambda col: col.map(order))
-    if matrix or baselines:
-        plot_heatmap(ordered, output / "heatmap.png", matrix_methods=matrix or baselines,
-                     baseline_methods=baselines if matrix else ())
-    write_report(output)
 
 
 def _slug(name: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import math
 import numbers
 import os
@@ -17,6 +18,9 @@ from calibtune.errors import CalibtuneError
 from calibtune.report.labels import method_label, metric_label
 
 METRIC_COLUMNS = ("auroc", "ece", "ece_top_label", "brier", "nll", "accuracy")
+EXTRA_METRIC_COLUMNS = ("auprc", "auprc_incorrect", "ece_equal_mass", "mce", "aurc", "acc_at_50", "acc_at_80", "ece_ts")
+FIGURE_TITLES = (("risk_coverage", "Risk-coverage curves"), ("reliability_", "Reliability diagrams"),
+                 ("subjects_auroc", "AUROC per subject"))
 KEY_COLUMNS = ("method", "model", "trained_on")
 
 CSS = """
@@ -32,6 +36,9 @@ th { background: #f4f4f4; }
 tr:hover td { background: #fafafa; }
 pre { background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 0.85em; }
 .note { color: #777; font-style: italic; }
+.ci { color: #777; font-size: 0.85em; white-space: nowrap; }
+td.sig { font-weight: bold; }
+table.paper th { text-align: center; }
 """
 
 
@@ -52,45 +59,108 @@ def _read_metrics(path: Path) -> pd.DataFrame:
     missing = [c for c in KEY_COLUMNS if c not in df.columns]
     if missing:
         raise CalibtuneError(f"{path} is missing column(s): {', '.join(missing)}")
-    for col in ("n", *METRIC_COLUMNS):
+    for col in df.columns:
+        if col in ("method", "model", "trained_on", "evaluated_on"):
+            continue
         if col in df.columns:
             df[col] = pd.to_numeric(df[col], errors="coerce")
     return df
 
 
+def _with_interval(row: dict, metric: str) -> str:
+    """``0.712 [0.676, 0.748]`` when the row has the metric's interval, else the value alone."""
+    value = _fmt(row.get(metric, float("nan")))
+    low, high = row.get(f"{metric}_low"), row.get(f"{metric}_high")
+    if isinstance(low, numbers.Real) and isinstance(high, numbers.Real) and not (math.isnan(low) or math.isnan(high)):
+        return f'{value} <span class="ci">[{low:.3f}, {high:.3f}]</span>'
+    return value
+
+
 def _metrics_table(df: pd.DataFrame) -> str:
+    """Every method and cell, each metric with its bootstrap interval where the run has one."""
     show_eval = (
         "evaluated_on" in df.columns and (df["evaluated_on"] != df["trained_on"]).any()
     )
-    headers = ["Method", "Model", "Trained on"] + (
-        ["Evaluated on"] if show_eval else []
-    )
-    headers += ["n"] + [metric_label(c) for c in METRIC_COLUMNS]
+    columns = [c for c in (*METRIC_COLUMNS, *EXTRA_METRIC_COLUMNS) if c in df.columns]
+    headers = ["Method", "Model", "Trained on"] + (["Evaluated on"] if show_eval else [])
+    headers += ["n"] + [metric_label(c) for c in columns]
     lines = [
         "<table>",
-        "<thead><tr>"
-        + "".join(f"<th>{escape(h)}</th>" for h in headers)
-        + "</tr></thead>",
+        "<thead><tr>" + "".join(f"<th>{escape(h)}</th>" for h in headers) + "</tr></thead>",
         "<tbody>",
     ]
     for row in df.to_dict("records"):
-        cells = [
-            escape(method_label(row["method"])),
-            escape(row["model"]),
-            escape(row["trained_on"]),
-        ]
+        cells = [escape(method_label(row["method"])), escape(row["model"]), escape(row["trained_on"])]
         if show_eval:
             cells.append(escape(row["evaluated_on"]))
         text = "".join(f"<td>{c}</td>" for c in cells)
         n = row.get("n", float("nan"))
         text += f'<td class="num">{"n/a" if pd.isna(n) else int(n)}</td>'
-        text += "".join(
-            f'<td class="num">{_fmt(row.get(c, float("nan")))}</td>'
-            for c in METRIC_COLUMNS
-        )
+        text += "".join(f'<td class="num">{_with_interval(row, c)}</td>' for c in columns)
         lines.append(f"<tr>{text}</tr>")
     lines += ["</tbody>", "</table>"]
     return "\n".join(lines)
+
+
+def _paper_table(df: pd.DataFrame) -> str:
+    """The paper's layout: a row per method, ECE and AUROC of each model estimating its own answers."""
+    own = df[df["model"] == df["trained_on"]]
+    models = list(dict.fromkeys(own["trained_on"]))
+    methods = list(dict.fromkeys(own["method"]))
+    if not models:
+        return '<p class="note">No cell has the estimator model equal to the answering model.</p>'
+    head = "<tr><th rowspan=\"2\">Method</th>" + "".join(
+        f'<th colspan="2">{escape(m)}</th>' for m in models) + "</tr>"
+    head += "<tr>" + "<th>ECE &darr;</th><th>AUROC &uarr;</th>" * len(models) + "</tr>"
+    lines = ['<table class="paper">', f"<thead>{head}</thead>", "<tbody>"]
+    for method in methods:
+        cells = [f"<td>{escape(method_label(method))}</td>"]
+        for model in models:
+            row = own[(own["method"] == method) & (own["trained_on"] == model)]
+            ece = row["ece"].iloc[0] if len(row) else float("nan")
+            auroc = row["auroc"].iloc[0] if len(row) else float("nan")
+            cells += [f'<td class="num">{_fmt(ece)}</td>', f'<td class="num">{_fmt(auroc)}</td>']
+        lines.append("<tr>" + "".join(cells) + "</tr>")
+    lines += ["</tbody>", "</table>"]
+    return "\n".join(lines)
+
+
+def _paired_table(paired: list[dict]) -> str:
+    """Paired bootstrap differences (method a minus method b on the same questions)."""
+    if not paired:
+        return '<p class="note">No pair of methods shares a cell in this run.</p>'
+    metrics = [k[: -len("_diff")] for k in paired[0] if k.endswith("_diff")]
+    headers = ["A", "B", "Model", "Trained on", "n"] + [f"{metric_label(m)} A &minus; B" for m in metrics]
+    lines = ["<table>", "<thead><tr>" + "".join(f"<th>{h}</th>" for h in headers) + "</tr></thead>", "<tbody>"]
+    for row in paired:
+        cells = [escape(method_label(row["a"])), escape(method_label(row["b"])), escape(str(row["model"])),
+                 escape(str(row["trained_on"]))]
+        text = "".join(f"<td>{c}</td>" for c in cells) + f'<td class="num">{int(row["n"])}</td>'
+        for m in metrics:
+            low, high = row.get(f"{m}_diff_low"), row.get(f"{m}_diff_high")
+            mark = ""
+            if isinstance(low, numbers.Real) and isinstance(high, numbers.Real) and (low > 0 or high < 0):
+                mark = ' class="num sig"'
+            interval = "" if low is None or high is None else f' <span class="ci">[{_fmt(low)}, {_fmt(high)}]</span>'
+            text += f'<td{mark or " class=num"}>{_fmt(row.get(f"{m}_diff"))}{interval}</td>'
+        lines.append(f"<tr>{text}</tr>")
+    lines += ["</tbody>", "</table>"]
+    return "\n".join(lines)
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as exc:
+        raise CalibtuneError(f"{path} is not valid JSON: {exc}") from exc
+    return data if isinstance(data, dict) else {}
+
+
+def _level(info: dict) -> str:
+    level = info.get("bootstrap", {}).get("level", 0.95)
+    return f"{100 * level:g}%"
 
 
 def _image(path: Path, alt: str) -> str:
@@ -145,13 +215,32 @@ def write_report(run_dir: Path) -> Path:
     else:
         parts.append('<p class="note">No heatmap.png in this run; figure skipped.</p>')
 
-    others = sorted(p for p in run_dir.glob("*.png") if p.name != "heatmap.png")
+    info = _read_json(run_dir / "metrics.json")
+    parts += ["<h2>Paper-style table</h2>",
+              '<p class="note">Each model estimating its own answers; ECE before temperature scaling.</p>',
+              _paper_table(metrics),
+              "<h2>Every method and cell</h2>",
+              f'<p class="note">Brackets: {_level(info)} bootstrap intervals over the evaluation questions.</p>',
+              _metrics_table(metrics)]
+    if info.get("paired"):
+        parts += ["<h2>Paired differences</h2>",
+                  '<p class="note">Paired bootstrap on the same questions; bold where the interval excludes 0.</p>',
+                  _paired_table(info["paired"])]
+    shown = {heatmap}
+    for prefix, heading in FIGURE_TITLES:
+        figures = sorted(p for p in run_dir.glob(f"{prefix}*.png") if p not in shown)
+        if figures:
+            parts.append(f"<h2>{escape(heading)}</h2>")
+            for fig in figures:
+                parts.append(_image(fig, fig.stem.replace("_", " ")))
+                shown.add(fig)
+    others = sorted(p for p in run_dir.glob("*.png") if p not in shown)
     if others:
         parts.append("<h2>Other figures</h2>")
         for fig in others:
             parts += [f"<h3>{escape(fig.stem)}</h3>", _image(fig, fig.stem)]
 
-    parts += ["<h2>Metrics</h2>", _metrics_table(metrics), "<h2>Resolved config</h2>"]
+    parts.append("<h2>Resolved config</h2>")
     if config_text is None:
         parts.append('<p class="note">No config.yaml in this run.</p>')
     else:

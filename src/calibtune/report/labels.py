@@ -10,6 +10,10 @@ METHOD_LABELS: dict[str, str] = {
     "lora_prompt": "LoRA + Prompt",
     "zero_shot": "Zero-shot query",
     "option_confidence": "Option confidence",
+    "likelihood": "Sequence likelihood",
+    "perplexity": "Inverse perplexity",
+    "verbalized": "Verbalized",
+    "sampling": "Sampling consistency",
 }
 
 METRIC_LABELS: dict[str, str] = {
@@ -21,6 +25,14 @@ METRIC_LABELS: dict[str, str] = {
     "nll": "NLL",
     "accuracy": "Accuracy",
     "mean_p": "Mean P(correct)",
+    "auprc": "AUPRC (correct)",
+    "auprc_incorrect": "AUPRC (incorrect)",
+    "ece_equal_mass": "ECE equal-mass",
+    "mce": "MCE",
+    "aurc": "AURC",
+    "acc_at_50": "Acc@50% cov.",
+    "acc_at_80": "Acc@80% cov.",
+    "ece_ts": "ECE after TS",
 }
 
 

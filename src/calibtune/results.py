@@ -1,0 +1,123 @@
+"""From a run's scores to everything a reader sees: metrics with intervals, paired differences,
+per-subject breakdowns, figures and report.html.
+
+``write_results`` is the one path, used at the end of ``calibtune run`` and by
+``calibtune report`` (which rebuilds a run folder from ``scores.parquet`` and
+``config.yaml`` without loading a model).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from calibtune.bootstrap import bootstrap_table, paired_table, subject_breakdown
+from calibtune.config import BASELINE_METHODS, MATRIX_METHODS, StudyConfig
+from calibtune.metrics import metrics_table
+
+KEYS = ["method", "model", "trained_on", "evaluated_on"]
+TS_METRICS = ("ece", "ece_top_label", "brier", "nll")
+# What each cell is compared with, by the paired bootstrap, when present.
+REFERENCE_METHOD = "probe"
+
+
+def study_metrics(scores: pd.DataFrame, n_resamples: int = 1000, seed: int = 0, n_bins: int = 10,
+                  level: float = 0.95) -> pd.DataFrame:
+    """Per-cell metrics with bootstrap intervals (``<m>_low``/``<m>_high``), plus ECE, Brier and NLL
+    after temperature scaling (``<m>_ts``) and the fitted temperature where the scores have them."""
+    base = scores[KEYS + ["question_id", "p_correct", "label"]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # one-class cells: NaN AUROC, reported in the table
+        metrics = bootstrap_table(base, n_resamples=n_resamples, seed=seed, n_bins=n_bins, level=level)
+        if "p_correct_ts" in scores:
+            scaled = scores[KEYS + ["question_id", "p_correct_ts", "label"]].rename(
+                columns={"p_correct_ts": "p_correct"})
+            ts = metrics_table(scaled, n_bins=n_bins)[KEYS + list(TS_METRICS)]
+            ts = ts.rename(columns={c: f"{c}_ts" for c in TS_METRICS})
+            temps = scores.groupby(KEYS, as_index=False).temperature.first()
+            metrics = metrics.merge(ts, on=KEYS, how="left").merge(temps, on=KEYS, how="left")
+    return metrics
+
+
+def comparison_pairs(methods: list[str]) -> list[tuple[str, str]]:
+    """Every method against the Probe (when the Probe ran): the pairs of the paired bootstrap."""
+    if REFERENCE_METHOD not in methods:
+        return []
+    return [(m, REFERENCE_METHOD) for m in methods if m != REFERENCE_METHOD]
+
+
+def ordered_methods(config: StudyConfig, scores: pd.DataFrame) -> list[str]:
+    """The methods that have scores, matrix methods first, in the config's order."""
+    present = set(scores.method)
+    return [m for m in (*MATRIX_METHODS, *BASELINE_METHODS) if m in config.methods and m in present]
+
+
+def write_results(output: Path, config: StudyConfig, scores: pd.DataFrame, extra: dict | None = None) -> pd.DataFrame:
+    """Write metrics.csv, metrics.json, every figure (PNG and SVG) and report.html into ``output``.
+
+    ``extra`` adds study facts to metrics.json (answer accuracy, question counts); without it
+    those of an existing metrics.json are kept, so a rebuilt report loses nothing.
+    """
+    from calibtune.report.figures import plot_reliability, plot_risk_coverage, plot_subject_auroc
+    from calibtune.report.heatmap import plot_heatmap
+    from calibtune.report.html import write_report
+
+    output = Path(output)
+    settings = config.report
+    metrics = study_metrics(scores, settings.bootstrap_resamples, config.seed, settings.bins, settings.level)
+    metrics.to_csv(output / "metrics.csv", index=False)
+    methods = ordered_methods(config, scores)
+    paired = paired_table(scores, comparison_pairs(methods), n_resamples=settings.bootstrap_resamples,
+                          seed=config.seed, level=settings.level, n_bins=settings.bins,
+                          metrics=["auroc", "ece", "brier", "aurc"])
+    subjects = _subjects(scores, settings.bins)
+
+    previous = output / "metrics.json"
+    if extra is None and previous.is_file():
+        old = json.loads(previous.read_text())
+        extra = {k: v for k, v in old.items() if k not in ("cells", "paired", "subjects")}
+    extra = extra or {}
+    records = json.loads(metrics.to_json(orient="records"))
+    if "n_eval" in extra:
+        for record in records:  # answers a method could not score (unparseable verbalized replies)
+            record["n_left_out"] = int(extra["n_eval"]) - int(record["n"])
+    payload = {"cells": records, **extra, "bootstrap": settings.model_dump(),
+               "paired": json.loads(paired.to_json(orient="records")),
+               "subjects": json.loads(subjects.to_json(orient="records")) if subjects is not None else []}
+    (output / "metrics.json").write_text(json.dumps(payload, indent=2))
+
+    for old_figure in list(output.glob("reliability_*.*")) + list(output.glob("subjects_auroc.*")):
+        old_figure.unlink()
+    matrix = [m for m in config.heatmap if m in methods] or [m for m in MATRIX_METHODS if m in methods]
+    baselines = [m for m in BASELINE_METHODS if m in methods]
+    order = {name: i for i, name in enumerate(config.models)}
+    ordered = metrics.sort_values(["model", "trained_on"], key=lambda col: col.map(order))
+    if matrix or baselines:
+        heatmap = plot_heatmap(ordered, output / "heatmap.png", matrix_methods=matrix or baselines,
+                               baseline_methods=baselines if matrix else ())
+        _svg_twin(heatmap, ordered, matrix or baselines, baselines if matrix else ())
+    for method in methods:
+        plot_reliability(scores, method, output / f"reliability_{method}.png", config.models, settings.bins)
+    if (scores.model == scores.trained_on).any():
+        plot_risk_coverage(scores, output / "risk_coverage.png", config.models, methods)
+    if subjects is not None:
+        plot_subject_auroc(subjects, output / "subjects_auroc.png", config.models)
+    write_report(output)
+    return metrics
+
+
+def _svg_twin(png: Path, metrics: pd.DataFrame, matrix: list[str], baselines: list[str]) -> None:
+    from calibtune.report.heatmap import plot_heatmap
+
+    plot_heatmap(metrics, png.with_suffix(".svg"), matrix_methods=matrix, baseline_methods=baselines)
+
+
+def _subjects(scores: pd.DataFrame, n_bins: int) -> pd.DataFrame | None:
+    """Per-subject metrics with macro and micro averages, when the questions have two or more subjects."""
+    if "subject" not in scores or scores.subject.replace("", np.nan).dropna().nunique() < 2:
+        return None
+    return subject_breakdown(scores, n_bins=n_bins)
