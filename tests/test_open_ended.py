@@ -56,6 +56,20 @@ def test_k_shot_prompt_and_references():
     assert references_of(mc) == ("b",)
 
 
+def test_chat_template_prompt(tiny_models):
+    lm = load_model(str(tiny_models["qwen"]), dtype="float32")
+    exemplar = Question(id="x/1", dataset="x", split="dev", text="Capital of France?", references=("Paris",))
+    question = _questions(1)[0]
+    with pytest.raises(ValueError, match="no chat template"):
+        OpenEndedPrompt("Question: {question}\nAnswer:", (exemplar,), chat_template=True).texts(lm, [question])
+    lm.tokenizer.chat_template = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}"
+                                  "{% if add_generation_prompt %}<assistant>{% endif %}")
+    (ids,) = OpenEndedPrompt("Question: {question}\nAnswer:", (exemplar,), chat_template=True).texts(lm, [question])
+    text = lm.tokenizer.decode(ids)
+    assert text.startswith("<user>Capital of France?\n<assistant>Paris\n<user>What comes after number 0?")
+    assert text.endswith("<assistant>")
+
+
 def _open_ended_files(tmp_path, tiny_models):
     """Questions whose references are the tiny models' own greedy answers for half of them, so both classes occur."""
     questions = _questions(64)
@@ -81,15 +95,16 @@ def test_open_ended_study_with_every_method(tmp_path, tiny_models, isolated_cach
     config.write_text(
         f"name: oe\nseed: 0\ntask: open_ended\nmodels: ['{tiny_models['llama']}', '{tiny_models['gemma']}']\n"
         f"dtype: float32\nbatch_size: 8\ntrain: [{{dataset: '{train}'}}]\neval: [{{dataset: '{held}'}}]\n"
-        "methods: [probe, lora_prompt, zero_shot, likelihood, perplexity, verbalized, sampling]\n"
+        "methods: [probe, lora, lora_prompt, zero_shot, likelihood, perplexity, verbalized, sampling]\n"
         "open_ended: {max_new_tokens: 6, grader: exact}\nsampling: {k: 3, max_new_tokens: 6}\n"
-        "probe: {max_epochs: 5, patience: 2}\nlora_prompt: {max_steps: 2, eval_every: 1}\n")
+        "probe: {max_epochs: 5, patience: 2}\nlora_prompt: {max_steps: 2, eval_every: 1}\n"
+        "lora: {max_steps: 2, eval_every: 1}\n")
     out = tmp_path / "run"
     result = runner.invoke(app, ["run", str(config), "-o", str(out)])
     assert result.exit_code == 0, result.output
     scores = pd.read_parquet(out / "scores.parquet")
     # verbalized may have no row at all: a tiny random model rarely states a probability
-    assert {"probe", "lora_prompt", "zero_shot", "likelihood", "perplexity", "sampling"} <= set(scores.method)
+    assert {"probe", "lora", "lora_prompt", "zero_shot", "likelihood", "perplexity", "sampling"} <= set(scores.method)
     assert scores.p_correct.between(0, 1).all()
     probe = scores[scores.method == "probe"]
     assert probe.groupby(["model", "trained_on"]).size().tolist() == [20] * 4

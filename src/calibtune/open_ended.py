@@ -140,7 +140,13 @@ def local_judge(model: str, dtype: str = "auto", device: str = "auto", batch_siz
             loaded.append(load_model(model, dtype=dtype, device=device))
         lm = loaded[0]
         settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
-        return [g.text for g in generate_answers(lm, encode_prompts(lm, prompts), settings)]
+        if getattr(lm.tokenizer, "chat_template", None):  # an instruct model: ask in its own format
+            texts = [lm.tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                                      add_generation_prompt=True) for p in prompts]
+            ids = encode_prompts(lm, texts, special_tokens=False)
+        else:  # a base model: give it the start of the reply to continue
+            ids = encode_prompts(lm, [p + "\nAnswer:" for p in prompts])
+        return [g.text for g in generate_answers(lm, ids, settings)]
 
     return LocalJudge(generate=reply, name=model, batch_size=batch_size)
 
