@@ -80,3 +80,24 @@ def test_lora_prompt_trains_briefly_on_a_bundled_model(tmp_path, real_cache):
     est.release()
     reloaded = LoraPromptEstimator.load(tmp_path / "lp", lm)
     np.testing.assert_allclose(reloaded.predict_proba(seqs[:8]), p, atol=1e-5)
+
+
+def test_quick_open_ended_study_on_bundled_models(tmp_path, real_cache):
+    out = tmp_path / "open"
+    config = Path(__file__).parent.parent / "configs" / "open_ended.yaml"
+    proc = subprocess.run([sys.executable, "-m", "calibtune", "run", str(config), "--quick", "--output-path", str(out)],
+                          capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    scores = pd.read_parquet(out / "scores.parquet")
+    assert {"probe", "lora_prompt", "zero_shot", "likelihood", "perplexity", "sampling"} <= set(scores.method)
+    info = json.loads((out / "metrics.json").read_text())
+    assert info["task"] == "open_ended"
+    # real models write real answers: some right, most not empty
+    for acc in info["answer_accuracy"].values():
+        assert 0.02 < acc["eval"] < 0.9
+    ask = subprocess.run([sys.executable, "-m", "calibtune", "ask",
+                          str(out / "estimators" / "probe" / "smollm2-135m__on__smollm2-135m"),
+                          "What is the capital of France?", "--json"], capture_output=True, text=True, timeout=600)
+    assert ask.returncode == 0, ask.stderr[-2000:]
+    record = json.loads(ask.stdout.strip().splitlines()[-1])
+    assert record["answer"] and 0 <= record["p_correct"] <= 1

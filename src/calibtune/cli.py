@@ -81,17 +81,27 @@ def _print_metrics(metrics) -> None:
     console.print(table)
 
 
-def _markdown_metrics(metrics) -> str:
+def _markdown_metrics(metrics, paired: list[dict]) -> str:
+    """The metrics table (with intervals) and the paired differences, as Markdown."""
     from calibtune.compare import render_table
     from calibtune.report.labels import method_label
 
     def cell(row, m):
+        value = getattr(row, m, float("nan"))
         low, high = getattr(row, f"{m}_low", float("nan")), getattr(row, f"{m}_high", float("nan"))
-        return f"{getattr(row, m):.3f} [{low:.3f}, {high:.3f}]"
+        return f"{value:.3f} [{low:.3f}, {high:.3f}]" if low == low else f"{value:.3f}"
 
     rows = [[method_label(r.method), r.model, r.trained_on, str(r.n), cell(r, "auroc"), cell(r, "ece"),
-             cell(r, "brier"), f"{r.accuracy:.3f}"] for r in metrics.itertuples()]
-    return render_table(["method", "model", "trained on", "n", "AUROC", "ECE", "Brier", "accuracy"], rows, True)
+             cell(r, "ece_ts"), cell(r, "brier"), cell(r, "aurc"), f"{r.accuracy:.3f}"] for r in metrics.itertuples()]
+    text = render_table(["method", "model", "trained on", "n", "AUROC", "ECE", "ECE after TS", "Brier", "AURC",
+                         "accuracy"], rows, True)
+    if paired:
+        diff_rows = [[f"{method_label(d['a'])} - {method_label(d['b'])}", d["model"], d["trained_on"],
+                      f"{d['auroc_diff']:+.3f} [{d['auroc_diff_low']:+.3f}, {d['auroc_diff_high']:+.3f}]",
+                      f"{d['ece_diff']:+.3f} [{d['ece_diff_low']:+.3f}, {d['ece_diff_high']:+.3f}]"] for d in paired]
+        text += "\n\n" + render_table(["pair", "model", "trained on", "AUROC difference", "ECE difference"],
+                                      diff_rows, True)
+    return text
 
 
 @app.command()
@@ -267,7 +277,7 @@ def report(
         raise CalibtuneError(f"unknown format '{fmt}': use text or markdown")
     metrics = write_results(run_dir, cfg, pd.read_parquet(scores_path))
     if fmt == "markdown":
-        typer.echo(_markdown_metrics(metrics))
+        typer.echo(_markdown_metrics(metrics, json.loads((run_dir / "metrics.json").read_text()).get("paired", [])))
     else:
         _print_metrics(metrics)
     typer.echo(f"rebuilt {run_dir / 'report.html'}")
