@@ -71,3 +71,19 @@ def test_compare_errors_are_one_line(tmp_path):
 def test_render_table_text_and_markdown():
     assert render_table(["a", "bb"], [["1", "2"]], markdown=True) == "| a | bb |\n|---|---|\n| 1 | 2 |"
     assert render_table(["a", "bb"], [["1", "2"]]).splitlines()[0] == "a  bb"
+
+
+def test_a_method_missing_some_questions_is_paired_on_the_shared_ones(tmp_path):
+    from calibtune.config import load_config
+    from calibtune.results import write_results
+
+    run = tmp_path / "run"
+    synthetic_run(run, n=60)
+    scores = pd.read_parquet(run / "scores.parquet")
+    # an unparseable verbalized reply leaves one question out of one method's cell
+    dropped = scores.drop(scores[(scores.method == "option_confidence")].index[:1])
+    write_results(run, load_config(run / "config.yaml"), dropped, {"n_eval": 60})
+    info = json.loads((run / "metrics.json").read_text())
+    pairs = [p for p in info["paired"] if p["a"] == "option_confidence"]
+    assert sorted(p["n"] for p in pairs) == [59, 60]
+    assert sorted(c["n_left_out"] for c in info["cells"] if c["method"] == "option_confidence") == [0, 1]

@@ -34,7 +34,7 @@ def test_saved_artifacts_are_safetensors_and_json(tmp_path, tiny_models, isolate
     env = {"OPENAI_API_KEY": secret, "HF_TOKEN": secret, "CALIBTUNE_JUDGE_API_KEY": secret}
     result = CliRunner().invoke(app, ["run", str(config), "-o", str(tmp_path / "run")], env=env)
     assert result.exit_code == 0, result.output
-    allowed = {".safetensors", ".json", ".yaml", ".parquet", ".csv", ".png", ".html", ".lock", ".md"}
+    allowed = {".safetensors", ".json", ".yaml", ".parquet", ".csv", ".png", ".svg", ".html", ".lock", ".md"}
     for root in (tmp_path / "run", isolated_cache):
         for path in root.rglob("*"):
             if path.is_file():

@@ -71,9 +71,10 @@ def write_results(output: Path, config: StudyConfig, scores: pd.DataFrame, extra
     metrics = study_metrics(scores, settings.bootstrap_resamples, config.seed, settings.bins, settings.level)
     metrics.to_csv(output / "metrics.csv", index=False)
     methods = ordered_methods(config, scores)
-    paired = paired_table(scores, comparison_pairs(methods), n_resamples=settings.bootstrap_resamples,
-                          seed=config.seed, level=settings.level, n_bins=settings.bins,
-                          metrics=["auroc", "ece", "brier", "aurc"])
+    tables = [paired_table(_common_questions(scores, a, b), [(a, b)], n_resamples=settings.bootstrap_resamples,
+                           seed=config.seed, level=settings.level, n_bins=settings.bins,
+                           metrics=["auroc", "ece", "brier", "aurc"]) for a, b in comparison_pairs(methods)]
+    paired = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     subjects = _subjects(scores, settings.bins)
 
     previous = output / "metrics.json"
@@ -108,6 +109,16 @@ def write_results(output: Path, config: StudyConfig, scores: pd.DataFrame, extra
         plot_subject_auroc(subjects, output / "subjects_auroc.png", config.models)
     write_report(output)
     return metrics
+
+
+def _common_questions(scores: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
+    """Methods a and b's rows restricted, cell by cell, to the questions both scored (a verbalized
+    reply without a probability leaves its question out of one method only)."""
+    rows = scores[scores.method.isin([a, b])]
+    keys = ["model", "trained_on", "evaluated_on", "question_id"]
+    both = rows.groupby(keys).method.nunique()
+    shared = both[both == 2].reset_index()[keys]
+    return rows.merge(shared, on=keys, how="inner")
 
 
 def _svg_twin(png: Path, metrics: pd.DataFrame, matrix: list[str], baselines: list[str]) -> None:

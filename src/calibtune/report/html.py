@@ -36,6 +36,7 @@ th { background: #f4f4f4; }
 tr:hover td { background: #fafafa; }
 pre { background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 0.85em; }
 .note { color: #777; font-style: italic; }
+.wide { overflow-x: auto; }
 .ci { color: #777; font-size: 0.85em; white-space: nowrap; }
 td.sig { font-weight: bold; }
 table.paper th { text-align: center; }
@@ -221,7 +222,7 @@ def write_report(run_dir: Path) -> Path:
               _paper_table(metrics),
               "<h2>Every method and cell</h2>",
               f'<p class="note">Brackets: {_level(info)} bootstrap intervals over the evaluation questions.</p>',
-              _metrics_table(metrics)]
+              f'<div class="wide">{_metrics_table(metrics)}</div>']
     if info.get("paired"):
         parts += ["<h2>Paired differences</h2>",
                   '<p class="note">Paired bootstrap on the same questions; bold where the interval excludes 0.</p>',
