@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from calibtune.bootstrap import _interval as percentile_interval
 from calibtune.bootstrap import paired_bootstrap, resample_indices, resampled_metrics
 from calibtune.errors import CalibtuneError
 from calibtune.metrics import metric_value
@@ -84,11 +85,8 @@ def _independent(ga: pd.DataFrame, gb: pd.DataFrame, metrics: Sequence[str], n_r
     vb = resampled_metrics(pb, yb, resample_indices(len(pb), n_resamples, seed + 1), list(metrics))
     out = {}
     for m in metrics:
-        d = vb[m] - va[m]
-        d = d[np.isfinite(d)]
-        low, high = np.percentile(d, [50 * (1 - level), 50 * (1 + level)]) if len(d) >= n_resamples / 2 else (
-            np.nan, np.nan)
-        out[m] = (metric_value(m, pb, yb) - metric_value(m, pa, ya), float(low), float(high))
+        low, high = percentile_interval(vb[m] - va[m], level)
+        out[m] = (metric_value(m, pb, yb) - metric_value(m, pa, ya), low, high)
     return out
 
 
