@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from calibtune.cli import app
-from calibtune.generate import GenerationSettings, encode_prompts, generate_answers, sample_answers
+from calibtune.generate import GenerationSettings, encode_prompts, generate_answers, sample_answers, stop_token_ids
 from calibtune.models import load_model
 from calibtune.open_ended import OpenEndedPrompt, answer_open_ended, perplexity_confidence, references_of
 from calibtune.records import Question
@@ -38,6 +39,29 @@ def test_generation_stops_at_a_newline_and_keeps_token_logprobs(tiny_models):
     alone = generate_answers(lm, ids[:1], GenerationSettings(max_new_tokens=12))
     assert alone[0].text == cut[0].text and alone[0].token_ids == cut[0].token_ids
     np.testing.assert_allclose(alone[0].token_logprobs, cut[0].token_logprobs, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma"])
+def test_stop_token_ids_are_exactly_the_tokens_holding_the_stop_string(tiny_models, arch):
+    tok = load_model(str(tiny_models[arch]), dtype="float32").tokenizer
+    ids = stop_token_ids(tok, "\n")
+    texts = [tok.decode([i]) for i in range(len(tok))]
+    assert ids == [i for i, text in enumerate(texts) if "\n" in text] and ids
+    assert stop_token_ids(tok, "") == []
+
+
+def test_output_layer_gets_a_contiguous_input(tiny_models):
+    """generate's first step gives the head a strided view, which torch multiplies very slowly."""
+    lm = load_model(str(tiny_models["gemma"]), dtype="float32")
+    head = lm.model.get_output_embeddings()
+    seen = []
+    handle = head.register_forward_pre_hook(lambda module, args: seen.append(args[0].is_contiguous()))
+    hidden = torch.randn(3, 5, head.weight.shape[1])
+    try:
+        head(hidden[:, -1:, :])
+    finally:
+        handle.remove()
+    assert not hidden[:, -1:, :].is_contiguous() and seen == [True]
 
 
 def test_sampling_is_seeded(tiny_models):

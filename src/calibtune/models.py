@@ -286,8 +286,21 @@ def load_model(
     model.to(torch_device)
     model.eval()
     model.requires_grad_(False)
+    _contiguous_head_input(model)
     return LoadedModel(name=name, model=model, tokenizer=tokenizer, dtype=torch_dtype, device=torch_device,
                        source=source)
+
+
+def _contiguous_head_input(model) -> None:
+    """Make the output layer's input contiguous before it runs.
+
+    ``generate``'s first step hands the head ``hidden[:, -1:, :]``, a strided view. torch
+    2.13 multiplies such a 3-d view by expanding the weight to one copy per row: 12.7 s
+    instead of 0.04 s for a batch of 16 on Gemma's 262k x 640 head.
+    """
+    head = model.get_output_embeddings()
+    if head is not None:
+        head.register_forward_pre_hook(lambda module, args: (args[0].contiguous(), *args[1:]))
 
 
 def _from_pretrained(source: str, dtype: torch.dtype, trust_remote_code: bool, local_only: bool):
