@@ -94,13 +94,20 @@ def test_chat_template_prompt(tiny_models):
     assert text.endswith("<assistant>")
 
 
+EXEMPLARS = [{"id": "x0", "question": "What is one plus one?", "answers": ["two"]},
+             {"id": "x1", "question": "What colour is the sky?", "answers": ["blue", "azure"]}]
+
+
 def _open_ended_files(tmp_path, tiny_models):
-    """Questions whose references are the tiny models' own greedy answers for half of them, so both classes occur."""
+    """Questions whose references are the tiny models' own greedy 2-shot answers for half of them, so both
+    classes occur; and the file of the two exemplars."""
     questions = _questions(64)
+    exemplars = tuple(Question(id=x["id"], dataset="x", split="file", text=x["question"], references=tuple(x["answers"]))
+                      for x in EXEMPLARS)
     texts = {}
     for arch in ("llama", "gemma"):
         lm = load_model(str(tiny_models[arch]), dtype="float32")
-        prompt = OpenEndedPrompt("Question: {question}\nAnswer:")
+        prompt = OpenEndedPrompt("Question: {question}\nAnswer:", exemplars)
         answers = answer_open_ended(lm, questions, prompt, GenerationSettings(max_new_tokens=6, batch_size=8))
         texts[arch] = [a.text for a in answers]
     rows = []
@@ -110,17 +117,20 @@ def _open_ended_files(tmp_path, tiny_models):
     train, held = tmp_path / "oe_train.jsonl", tmp_path / "oe_held.jsonl"
     train.write_text("".join(json.dumps(r) + "\n" for r in rows[:44]))
     held.write_text("".join(json.dumps(r) + "\n" for r in rows[44:]))
-    return train, held
+    shots = tmp_path / "oe_exemplars.jsonl"
+    shots.write_text("".join(json.dumps(r) + "\n" for r in EXEMPLARS))
+    return train, held, shots
 
 
 def test_open_ended_study_with_every_method(tmp_path, tiny_models, isolated_cache):
-    train, held = _open_ended_files(tmp_path, tiny_models)
+    train, held, shots = _open_ended_files(tmp_path, tiny_models)
     config = tmp_path / "oe.yaml"
     config.write_text(
         f"name: oe\nseed: 0\ntask: open_ended\nmodels: ['{tiny_models['llama']}', '{tiny_models['gemma']}']\n"
         f"dtype: float32\nbatch_size: 8\ntrain: [{{dataset: '{train}'}}]\neval: [{{dataset: '{held}'}}]\n"
         "methods: [probe, lora, lora_prompt, zero_shot, likelihood, perplexity, verbalized, sampling]\n"
-        "open_ended: {max_new_tokens: 6, grader: exact}\nsampling: {k: 3, max_new_tokens: 6}\n"
+        f"open_ended: {{max_new_tokens: 6, grader: exact, shots: 2, exemplars: {{dataset: '{shots}'}}}}\n"
+        "sampling: {k: 3, max_new_tokens: 6}\n"
         "probe: {max_epochs: 5, patience: 2}\nlora_prompt: {max_steps: 2, eval_every: 1}\n"
         "lora: {max_steps: 2, eval_every: 1}\n")
     out = tmp_path / "run"
@@ -140,17 +150,51 @@ def test_open_ended_study_with_every_method(tmp_path, tiny_models, isolated_cach
     verbal = [c for c in info["cells"] if c["method"] == "verbalized"]
     assert all(c["n"] + c["n_left_out"] == 20 for c in verbal)  # unparseable replies are counted, not made 0.5
 
-    # `calibtune ask` with the LoRA + Prompt estimator of llama on llama, and --json
+    # each answering model's graded answers are in the run folder, and `calibtune grade` regrades them
+    answers = pd.read_parquet(out / "answers" / "llama.parquet")
+    assert len(answers) == 64 and set(answers.grader) == {"exact"}
+    graded = runner.invoke(app, ["grade", str(out / "answers" / "llama.parquet"), "--dataset", str(held),
+                                 "--grader", "exact", "--compare", "contains"])
+    assert graded.exit_code == 0, graded.output
+    assert "44 answers are to questions outside" in graded.output and "20 compared" in graded.output
+    assert "Cohen's kappa" in graded.output
+
+    # `calibtune ask` with the LoRA + Prompt estimator of llama on llama, and --json: the answer is made
+    # the way the estimator's training answers were (2-shot), so it is the study's own answer
     folder = out / "estimators" / "lora_prompt" / "llama__on__llama"
-    asked = runner.invoke(app, ["ask", str(folder), "What comes after number 3?", "--json", "--dtype", "float32"])
+    saved = json.loads((folder / "lora_prompt.json").read_text())
+    assert [x["answer"] for x in saved["answering"]["exemplars"]] == ["two", "blue"]
+    asked = runner.invoke(app, ["ask", str(folder), "What comes after number 50?", "--json", "--dtype", "float32"])
     assert asked.exit_code == 0, asked.output
     record = json.loads(asked.output.strip().splitlines()[-1])
     assert 0 <= record["p_correct"] <= 1 and record["estimator_model"].endswith("llama")
+    assert record["answer"] == answers.set_index("question_id").text["oe_held/q50"]
     probe_folder = out / "estimators" / "probe" / "gemma__on__llama"
     many = runner.invoke(app, ["ask", str(probe_folder), "--dtype", "float32", "--model", str(tiny_models["llama"])],
                          input="What comes after number 3?\nWhat comes after number 5?\n")
     assert many.exit_code == 0, many.output
     assert many.output.count("P(correct)") == 2
+
+
+def test_answer_with_shots_then_grade_with_two_graders(tmp_path, tiny_models):
+    rows = [{"id": f"q{i}", "question": f"What comes after number {i}?", "answers": [str(i + 1)]} for i in range(10)]
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "a.parquet"
+    made = runner.invoke(app, ["answer", str(questions), "--model", str(tiny_models["llama"]), "--shots", "2",
+                               "--max-new-tokens", "4", "--dtype", "float32", "-o", str(out)])
+    assert made.exit_code == 0, made.output
+    assert pd.read_parquet(out).question_id.tolist() == [f"q/q{i}" for i in range(2, 10)]  # the exemplars are not asked
+    graded = runner.invoke(app, ["grade", str(out), "--dataset", str(questions), "--grader", "exact",
+                                 "--compare", "contains", "--format", "markdown"])
+    assert graded.exit_code == 0, graded.output
+    assert "8 compared" in graded.output and "| exact correct |" in graded.output
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"id": "z", "question": "Why?", "answers": ["because"]}) + "\n")
+    refused = runner.invoke(app, ["grade", str(out), "--dataset", str(other)])
+    assert refused.exit_code != 0 and "none of the 8 answers" in refused.output
+    too_many = runner.invoke(app, ["answer", str(questions), "--model", str(tiny_models["llama"]), "--shots", "10"])
+    assert too_many.exit_code != 0 and "none is left to answer after 10 exemplars" in too_many.output
 
 
 def test_perplexity_confidence_of_an_empty_answer_is_zero():

@@ -74,14 +74,31 @@ def load_scorer(folder: Path, method: str, info: dict, lm: LoadedModel) -> Score
         encode_texts(lm.tokenizer, [p + prefix + a for p, a in zip(prompts, answers)]))
 
 
-def ask(folder: Path, questions: Sequence[str], answering_model: str | None = None, max_new_tokens: int = 24,
+def answering_prompt(info: dict) -> tuple[OpenEndedPrompt, int]:
+    """The prompt (template, k-shot exemplars, chat template or not) and token limit the
+    estimator's training answers were generated with, as its saved settings record them."""
+    template = info.get("prompt", "Question: {question}\nAnswer:")
+    answering = info.get("answering") or {}
+    exemplars = tuple(Question(id=x.get("id", f"exemplar/{i}"), dataset="exemplar", split="exemplar",
+                               text=x["question"], references=(x["answer"],))
+                      for i, x in enumerate(answering.get("exemplars", [])))
+    prompt = OpenEndedPrompt(template, exemplars, bool(answering.get("chat_template", False)))
+    return prompt, int(answering.get("max_new_tokens", 24))
+
+
+def ask(folder: Path, questions: Sequence[str], answering_model: str | None = None, max_new_tokens: int | None = None,
         dtype: str = "auto", device: str = "auto") -> list[Asked]:
-    """Answer each question with the answering model and score the answers with the estimator in ``folder``."""
+    """Answer each question with the answering model and score the answers with the estimator in ``folder``.
+
+    The answer is generated the way the estimator's training answers were (same template,
+    exemplars and token limit, unless ``max_new_tokens`` is given).
+    """
     method, info = estimator_info(folder)
     estimator_model = info.get("estimator_model")
     if not estimator_model:
         raise CalibtuneError(f"{folder}: the estimator does not record its estimator model")
-    template = info.get("prompt", "Question: {question}\nAnswer:")
+    prompt, recorded_limit = answering_prompt(info)
+    template = prompt.template
     items = [Question(id=f"ask/{i}", dataset="ask", split="ask", text=q.strip(), references=("?",))
              for i, q in enumerate(questions) if q.strip()]
     if not items:
@@ -89,8 +106,8 @@ def ask(folder: Path, questions: Sequence[str], answering_model: str | None = No
     answerer_name = answering_model or estimator_model
     estimator_lm = load_model(estimator_model, dtype=dtype, device=device)
     answerer = estimator_lm if answerer_name == estimator_model else load_model(answerer_name, dtype, device)
-    settings = GenerationSettings(max_new_tokens=max_new_tokens)
-    answers = [a.text for a in answer_open_ended(answerer, items, OpenEndedPrompt(template), settings)]
+    settings = GenerationSettings(max_new_tokens=max_new_tokens or recorded_limit)
+    answers = [a.text for a in answer_open_ended(answerer, items, prompt, settings)]
     scorer = load_scorer(Path(folder), method, info, estimator_lm)
     prompts = [template.format(question=q.text) for q in items]
     p = scorer(prompts, answers)

@@ -147,6 +147,7 @@ def answer(
     open_ended: Annotated[bool, typer.Option("--open-ended", help="Generate answers (automatic for open-ended sets).")] = False,
     grader: Annotated[str, typer.Option("--grader", help="Open-ended grader: exact, contains or numeric.")] = "contains",
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Open-ended answers: token limit.")] = 24,
+    shots: Annotated[int, typer.Option("--shots", min=0, help="Open-ended answers: the set's first N questions, with their first reference answer, as exemplars; the questions answered are the ones after them.")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
     output_path: Annotated[Path, typer.Option("--output-path", "-o", help="Where to write the graded answers (.parquet).")] = Path("answers.parquet"),
     dtype: Annotated[str, typer.Option("--dtype")] = "auto",
@@ -162,13 +163,19 @@ def answer(
     from calibtune.open_ended import OpenEndedPrompt, answer_open_ended, grade_answers
     from calibtune.records import answers_to_table
 
-    questions = load_questions(dataset, split=split)[:limit]
+    every = load_questions(dataset, split=split)
+    exemplars, questions = every[:shots], every[shots:][:limit]
+    if not questions:
+        raise CalibtuneError(f"{dataset} has {len(every)} questions: none is left to answer after {shots} exemplars")
+    open_ended = open_ended or not questions[0].is_multiple_choice
+    if shots and not open_ended:
+        raise CalibtuneError("--shots is for open-ended answers (add --open-ended)")
     rule = get_grader(grader)
     lm = load_model(model, dtype=dtype, device=device)
-    if open_ended or not questions[0].is_multiple_choice:
+    if open_ended:
         generation = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
-        graded = grade_answers(answer_open_ended(lm, questions, OpenEndedPrompt(ClozeSettings().prompt), generation),
-                               questions, rule)
+        prompt = OpenEndedPrompt(ClozeSettings().prompt, tuple(exemplars))
+        graded = grade_answers(answer_open_ended(lm, questions, prompt, generation), questions, rule)
     else:
         graded = grade_multiple_choice(answer_multiple_choice(lm, questions, ClozeSettings(batch_size=batch_size)), questions)
     answers_to_table(graded).to_parquet(output_path, index=False)
@@ -180,7 +187,7 @@ def answer(
 @_friendly
 def grade(
     answers_path: Annotated[Path, typer.Argument(help="Answers written by `calibtune answer` (.parquet).")],
-    dataset: Annotated[str, typer.Option("--dataset", help="The question set the answers are to (name or file).")],
+    dataset: Annotated[list[str], typer.Option("--dataset", help="The question set the answers are to (name or file; repeat for several). Answers to other questions are left out, and counted.")],
     split: Annotated[Optional[str], typer.Option("--split")] = None,
     grader: Annotated[str, typer.Option("--grader", help="exact, contains, numeric, or judge.")] = "contains",
     compare: Annotated[Optional[str], typer.Option("--compare", help="A second grader; report the agreement of the two.")] = None,
@@ -210,7 +217,17 @@ def grade(
         answers = answers_from_table(pd.read_parquet(answers_path))
     except Exception as exc:  # pyarrow and pandas raise many kinds for a file that is not an answers table
         raise CalibtuneError(f"{answers_path} is not an answers table written by `calibtune answer`: {exc}") from exc
-    questions = load_questions(dataset, split=split)
+    if not answers:
+        raise CalibtuneError(f"{answers_path} holds no answers")
+    questions = [q for name in dataset for q in load_questions(name, split=split)]
+    known = {q.id for q in questions}
+    outside = [a for a in answers if a.question_id not in known]
+    if len(outside) == len(answers):
+        raise CalibtuneError(f"none of the {len(answers)} answers in {answers_path} is to a question of "
+                             f"{', '.join(dataset)} (e.g. '{answers[0].question_id}')")
+    if outside:
+        answers = [a for a in answers if a.question_id in known]
+        typer.echo(f"{len(outside)} answers are to questions outside {', '.join(dataset)} and are left out")
     if sample is not None and sample < len(answers):
         answers = random.Random(seed).sample(answers, sample)
     judge = JudgeSettings(model=judge_model, base_url=judge_url, api_model=judge_api_model, api_key_env=api_key_env)
@@ -238,7 +255,7 @@ def ask(
     estimator: Annotated[Path, typer.Argument(help="An estimator folder, e.g. runs/default/estimators/lora_prompt/<E>__on__<T>.")],
     question: Annotated[Optional[str], typer.Argument(help="The question; omit to read questions from stdin, one per line.")] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="The answering model (default: the estimator's own model).")] = None,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 24,
+    max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="Answer token limit (default: the one the estimator's answers were made with).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per question.")] = False,
     dtype: Annotated[str, typer.Option("--dtype")] = "auto",
     device: Annotated[str, typer.Option("--device")] = "auto",

@@ -50,6 +50,7 @@ from calibtune.open_ended import (
     grader_identity,
     likelihood_confidence,
     perplexity_confidence,
+    references_of,
     sampling_consistency,
     verbalized_confidence,
 )
@@ -169,6 +170,7 @@ class Study:
         self.log(f"{len(inputs.train)} training and {len(inputs.eval)} evaluation questions, "
                  f"{len(cfg.models)} models")
         answers = {t: self._graded_answers(t, inputs) for t in cfg.models}
+        self._write_answers(answers, inputs)
         cells: list[pd.DataFrame] = []
         cells.extend(self._baseline_cells(answers, inputs))
         for e in cfg.models:
@@ -179,6 +181,14 @@ class Study:
         self.timings["total"] = time.perf_counter() - start
         (self.output / "timings.json").write_text(json.dumps(self.timings, indent=2))
         return metrics
+
+    def _write_answers(self, answers: dict[str, dict[str, Answer]], inputs: StudyInputs) -> None:
+        """Each answering model's graded answers to the study's questions, as ``answers/<T>.parquet``
+        (the table ``calibtune answer`` writes, so ``calibtune grade`` can regrade them)."""
+        folder = self.output / "answers"
+        folder.mkdir(exist_ok=True)
+        for t, by_id in answers.items():
+            answers_to_table([by_id[q.id] for q in inputs.all]).to_parquet(folder / f"{_slug(t)}.parquet", index=False)
 
     # -- stages ---------------------------------------------------------------------------------
 
@@ -386,10 +396,16 @@ class Study:
     def _labels(self, answers: dict[str, Answer], questions: Sequence[Question]) -> np.ndarray:
         return np.array([answers[q.id].correct for q in questions], dtype=np.int64)
 
-    def _meta(self, e: str, t: str, n_train: int) -> dict:
+    def _meta(self, e: str, t: str, n_train: int, inputs: StudyInputs) -> dict:
+        """What a saved estimator records of how its answers were made (``calibtune ask`` asks the same way)."""
         cfg = self.config
-        return {"estimator_model": e, "trained_on": t, "prompt": cfg.prompt, "option_prefix": cfg.option_prefix,
-                "n_train": n_train, "seed": cfg.seed}
+        meta = {"estimator_model": e, "trained_on": t, "prompt": cfg.prompt, "option_prefix": cfg.option_prefix,
+                "n_train": n_train, "seed": cfg.seed, "task": cfg.task}
+        if cfg.task == "open_ended":
+            meta["answering"] = {
+                "exemplars": [{"id": q.id, "question": q.text, "answer": references_of(q)[0]} for q in inputs.exemplars],
+                "chat_template": cfg.open_ended.chat_template, "max_new_tokens": cfg.open_ended.max_new_tokens}
+        return meta
 
     def _cell(self, method: str, e: str, t: str, inputs: StudyInputs, p: np.ndarray, y: np.ndarray,
               p_cal: np.ndarray | None, y_cal: np.ndarray | None) -> pd.DataFrame:
@@ -484,7 +500,7 @@ class Study:
         feats, index, layers = features
         y_train, y_eval = self._labels(answers, inputs.train), self._labels(answers, inputs.eval)
         x_train = feats[[index[x] for x in self._texts(answers, inputs.train)]]
-        meta = {**self._meta(e, t, len(y_train)), "token": cfg.features.token}
+        meta = {**self._meta(e, t, len(y_train), inputs), "token": cfg.features.token}
         probe = ProbeEstimator(cfg.probe.to_config(cfg.seed), layers=tuple(layers), meta=meta).fit(x_train, y_train)
         probe.save(out)
         p = probe.predict_proba(feats[[index[x] for x in self._texts(answers, inputs.eval)]])
@@ -526,7 +542,7 @@ class Study:
         est_cfg = settings.to_config(cfg.seed)
         y_train = self._labels(answers, train)
         seqs = encode_queries(lm.tokenizer, *self._prompts(answers, train), est_cfg.query.query)
-        est = LoraPromptEstimator(lm, est_cfg, meta={**self._meta(e, t, len(train))})
+        est = LoraPromptEstimator(lm, est_cfg, meta={**self._meta(e, t, len(train), inputs)})
         try:
             est.fit(seqs, y_train, checkpoint)
             est.save(out)
@@ -548,7 +564,7 @@ class Study:
         train = self._adapter_train_set(inputs, settings)
         y_train = self._labels(answers, train)
         seqs = encode_texts(lm.tokenizer, self._texts(answers, train))
-        est = LoraHeadEstimator(lm, settings.to_config(cfg.seed), meta={**self._meta(e, t, len(train))})
+        est = LoraHeadEstimator(lm, settings.to_config(cfg.seed), meta={**self._meta(e, t, len(train), inputs)})
         try:
             est.fit(seqs, y_train, checkpoint)
             est.save(out)
