@@ -101,7 +101,8 @@ def plot_risk_coverage(scores: pd.DataFrame, png: Path, models: Sequence[str] = 
         ax.axhline(base, color="#555555", lw=1, ls=":", label=f"error rate {base:.3f}")
         ax.set(xlim=(0, 1), ylim=(0, None), xlabel="coverage", ylabel="risk (error rate of kept answers)",
                title=f"answers of {short_model_name(t)}")
-        ax.legend(fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+        # one column: two columns of "<method> (AURC x)" run into the next panel's legend
+        ax.legend(fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1)
     return save_figure(fig, png)
 
 
