@@ -173,6 +173,15 @@ def test_judge_prompt_shows_question_references_and_answer():
     assert "Proposed answer: paris" in prompt
 
 
+def test_judge_prompt_lists_each_normalised_reference_once_and_at_most_ten():
+    from calibtune.graders.judge import MAX_LISTED_REFERENCES
+
+    refs = ["Hitler", "HITLER", "Adolf Hitler", "adolf hitler.", "The Hitler"] + [f"alias {i}" for i in range(20)]
+    listed = [line[2:] for line in judge_prompt("Who?", refs, "Hitler").splitlines() if line.startswith("- ")]
+    assert listed[:2] == ["Hitler", "Adolf Hitler"]  # first spelling of each form, in order
+    assert len(listed) == MAX_LISTED_REFERENCES == 10 and listed[-1] == "alias 7"
+
+
 def test_agreement_matches_sklearn_and_skips_none():
     from sklearn.metrics import cohen_kappa_score
 

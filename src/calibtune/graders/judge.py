@@ -30,8 +30,10 @@ from typing import Any
 
 from calibtune.errors import CalibtuneError
 from calibtune.graders.match import Grade, GradeItem
+from calibtune.graders.normalize import normalize_answer
 
-JUDGE_PROMPT_VERSION = 1
+JUDGE_PROMPT_VERSION = 2  # 2: references listed once per normalised form, at most MAX_LISTED_REFERENCES
+MAX_LISTED_REFERENCES = 10
 JUDGE_PROMPT = """\
 You are grading an answer to a question. Decide whether the proposed answer is correct, \
 that is, whether it means the same as one of the reference answers. Ignore differences \
@@ -50,8 +52,13 @@ _PROMPT_SHA = hashlib.sha256(JUDGE_PROMPT.encode()).hexdigest()[:12]
 
 
 def judge_prompt(question: str, references: Sequence[str], answer: str) -> str:
-    """The judge prompt for one item (references one per line, as a list)."""
-    listed = "\n".join(f"- {r}" for r in references) or "- (none given)"
+    """The judge prompt for one item: references one per line, each normalised form once, the first
+    ``MAX_LISTED_REFERENCES`` of them (TriviaQA lists 16 aliases on average and up to 230,
+    mostly case and spelling variants that make the prompt long and tell a judge nothing)."""
+    distinct: dict[str, str] = {}
+    for ref in references:
+        distinct.setdefault(normalize_answer(ref) or ref.strip(), ref.strip())
+    listed = "\n".join(f"- {r}" for r in list(distinct.values())[:MAX_LISTED_REFERENCES]) or "- (none given)"
     return JUDGE_PROMPT.format(question=question.strip(), references=listed, answer=answer.strip())
 
 
