@@ -63,7 +63,7 @@ from calibtune.verbalized import VERBALIZED_PROMPT
 
 ANSWER_STAGE_VERSION = 2
 FEATURE_STAGE_VERSION = 2
-CELL_STAGE_VERSION = 2
+CELL_STAGE_VERSION = 3  # 3: saved estimators record how the answers were asked (exemplars), for `ask`
 SHARD_SIZE = 256  # questions or texts per stored shard of a model pass
 
 Log = Callable[[str], None]
