@@ -46,8 +46,8 @@ def test_stop_token_ids_are_exactly_the_tokens_holding_the_stop_string(tiny_mode
     tok = load_model(str(tiny_models[arch]), dtype="float32").tokenizer
     ids = stop_token_ids(tok, "\n")
     texts = [tok.decode([i]) for i in range(len(tok))]
-    assert ids == [i for i, text in enumerate(texts) if "\n" in text] and ids
-    assert stop_token_ids(tok, "") == []
+    assert list(ids) == [i for i, text in enumerate(texts) if "\n" in text] and ids
+    assert stop_token_ids(tok, "") == ()
 
 
 def test_output_layer_gets_a_contiguous_input(tiny_models):
