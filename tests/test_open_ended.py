@@ -11,6 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from calibtune.cli import app
+from calibtune.errors import CalibtuneError
 from calibtune.generate import GenerationSettings, encode_prompts, generate_answers, sample_answers, stop_token_ids
 from calibtune.models import load_model
 from calibtune.open_ended import OpenEndedPrompt, answer_open_ended, perplexity_confidence, references_of
@@ -84,7 +85,7 @@ def test_chat_template_prompt(tiny_models):
     lm = load_model(str(tiny_models["qwen"]), dtype="float32")
     exemplar = Question(id="x/1", dataset="x", split="dev", text="Capital of France?", references=("Paris",))
     question = _questions(1)[0]
-    with pytest.raises(ValueError, match="no chat template"):
+    with pytest.raises(CalibtuneError, match="no chat template"):
         OpenEndedPrompt("Question: {question}\nAnswer:", (exemplar,), chat_template=True).texts(lm, [question])
     lm.tokenizer.chat_template = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}"
                                   "{% if add_generation_prompt %}<assistant>{% endif %}")
@@ -193,6 +194,9 @@ def test_answer_with_shots_then_grade_with_two_graders(tmp_path, tiny_models):
     other.write_text(json.dumps({"id": "z", "question": "Why?", "answers": ["because"]}) + "\n")
     refused = runner.invoke(app, ["grade", str(out), "--dataset", str(other)])
     assert refused.exit_code != 0 and "none of the 8 answers" in refused.output
+    no_template = runner.invoke(app, ["answer", str(questions), "--model", str(tiny_models["llama"]), "--chat-template"])
+    assert no_template.exit_code == 2 and "has no chat template" in no_template.output
+    assert "Traceback" not in no_template.output
     too_many = runner.invoke(app, ["answer", str(questions), "--model", str(tiny_models["llama"]), "--shots", "10"])
     assert too_many.exit_code != 0 and "none is left to answer after 10 exemplars" in too_many.output
 

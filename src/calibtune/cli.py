@@ -147,6 +147,7 @@ def answer(
     open_ended: Annotated[bool, typer.Option("--open-ended", help="Generate answers (automatic for open-ended sets).")] = False,
     grader: Annotated[str, typer.Option("--grader", help="Open-ended grader: exact, contains or numeric.")] = "contains",
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Open-ended answers: token limit.")] = 24,
+    chat_template: Annotated[bool, typer.Option("--chat-template", help="Open-ended answers: ask in the model's chat template (instruct models).")] = False,
     shots: Annotated[int, typer.Option("--shots", min=0, help="Open-ended answers: the set's first N questions, with their first reference answer, as exemplars; the questions answered are the ones after them.")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
     output_path: Annotated[Path, typer.Option("--output-path", "-o", help="Where to write the graded answers (.parquet).")] = Path("answers.parquet"),
@@ -168,13 +169,13 @@ def answer(
     if not questions:
         raise CalibtuneError(f"{dataset} has {len(every)} questions: none is left to answer after {shots} exemplars")
     open_ended = open_ended or not questions[0].is_multiple_choice
-    if shots and not open_ended:
-        raise CalibtuneError("--shots is for open-ended answers (add --open-ended)")
+    if (shots or chat_template) and not open_ended:
+        raise CalibtuneError("--shots and --chat-template are for open-ended answers (add --open-ended)")
     rule = get_grader(grader)
     lm = load_model(model, dtype=dtype, device=device)
     if open_ended:
         generation = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
-        prompt = OpenEndedPrompt(ClozeSettings().prompt, tuple(exemplars))
+        prompt = OpenEndedPrompt(ClozeSettings().prompt, tuple(exemplars), chat_template)
         graded = grade_answers(answer_open_ended(lm, questions, prompt, generation), questions, rule)
     else:
         graded = grade_multiple_choice(answer_multiple_choice(lm, questions, ClozeSettings(batch_size=batch_size)), questions)

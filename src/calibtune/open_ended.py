@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from calibtune.answer import format_prompt
+from calibtune.errors import CalibtuneError
 from calibtune.generate import GenerationSettings, encode_prompts, generate_answers, sample_answers
 from calibtune.models import LoadedModel
 from calibtune.progress import progress_bar
@@ -46,7 +47,8 @@ class OpenEndedPrompt:
         """Token ids of each question's prompt."""
         if self.chat_template:
             if not getattr(lm.tokenizer, "chat_template", None):
-                raise ValueError(f"model '{lm.name}' has no chat template; set open_ended.chat_template: false")
+                raise CalibtuneError(f"model '{lm.name}' has no chat template to ask it in; "
+                                     "set open_ended.chat_template: false (or drop --chat-template)")
             texts = [lm.tokenizer.apply_chat_template(self.messages(q), tokenize=False, add_generation_prompt=True)
                      for q in questions]
             return encode_prompts(lm, texts, special_tokens=False)
