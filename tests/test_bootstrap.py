@@ -152,9 +152,9 @@ def test_bootstrap_intervals_undefined_metric():
 
 def test_interval_needs_half_the_resamples_valid():
     values = np.r_[np.linspace(0, 1, 5), np.full(5, np.nan)]
-    assert B._interval(values, 0.95) == pytest.approx((0.025, 0.975))
-    assert all(math.isnan(v) for v in B._interval(values[1:], 0.95))  # 4 valid of 9
-    assert all(math.isnan(v) for v in B._interval(np.full(3, np.nan), 0.95))
+    assert B.percentile_interval(values, 0.95) == pytest.approx((0.025, 0.975))
+    assert all(math.isnan(v) for v in B.percentile_interval(values[1:], 0.95))  # 4 valid of 9
+    assert all(math.isnan(v) for v in B.percentile_interval(np.full(3, np.nan), 0.95))
 
 
 def test_bootstrap_intervals_skip_one_class_resamples():

@@ -103,8 +103,8 @@ def _open_ended_files(tmp_path, tiny_models):
     """Questions whose references are the tiny models' own greedy 2-shot answers for half of them, so both
     classes occur; and the file of the two exemplars."""
     questions = _questions(64)
-    exemplars = tuple(Question(id=x["id"], dataset="x", split="file", text=x["question"], references=tuple(x["answers"]))
-                      for x in EXEMPLARS)
+    exemplars = tuple(Question(id=x["id"], dataset="x", split="file", text=x["question"],
+                               references=tuple(x["answers"])) for x in EXEMPLARS)
     texts = {}
     for arch in ("llama", "gemma"):
         lm = load_model(str(tiny_models[arch]), dtype="float32")
@@ -194,7 +194,8 @@ def test_answer_with_shots_then_grade_with_two_graders(tmp_path, tiny_models):
     other.write_text(json.dumps({"id": "z", "question": "Why?", "answers": ["because"]}) + "\n")
     refused = runner.invoke(app, ["grade", str(out), "--dataset", str(other)])
     assert refused.exit_code != 0 and "none of the 8 answers" in refused.output
-    no_template = runner.invoke(app, ["answer", str(questions), "--model", str(tiny_models["llama"]), "--chat-template"])
+    no_template = runner.invoke(app, ["answer", str(questions), "--model", str(tiny_models["llama"]),
+                                      "--chat-template"])
     assert no_template.exit_code == 2 and "has no chat template" in no_template.output
     assert "Traceback" not in no_template.output
     too_many = runner.invoke(app, ["answer", str(questions), "--model", str(tiny_models["llama"]), "--shots", "10"])

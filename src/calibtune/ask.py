@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from calibtune.answer import DEFAULT_PROMPT
 from calibtune.errors import CalibtuneError, first_line
 from calibtune.estimators.lora_head import LoraHeadEstimator
 from calibtune.estimators.lora_prompt import LoraPromptEstimator, encode_queries
@@ -77,7 +78,7 @@ def load_scorer(folder: Path, method: str, info: dict, lm: LoadedModel) -> Score
 def answering_prompt(info: dict) -> tuple[OpenEndedPrompt, int]:
     """The prompt (template, k-shot exemplars, chat template or not) and token limit the
     estimator's training answers were generated with, as its saved settings record them."""
-    template = info.get("prompt", "Question: {question}\nAnswer:")
+    template = info.get("prompt", DEFAULT_PROMPT)
     answering = info.get("answering") or {}
     exemplars = tuple(Question(id=x.get("id", f"exemplar/{i}"), dataset="exemplar", split="exemplar",
                                text=x["question"], references=(x["answer"],))

@@ -293,7 +293,7 @@ def _loop_metric(name: str, p: np.ndarray, y: np.ndarray, indices: np.ndarray, n
     return values
 
 
-def _interval(values: np.ndarray, level: float) -> tuple[float, float]:
+def percentile_interval(values: np.ndarray, level: float) -> tuple[float, float]:
     """Percentile interval of the finite values; NaN when fewer than half of them are finite."""
     valid = values[np.isfinite(values)]
     if valid.size == 0 or valid.size < values.size / 2:
@@ -333,7 +333,7 @@ def bootstrap_intervals(
     p_arr, y_arr = _check(p, y)
     values = resampled_metrics(p_arr, y_arr, resample_indices(p_arr.size, n_resamples, seed), names, n_bins)
     points = _points(p_arr, y_arr, names, n_bins)
-    return {name: (points[name], *_interval(values[name], level)) for name in names}
+    return {name: (points[name], *percentile_interval(values[name], level)) for name in names}
 
 
 def paired_bootstrap(
@@ -362,7 +362,7 @@ def paired_bootstrap(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         a, b = _points(pa, y_arr, names, n_bins), _points(pb, y_arr, names, n_bins)
-    return {name: (a[name] - b[name], *_interval(va[name] - vb[name], level)) for name in names}
+    return {name: (a[name] - b[name], *percentile_interval(va[name] - vb[name], level)) for name in names}
 
 
 # -- tables ------------------------------------------------------------------------------------
@@ -582,6 +582,7 @@ __all__ = [
     "bootstrap_table",
     "paired_bootstrap",
     "paired_table",
+    "percentile_interval",
     "resample_indices",
     "resampled_metrics",
     "subject_breakdown",

@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from calibtune.bootstrap import _interval as percentile_interval
-from calibtune.bootstrap import paired_bootstrap, resample_indices, resampled_metrics
+from calibtune.bootstrap import paired_bootstrap, percentile_interval, resample_indices, resampled_metrics
 from calibtune.errors import CalibtuneError
 from calibtune.metrics import metric_value
 from calibtune.report.labels import method_label, metric_label

@@ -113,8 +113,12 @@ def stop_token_ids(tokenizer, stop: str) -> tuple[int, ...]:
     return tuple(i for i, text in enumerate(texts) if stop in text)
 
 
+def _eos_list(eos: int | list[int] | None) -> list[int]:
+    return list(eos) if isinstance(eos, list) else [eos] if eos is not None else []
+
+
 def _end_ids(tokenizer, eos: int | list[int] | None, stop: str) -> list[int]:
-    ends = list(eos) if isinstance(eos, list) else [eos] if eos is not None else []
+    ends = _eos_list(eos)
     return ends + [i for i in stop_token_ids(tokenizer, stop) if i not in ends]
 
 
@@ -132,7 +136,7 @@ def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch
 def _cut(tokenizer, ids: list[int], logprobs: list[float], stop: str, eos: int | list[int] | None) -> Generated:
     """The answer before the stop string (or EOS): a token that holds the stop string is kept
     only if it also carries answer text before it."""
-    eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    eos_ids = set(_eos_list(eos))
     kept: list[int] = []
     text = ""
     for token in ids:

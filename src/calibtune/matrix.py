@@ -402,8 +402,9 @@ class Study:
         meta = {"estimator_model": e, "trained_on": t, "prompt": cfg.prompt, "option_prefix": cfg.option_prefix,
                 "n_train": n_train, "seed": cfg.seed, "task": cfg.task}
         if cfg.task == "open_ended":
+            exemplars = [{"id": q.id, "question": q.text, "answer": references_of(q)[0]} for q in inputs.exemplars]
             meta["answering"] = {
-                "exemplars": [{"id": q.id, "question": q.text, "answer": references_of(q)[0]} for q in inputs.exemplars],
+                "exemplars": exemplars,
                 "chat_template": cfg.open_ended.chat_template, "max_new_tokens": cfg.open_ended.max_new_tokens}
         return meta
 
