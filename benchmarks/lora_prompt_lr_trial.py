@@ -14,26 +14,30 @@ import json
 import random
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from calibtune.answer import format_prompt
 from calibtune.config import load_config
-from calibtune.estimators.adapters import LoraSettings, TrainSettings
-from calibtune.estimators.lora_prompt import LoraPromptConfig, LoraPromptEstimator, encode_queries
-from calibtune.estimators.query import DEFAULT_QUERY
-from calibtune.matrix import Study, study_questions
-from calibtune.models import load_model
+from calibtune.estimators.lora_prompt import LoraPromptEstimator, encode_queries
+from calibtune.methods.lora_prompt import LoraPromptConfig
+from calibtune.models import cache_dir, load_model
+from calibtune.prompts import DEFAULT_QUERY, format_prompt
+from calibtune.questions import study_questions
+from calibtune.stages.answers import graded_answers
+from calibtune.stages.base import Runtime
+from calibtune.store import ArtifactStore
+from calibtune.study import ModelPool
 
 
 def main() -> None:
     estimator, answering, variant = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     cfg = load_config(None)
-    study = Study(cfg, Path("/tmp/calibtune-lr-trial"), log=lambda msg: None)
+    timings: dict[str, float] = {}
+    rt = Runtime(ArtifactStore(cache_dir() / "store"), lambda msg: None, ModelPool(cfg.dtype, cfg.device, timings),
+                 timings)
     inputs = study_questions(cfg)
-    answers = study._graded_answers(answering, inputs)
+    answers = graded_answers(rt, cfg, inputs, answering, None)
     lm = load_model(estimator)
 
     def encode(questions):
@@ -41,12 +45,11 @@ def main() -> None:
                               [" " + answers[q.id].text for q in questions], DEFAULT_QUERY)
 
     train = random.Random(0).sample(inputs.train, variant.get("n", 800))
-    y_train = np.array([answers[q.id].correct for q in train])
-    y_eval = np.array([answers[q.id].correct for q in inputs.eval])
-    config = LoraPromptConfig(
-        lora=LoraSettings(layers=variant.get("layers", "all")), kl_weight=variant.get("kl", 1.0),
-        train=TrainSettings(learning_rate=variant.get("lr", 1e-3), batch_size=8, epochs=variant.get("epochs", 1.0),
-                            eval_every=20, patience=variant.get("patience", 4)))
+    y_train = np.array([answers[q.id].label for q in train])
+    y_eval = np.array([answers[q.id].label for q in inputs.eval])
+    config = LoraPromptConfig(layers=variant.get("layers", "all"), kl_weight=variant.get("kl", 1.0),
+                              learning_rate=variant.get("lr", 1e-3), batch_size=8, epochs=variant.get("epochs", 1.0),
+                              eval_every=20, patience=variant.get("patience", 4))
     start = time.perf_counter()
     est = LoraPromptEstimator(lm, config).fit(encode(train), y_train)
     fit_s = time.perf_counter() - start

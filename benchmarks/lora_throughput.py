@@ -19,12 +19,11 @@ def measure(name: str, steps: int, batch_size: int, kl_weight: float) -> dict:
     import numpy as np
     import torch
 
-    from calibtune.answer import format_prompt
     from calibtune.data import load_questions
-    from calibtune.estimators.adapters import TrainSettings
-    from calibtune.estimators.lora_prompt import LoraPromptConfig, LoraPromptEstimator, encode_queries
-    from calibtune.estimators.query import DEFAULT_QUERY
+    from calibtune.estimators.lora_prompt import LoraPromptEstimator, encode_queries
+    from calibtune.methods.lora_prompt import LoraPromptConfig
     from calibtune.models import load_model
+    from calibtune.prompts import DEFAULT_QUERY, format_prompt
 
     lm = load_model(name)
     questions = load_questions("sciq")[: steps * batch_size * 2]
@@ -33,8 +32,8 @@ def measure(name: str, steps: int, batch_size: int, kl_weight: float) -> dict:
     answers = [" " + q.choices[q.gold if y else (q.gold + 1) % len(q.choices)] for q, y in zip(questions, labels)]
     seqs = encode_queries(lm.tokenizer, [format_prompt(q) for q in questions], answers, DEFAULT_QUERY)
     # val_fraction 0.5: train on half; evaluate only at the end so the timing is of training steps
-    cfg = LoraPromptConfig(kl_weight=kl_weight, val_fraction=0.5,
-                           train=TrainSettings(batch_size=batch_size, max_steps=steps, eval_every=10**6, epochs=10))
+    cfg = LoraPromptConfig(kl_weight=kl_weight, val_fraction=0.5, batch_size=batch_size, max_steps=steps,
+                           eval_every=10**6, epochs=10)
     est = LoraPromptEstimator(lm, cfg)
     start = time.perf_counter()
     est.fit(seqs, labels)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from calibtune.answer import ClozeSettings, answer_multiple_choice, format_prompt
+from calibtune.answer import ClozeSettings, answer_multiple_choice
+from calibtune.prompts import format_prompt
 from calibtune.data import load_questions
 from calibtune.features import candidate_layers, extract_features, proposed_answer_text
 from calibtune.forward import continuation_logprobs, encode_continuations

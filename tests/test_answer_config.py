@@ -9,7 +9,7 @@ from calibtune.answer import ClozeSettings, answer_multiple_choice, option_confi
 from calibtune.config import load_config
 from calibtune.errors import CalibtuneError
 from calibtune.forward import continuation_logprobs, encode_continuations
-from calibtune.grade import grade_multiple_choice
+from calibtune.graders import grade_answers
 from calibtune.models import load_model
 from calibtune.records import Answer, Question, answers_from_table, answers_to_table
 
@@ -30,7 +30,7 @@ def test_answer_picks_best_mean_and_grades(tiny_models):
         np.testing.assert_allclose(a.option_logprob_mean, sums / counts, atol=1e-5)
         assert a.choice == int(np.argmax(sums / counts)) and a.text == q.choices[a.choice]
         assert a.logprob == pytest.approx(sums[a.choice])
-    graded = grade_multiple_choice(answers, QUESTIONS)
+    graded = grade_answers(answers, QUESTIONS)
     assert [g.correct for g in graded] == [a.choice == q.gold for a, q in zip(answers, QUESTIONS)]
     assert all(g.grader == "choice_match" for g in graded)
     assert answers_from_table(answers_to_table(graded)) == graded

@@ -546,23 +546,49 @@ def test_selective_edges():
             M.accuracy_at_coverage([0.3], [1], bad)
 
 
+EDGE_CASES = {
+    "perfect, at the extremes": ([0.0, 1.0, 1.0, 0.0], [0, 1, 1, 0]),
+    "maximally wrong": ([0.0, 1.0, 1.0, 0.0], [1, 0, 0, 1]),
+    "all equal": ([0.5] * 5, [1, 0, 1, 0, 1]),
+    "one example": ([0.3], [1]),
+    "one class": ([0.2, 0.9, 0.4], [1, 1, 1]),
+}
+NAN = float("nan")
+# Worked by hand from each metric's definition (10 bins; NLL clips p to [1e-7, 1 - 1e-7]).
+EXPECTED = {
+    "auroc": [1.0, 0.0, 0.5, NAN, NAN],
+    "ece": [0.0, 1.0, 0.1, 0.7, (0.8 + 0.1 + 0.6) / 3],
+    "ece_top_label": [0.0, 1.0, 0.1, 0.7, (0.8 + 0.1 + 0.6) / 3],
+    "brier": [0.0, 1.0, 0.25, 0.49, (0.64 + 0.01 + 0.36) / 3],
+    "nll": [-math.log1p(-1e-7), -math.log(1e-7), math.log(2), -math.log(0.3),
+            -(math.log(0.2) + math.log(0.9) + math.log(0.4)) / 3],
+    "accuracy": [0.5, 0.5, 0.6, 1.0, 1.0],
+    "mean_p": [0.5, 0.5, 0.5, 0.3, 0.5],
+    "auprc": [1.0, 0.5, 0.6, 1.0, 1.0],
+    "auprc_incorrect": [1.0, 0.5, 0.4, NAN, NAN],
+    "ece_equal_mass": [0.0, 1.0, 0.1, 0.7, (0.8 + 0.1 + 0.6) / 3],
+    "mce": [0.0, 1.0, 0.1, 0.7, 0.8],
+    # risk at k = 1..N, then its mean: perfect 0, 0, 1/3, 1/2; wrong 1, 1, 2/3, 1/2; tied 0.4 throughout
+    "aurc": [5 / 24, 19 / 24, 0.4, 0.0, 0.0],
+    "acc_at_50": [1.0, 0.0, 0.6, 1.0, 1.0],
+    "acc_at_80": [0.5, 0.5, 0.6, 1.0, 1.0],
+}
+
+
+def test_the_edge_cases_cover_every_metric():
+    assert sorted(EXPECTED) == sorted(ALL_METRICS)
+
+
 @pytest.mark.parametrize("name", ALL_METRICS)
-def test_every_metric_on_edge_cases(name):
-    cases = [
-        ([0.0, 1.0, 1.0, 0.0], [0, 1, 1, 0]),  # perfect, at the extremes
-        ([0.0, 1.0, 1.0, 0.0], [1, 0, 0, 1]),  # maximally wrong
-        ([0.5] * 5, [1, 0, 1, 0, 1]),  # all equal
-        ([0.3], [1]),  # one example
-        ([0.2, 0.9, 0.4], [1, 1, 1]),  # one class
-    ]
-    for p, y in cases:
+def test_every_metric_on_edge_cases_has_its_known_value(name):
+    for (case, (p, y)), expected in zip(EDGE_CASES.items(), EXPECTED[name], strict=True):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             value = M.metric_value(name, p, y)
-        one_class = len(set(y)) < 2
-        undefined = (name == "auroc" and one_class) or (name == "auprc" and 1 not in y)
-        undefined = undefined or (name == "auprc_incorrect" and 0 not in y)
-        assert math.isnan(value) if undefined else math.isfinite(value), (name, p, y, value)
+        if math.isnan(expected):
+            assert math.isnan(value), (name, case, value)
+        else:
+            assert value == pytest.approx(expected, rel=1e-9, abs=1e-12), (name, case, value)
 
 
 def test_metric_value_unknown_name():

@@ -23,9 +23,19 @@ def test_load_by_path(tiny_models, arch):
     assert lm.tokenizer.pad_token_id is not None
 
 
-def test_auto_dtype_is_bf16_or_fp32():
-    assert choose_dtype("auto", torch.device("cpu")) in (torch.bfloat16, torch.float32)
-    assert choose_dtype("bf16") == torch.bfloat16
+def test_auto_dtype_is_bf16_exactly_where_the_hardware_runs_it_fast(monkeypatch):
+    from pathlib import Path
+
+    flags = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags |= set(line.split(":", 1)[1].split())
+    fast = bool(flags & {"amx_bf16", "amx_tile", "avx512_bf16"})  # read from the CPU, not from torch
+    assert choose_dtype("auto", torch.device("cpu")) == (torch.bfloat16 if fast else torch.float32)
+    for supported, expected in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda supported=supported: supported)
+        assert choose_dtype("auto", torch.device("cuda")) == expected
+    assert choose_dtype("bf16") == torch.bfloat16 and choose_dtype("float32") == torch.float32
     with pytest.raises(CalibtuneError, match="unknown dtype 'int3'"):
         choose_dtype("int3")
 
@@ -54,8 +64,15 @@ def test_fingerprint_changes_with_files(tiny_models, tmp_path):
     copy = tmp_path / "m"
     shutil.copytree(tiny_models["llama"], copy)
     before = model_fingerprint(str(copy))
+    assert before == model_fingerprint(str(tiny_models["llama"]))  # a copy: the same weights, the same print
     (copy / "extra.txt").write_text("x")
     assert model_fingerprint(str(copy)) != before
+    weights = copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of one weight, same size
+    weights.write_bytes(bytes(data))
+    changed = model_fingerprint(str(copy))
+    assert changed != before and model_fingerprint(str(copy)) == changed
     assert model_fingerprint("smollm2-135m") == f"bundled:{BUNDLED['smollm2-135m'].sha256}"
 
 

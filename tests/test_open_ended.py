@@ -16,6 +16,7 @@ from calibtune.generate import GenerationSettings, encode_prompts, generate_answ
 from calibtune.models import load_model
 from calibtune.open_ended import OpenEndedPrompt, answer_open_ended, perplexity_confidence, references_of
 from calibtune.records import Question
+from conftest import build_tokenizer
 
 runner = CliRunner()
 
@@ -65,12 +66,49 @@ def test_output_layer_gets_a_contiguous_input(tiny_models):
     assert not hidden[:, -1:, :].is_contiguous() and seen == [True]
 
 
-def test_sampling_is_seeded(tiny_models):
+def test_sampling_is_seeded_and_follows_the_temperature(tiny_models):
     lm = load_model(str(tiny_models["gemma"]), dtype="float32")
-    ids = encode_prompts(lm, ["Question: What is the capital?\nAnswer:"])
-    one = sample_answers(lm, ids, k=4, seed=3, settings=GenerationSettings(max_new_tokens=6))
-    two = sample_answers(lm, ids, k=4, seed=3, settings=GenerationSettings(max_new_tokens=6))
-    assert len(one[0]) == 4 and [g.text for g in one[0]] == [g.text for g in two[0]]
+    ids = encode_prompts(lm, ["Question: What is the capital?\nAnswer:", "Question: Which fox?\nAnswer:"])
+    settings = GenerationSettings(max_new_tokens=6, stop="")
+    one = sample_answers(lm, ids, k=4, seed=3, settings=settings)
+    two = sample_answers(lm, ids, k=4, seed=3, settings=settings)
+    assert len(one[0]) == 4 and [g.token_ids for g in one[0]] == [g.token_ids for g in two[0]]
+    greedy = generate_answers(lm, ids, settings)
+    # at temperature 1 the samples of a random model wander; near 0 they are the greedy answer
+    assert any(g.token_ids != greedy[i].token_ids for i, group in enumerate(one) for g in group)
+    cold = sample_answers(lm, ids, k=3, temperature=1e-4, seed=3, settings=settings)
+    assert all(g.token_ids == greedy[i].token_ids for i, group in enumerate(cold) for g in group)
+
+
+def test_an_answer_after_leading_whitespace_is_kept():
+    from calibtune.generate import _cut
+
+    tok = build_tokenizer(bos=False)
+    newline, = tok("\n", add_special_tokens=False)["input_ids"]
+    paris = tok(" Paris", add_special_tokens=False)["input_ids"]
+    ids = [newline, newline, *paris, newline, *paris]
+    cut = _cut(tok, ids, [-0.5] * len(ids), "\n", tok.eos_token_id)
+    assert cut.text == "Paris" and cut.token_ids == tuple(ids[: 2 + len(paris)])
+    assert _cut(tok, [newline, tok.eos_token_id, *paris], [-1.0] * 5, "\n", tok.eos_token_id).text == ""
+
+
+def test_many_empty_answers_are_reported_at_once_with_the_fix():
+    from calibtune.config import StudyConfig
+    from calibtune.records import Answer
+    from calibtune.stages.answers import _check_empty
+    from calibtune.stages.base import Runtime
+
+    logged: list[str] = []
+    rt = Runtime(store=None, log=logged.append, models=None)
+    cfg = StudyConfig.model_validate({"models": ["m"], "task": "open_ended", "train": [{"dataset": "trivia_qa"}],
+                                      "eval": [{"dataset": "trivia_qa"}], "methods": ["probe"]})
+    answers = [Answer(f"q{i}", "m", "" if i % 3 else "Paris", -1.0) for i in range(30)]
+    _check_empty(rt, cfg, "m", answers)
+    assert "20 of 30 open-ended answers are empty" in logged[0] and "chat_template: true" in logged[0]
+    _check_empty(rt, cfg, "m", answers[:1] * 30)
+    assert len(logged) == 1  # none empty: nothing said
+    with pytest.raises(CalibtuneError, match="30 of 30 open-ended answers are empty.*open_ended.shots"):
+        _check_empty(rt, cfg, "m", [Answer(f"q{i}", "m", " ", -1.0) for i in range(30)])
 
 
 def test_k_shot_prompt_and_references():
@@ -123,7 +161,18 @@ def _open_ended_files(tmp_path, tiny_models):
     return train, held, shots
 
 
-def test_open_ended_study_with_every_method(tmp_path, tiny_models, isolated_cache):
+def test_open_ended_study_with_every_method(tmp_path, tiny_models, isolated_cache, monkeypatch):
+    import calibtune.open_ended as open_ended
+
+    # The tiny models never state a probability; a scripted verbalized reply makes the cell real: every
+    # fourth answer has no parseable probability and must be left out and counted, never made 0.5.
+    def scripted(lm, questions, answers, max_new_tokens=8, batch_size=16, template=None):
+        replies = ["I'd say 0.9" if i % 4 == 0 else "no idea" if i % 4 == 1 else "Probability: 20%"
+                   for i in range(len(questions))]
+        values = [open_ended.parse_confidence(r) for r in replies]
+        return np.array([np.nan if v is None else v for v in values]), replies
+
+    monkeypatch.setattr(open_ended, "verbalized_confidence", scripted)
     train, held, shots = _open_ended_files(tmp_path, tiny_models)
     config = tmp_path / "oe.yaml"
     config.write_text(
@@ -138,18 +187,26 @@ def test_open_ended_study_with_every_method(tmp_path, tiny_models, isolated_cach
     result = runner.invoke(app, ["run", str(config), "-o", str(out)])
     assert result.exit_code == 0, result.output
     scores = pd.read_parquet(out / "scores.parquet")
-    # verbalized may have no row at all: a tiny random model rarely states a probability
-    assert {"probe", "lora", "lora_prompt", "zero_shot", "likelihood", "perplexity", "sampling"} <= set(scores.method)
+    assert set(scores.method) == {"probe", "lora", "lora_prompt", "zero_shot", "likelihood", "perplexity",
+                                  "verbalized", "sampling"}
     assert scores.p_correct.between(0, 1).all()
     probe = scores[scores.method == "probe"]
     assert probe.groupby(["model", "trained_on"]).size().tolist() == [20] * 4
     # labels follow the references built above: the even questions are right
     labels = probe[probe.model == probe.trained_on].set_index("question_id").label
     assert labels.mean() > 0.3
-    assert scores[scores.method == "sampling"].p_correct.isin([0, 1 / 3, 2 / 3, 1]).all()
+    sampled = scores[scores.method == "sampling"]
+    assert sampled.p_correct.isin([0, 1 / 3, 2 / 3, 1]).all()
+    # sampled at temperature 1, not greedily: a greedy "sample" of a non-empty answer would always match it
+    greedy = pd.read_parquet(out / "answers" / "llama.parquet").set_index("question_id").text
+    llama = sampled[sampled.model == str(tiny_models["llama"])].set_index("question_id").p_correct
+    nonempty = [q for q in llama.index if greedy[q].strip()]
+    assert nonempty and (llama[nonempty] < 1).any()
     info = json.loads((out / "metrics.json").read_text())
     verbal = [c for c in info["cells"] if c["method"] == "verbalized"]
-    assert all(c["n"] + c["n_left_out"] == 20 for c in verbal)  # unparseable replies are counted, not made 0.5
+    assert len(verbal) == 2 and all((c["n"], c["n_left_out"]) == (15, 5) for c in verbal)
+    verbal_rows = scores[scores.method == "verbalized"]
+    assert set(np.round(verbal_rows.p_correct, 6)) == {0.9, 0.2}
 
     # each answering model's graded answers are in the run folder, and `calibtune grade` regrades them
     answers = pd.read_parquet(out / "answers" / "llama.parquet")
@@ -168,8 +225,11 @@ def test_open_ended_study_with_every_method(tmp_path, tiny_models, isolated_cach
     asked = runner.invoke(app, ["ask", str(folder), "What comes after number 50?", "--json", "--dtype", "float32"])
     assert asked.exit_code == 0, asked.output
     record = json.loads(asked.output.strip().splitlines()[-1])
-    assert 0 <= record["p_correct"] <= 1 and record["estimator_model"].endswith("llama")
+    assert record["estimator_model"] == str(tiny_models["llama"].resolve())  # loads from any folder
     assert record["answer"] == answers.set_index("question_id").text["oe_held/q50"]
+    study_score = scores[(scores.method == "lora_prompt") & (scores.model == str(tiny_models["llama"]))
+                         & (scores.trained_on == str(tiny_models["llama"]))].set_index("question_id").p_correct
+    assert record["p_correct"] == pytest.approx(study_score["oe_held/q50"], abs=1e-5)
     probe_folder = out / "estimators" / "probe" / "gemma__on__llama"
     many = runner.invoke(app, ["ask", str(probe_folder), "--dtype", "float32", "--model", str(tiny_models["llama"])],
                          input="What comes after number 3?\nWhat comes after number 5?\n")

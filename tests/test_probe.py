@@ -1,4 +1,4 @@
-"""The Probe estimator on synthetic features."""
+"""The Probe estimator on synthetic features: layer choice, the scikit-learn interface, saving."""
 
 from __future__ import annotations
 
@@ -6,10 +6,15 @@ import json
 
 import numpy as np
 import pytest
+from sklearn.base import clone
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from calibtune.errors import CalibtuneError
-from calibtune.estimators.probe import ProbeConfig, ProbeEstimator
+from calibtune.estimators.probe import ProbeEstimator
+from calibtune.estimators.splits import validation_split
+from calibtune.methods.probe import ProbeConfig
 
 
 def _data(n: int, informative_layer: int, seed: int = 0):
@@ -21,50 +26,104 @@ def _data(n: int, informative_layer: int, seed: int = 0):
     return x, y
 
 
-def test_probe_learns_and_auto_picks_the_informative_layer():
+def test_probe_learns_and_auto_picks_the_layer_with_the_best_validation_auroc():
     x, y = _data(600, informative_layer=1)
     xt, yt = _data(300, informative_layer=1, seed=1)
     probe = ProbeEstimator(ProbeConfig(max_epochs=60), layers=(4, 8, 12)).fit(x, y)
-    assert probe.layer == 8
-    p = probe.predict_proba(xt)
+    assert probe.layer_ == 8 == max(probe.layer_scores_, key=probe.layer_scores_.get)
+    p = probe.p_correct(xt)
     assert p.shape == (300,) and ((p >= 0) & (p <= 1)).all()
     assert roc_auc_score(yt, p) > 0.8
-    assert probe.layer_scores[8] > max(probe.layer_scores[4], probe.layer_scores[12])
+    # the recorded validation AUROC is that of the chosen head on the held-out training rows
+    val = probe.val_indices_
+    _, expected_val = validation_split(y, 0.2, 0)
+    np.testing.assert_array_equal(val, expected_val)
+    assert probe.layer_scores_[8] == pytest.approx(roc_auc_score(y[val], probe.p_correct(x[val])))
 
 
 def test_probe_last_and_fixed_layer():
     x, y = _data(200, informative_layer=2)
-    assert ProbeEstimator(ProbeConfig(layer="last", max_epochs=5), layers=(4, 8, 12)).fit(x, y).layer == 12
-    assert ProbeEstimator(ProbeConfig(layer=4, max_epochs=5), layers=(4, 8, 12)).fit(x, y).layer == 4
+    assert ProbeEstimator(ProbeConfig(layer="last", max_epochs=5), layers=(4, 8, 12)).fit(x, y).layer_ == 12
+    assert ProbeEstimator(ProbeConfig(layer=4, max_epochs=5), layers=(4, 8, 12)).fit(x, y).layer_ == 4
     with pytest.raises(CalibtuneError, match="not among the extracted layers"):
         ProbeEstimator(ProbeConfig(layer=5), layers=(4, 8, 12)).fit(x, y)
 
 
-def test_linear_head_and_explicit_validation_set():
-    x, y = _data(300, informative_layer=0)
-    xv, yv = _data(100, informative_layer=0, seed=2)
-    probe = ProbeEstimator(ProbeConfig(hidden_size=0, max_epochs=50), layers=(1, 2, 3)).fit(x, y, xv, yv)
-    assert probe.layer == 1
+def test_linear_head_agrees_with_logistic_regression():
+    x, y = _data(600, informative_layer=0)
+    xv, yv = _data(200, informative_layer=0, seed=2)
+    xt, yt = _data(400, informative_layer=0, seed=3)
+    probe = ProbeEstimator(ProbeConfig(hidden_size=0, max_epochs=200, weight_decay=0.0), layers=(1, 2, 3))
+    probe.fit(x, y, xv, yv)
+    assert probe.layer_ == 1 and probe.val_indices_ is None  # a validation set given: nothing held out
+    reference = LogisticRegression(C=1e6, max_iter=1000).fit(x[:, 0], y).predict_proba(xt[:, 0])[:, 1]
+    ours = probe.p_correct(xt)
+    # early stopping keeps the head short of the unregularised optimum, but it ranks the same way
+    assert abs(roc_auc_score(yt, ours) - roc_auc_score(yt, reference)) < 0.01
+    weights = probe.fitted_.head.weight.detach().numpy()[0]
+    assert np.argmax(np.abs(weights)) == 0 and weights[0] > 0  # the informative feature, the right sign
+
+
+def test_scikit_learn_interface():
+    x, y = _data(400, informative_layer=1)
+    probe = ProbeEstimator(ProbeConfig(max_epochs=20), layers=(4, 8, 12), seed=3)
+    assert probe.get_params()["seed"] == 3 and probe.get_params()["config"].max_epochs == 20
+    probe.fit(x, y)
+    proba = probe.predict_proba(x)
+    assert proba.shape == (400, 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(proba[:, 1], probe.p_correct(x))
+    np.testing.assert_array_equal(probe.predict(x), (proba[:, 1] >= 0.5).astype(int))
+    np.testing.assert_array_equal(probe.classes_, [0, 1])
+    # clone: the same settings, not fitted; fitting it again gives the same probe
+    twin = clone(probe)
+    assert twin.get_params()["config"] == probe.config and not hasattr(twin, "fitted_")
+    np.testing.assert_array_equal(twin.fit(x, y).p_correct(x), probe.p_correct(x))
+    assert probe.set_params(seed=5) is probe and probe.seed == 5
+    # CalibratedClassifierCV fits clones on folds and calibrates them
+    calibrated = CalibratedClassifierCV(ProbeEstimator(ProbeConfig(max_epochs=10), layers=(4, 8, 12)), cv=3)
+    xt, yt = _data(200, informative_layer=1, seed=1)
+    p = calibrated.fit(x, y).predict_proba(xt)
+    assert p.shape == (200, 2) and len(calibrated.calibrated_classifiers_) == 3
+    assert roc_auc_score(yt, p[:, 1]) > 0.8
+
+
+def test_non_finite_features_are_zeroed_with_a_warning_in_fit_and_predict():
+    x, y = _data(200, informative_layer=1)
+    probe = ProbeEstimator(ProbeConfig(max_epochs=5), layers=(4, 8, 12)).fit(x, y)
+    bad = x[:3].copy()
+    bad[0, 1, 0] = np.nan
+    bad[1, 0, 2] = np.inf
+    with pytest.warns(UserWarning, match="non-finite features in 2 of 3 rows"):
+        p = probe.p_correct(bad)
+    fixed = np.nan_to_num(bad, nan=0.0, posinf=0.0, neginf=0.0)
+    np.testing.assert_array_equal(p, probe.p_correct(fixed))
+    assert np.isfinite(p).all()
+    with pytest.warns(UserWarning, match="non-finite"):
+        ProbeEstimator(ProbeConfig(max_epochs=2), layers=(4, 8, 12)).fit(np.concatenate([bad, x[3:]]), y)
 
 
 def test_save_load_round_trip(tmp_path):
     x, y = _data(200, informative_layer=1)
-    probe = ProbeEstimator(ProbeConfig(max_epochs=20), layers=(4, 8, 12), meta={"estimator_model": "m"}).fit(x, y)
+    probe = ProbeEstimator(ProbeConfig(max_epochs=20), layers=(4, 8, 12), seed=2, meta={"estimator_model": "m"})
+    probe.fit(x, y)
     probe.save(tmp_path / "p")
     info = json.loads((tmp_path / "p" / "probe.json").read_text())
-    assert info["chosen_layer"] == probe.layer and info["estimator_model"] == "m"
-    assert info["config"]["hidden_size"] == 64
-    assert not list(tmp_path.glob("p/*.pkl")) and not list(tmp_path.glob("p/*.pt"))
+    assert info["chosen_layer"] == probe.layer_ and info["estimator_model"] == "m" and info["seed"] == 2
+    assert info["config"] == ProbeConfig(max_epochs=20).model_dump(mode="json")
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["probe.json", "probe.safetensors"]
     loaded = ProbeEstimator.load(tmp_path / "p")
-    np.testing.assert_array_equal(loaded.predict_proba(x), probe.predict_proba(x))
-    assert loaded.meta["estimator_model"] == "m"
+    np.testing.assert_array_equal(loaded.p_correct(x), probe.p_correct(x))
+    assert loaded.meta["estimator_model"] == "m" and loaded.seed == 2 and loaded.config == probe.config
 
 
-def test_deterministic_for_a_seed():
+def test_deterministic_for_a_seed_and_different_for_another():
     x, y = _data(200, informative_layer=1)
-    a = ProbeEstimator(ProbeConfig(max_epochs=10), layers=(4, 8, 12)).fit(x, y).predict_proba(x)
-    b = ProbeEstimator(ProbeConfig(max_epochs=10), layers=(4, 8, 12)).fit(x, y).predict_proba(x)
+    a = ProbeEstimator(ProbeConfig(max_epochs=10), layers=(4, 8, 12)).fit(x, y).p_correct(x)
+    b = ProbeEstimator(ProbeConfig(max_epochs=10), layers=(4, 8, 12)).fit(x, y).p_correct(x)
+    c = ProbeEstimator(ProbeConfig(max_epochs=10), layers=(4, 8, 12), seed=1).fit(x, y).p_correct(x)
     np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
 
 
 def test_errors(tmp_path):
@@ -79,3 +138,15 @@ def test_errors(tmp_path):
     (tmp_path / "bad" / "probe.json").write_text("{not json")
     with pytest.raises(CalibtuneError, match="cannot load probe"):
         ProbeEstimator.load(tmp_path / "bad")
+
+
+def test_a_class_with_one_example_is_a_one_line_error():
+    x, y = _data(20, informative_layer=1)
+    y = np.zeros(20, dtype=int)
+    y[3] = 1
+    with pytest.raises(CalibtuneError) as err:
+        ProbeEstimator(layers=(4, 8, 12)).fit(x, y)
+    assert "stratified" in str(err.value) and "1 correct, 19 wrong" in str(err.value)
+    assert "\n" not in str(err.value)
+    with pytest.raises(CalibtuneError, match="stratified"):
+        validation_split(np.array([0, 1, 0, 1, 0]), 0.2, 0)  # too few to hold out one of each class

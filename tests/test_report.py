@@ -10,7 +10,7 @@ import pytest
 
 from calibtune.errors import CalibtuneError
 from calibtune.report import METHOD_LABELS, method_label
-from calibtune.report.heatmap import plot_heatmap
+from calibtune.report.heatmap import draw_heatmap, plot_heatmap
 from calibtune.report.html import write_report
 from calibtune.report.labels import short_model_name
 
@@ -100,6 +100,28 @@ def test_heatmap_2x2_two_panels_and_baseline(tmp_path):
     img = _check_png(out)
     single = _check_png(plot_heatmap(df, tmp_path / "one.png", ["probe"]))
     assert img.shape[1] > 1.5 * single.shape[1]  # panels side by side
+
+
+def test_heatmap_shows_each_cell_value_on_one_shared_colour_scale():
+    df = _metrics()
+    fig = draw_heatmap(df, ["probe", "lora_prompt"], ["option_confidence"])
+    panels = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title() for ax in panels] == ["Probe", "LoRA + Prompt", "Baselines (no estimator)"]
+    assert panels[0].get_ylabel() == "Model" and panels[0].get_xlabel() == "Trained On"
+    assert [t.get_text() for t in panels[0].get_yticklabels()] == ["model-a", "model-b"]
+    for ax, method in zip(panels[:2], ["probe", "lora_prompt"]):
+        grid = ax.images[0].get_array()
+        for i, e in enumerate(MODELS):  # rows: estimator model; columns: trained-on model
+            for j, t in enumerate(MODELS):
+                expected = df[(df.method == method) & (df.model == e) & (df.trained_on == t)].auroc.item()
+                assert grid[i, j] == expected
+        labels = sorted(t.get_text() for t in ax.texts)
+        assert labels == sorted(f"{v:.2f}" for v in df[df.method == method].auroc)
+    base = panels[2].images[0].get_array()
+    np.testing.assert_array_equal(base, [[0.6, 0.6]])
+    norms = {(ax.images[0].norm.vmin, ax.images[0].norm.vmax) for ax in panels}
+    values = df.auroc.to_numpy()
+    assert norms == {(min(values.min(), 0.5), values.max())}  # one scale, from chance (or lower) to the best
 
 
 def test_heatmap_missing_cell_and_other_metric(tmp_path):

@@ -48,8 +48,9 @@ def test_quick_study_on_bundled_models(tmp_path, real_cache):
 def test_query_option_tokens_of_the_bundled_tokenizers(name, real_cache):
     from transformers import AutoTokenizer
 
-    from calibtune.estimators.query import DEFAULT_OPTIONS, DEFAULT_QUERY, option_token_ids
+    from calibtune.estimators.query import option_token_ids
     from calibtune.models import BUNDLED, ensure_converted
+    from calibtune.prompts import DEFAULT_OPTIONS, DEFAULT_QUERY
 
     tokenizer = AutoTokenizer.from_pretrained(ensure_converted(BUNDLED[name]))
     no, yes = option_token_ids(tokenizer, DEFAULT_QUERY, DEFAULT_OPTIONS)
@@ -59,20 +60,20 @@ def test_query_option_tokens_of_the_bundled_tokenizers(name, real_cache):
 def test_lora_prompt_trains_briefly_on_a_bundled_model(tmp_path, real_cache):
     import numpy as np
 
-    from calibtune.answer import format_prompt
     from calibtune.data import load_questions
-    from calibtune.estimators.adapters import TrainSettings
-    from calibtune.estimators.lora_prompt import LoraPromptConfig, LoraPromptEstimator, encode_queries
-    from calibtune.estimators.query import DEFAULT_QUERY
-    from calibtune.models import load_model
+    from calibtune.estimators.lora_prompt import LoraPromptEstimator, encode_queries
+    from calibtune.methods.lora_prompt import LoraPromptConfig
+    from calibtune.models import load_model, model_fingerprint
+    from calibtune.prompts import DEFAULT_QUERY, format_prompt
 
     lm = load_model("smollm2-135m")
     questions = load_questions("sciq")[:40]
     labels = np.arange(40) % 2
     answers = [" " + q.choices[q.gold if y else (q.gold + 1) % 4] for q, y in zip(questions, labels)]
     seqs = encode_queries(lm.tokenizer, [format_prompt(q) for q in questions], answers, DEFAULT_QUERY)
-    cfg = LoraPromptConfig(train=TrainSettings(max_steps=4, eval_every=2, batch_size=4))
-    est = LoraPromptEstimator(lm, cfg, meta={"estimator_model": "smollm2-135m"}).fit(seqs, labels)
+    cfg = LoraPromptConfig(max_steps=4, eval_every=2, batch_size=4)
+    meta = {"estimator_model": "smollm2-135m", "estimator_fingerprint": model_fingerprint("smollm2-135m")}
+    est = LoraPromptEstimator(lm, cfg, meta=meta).fit(seqs, labels)
     p = est.predict_proba(seqs[:8])
     assert est.log.steps == 4 and np.isfinite(est.log.train_loss).all()
     assert ((p > 0) & (p < 1)).all()

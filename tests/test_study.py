@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
+from calibtune.bootstrap import paired_bootstrap
 from calibtune.cli import app
 from conftest import write_questions
 
@@ -57,7 +60,11 @@ def test_run_writes_the_run_folder(tmp_path, tiny_models, study_files):
     assert saved == ["gemma__on__gemma", "gemma__on__llama", "llama__on__gemma", "llama__on__llama"]
     probe_info = json.loads((out / "estimators/probe/llama__on__gemma/probe.json").read_text())
     assert probe_info["prompt"] == "Question: {question}\nAnswer:" and probe_info["token"] == "last"
-    assert probe_info["chosen_layer"] in (1, 2)
+    for folder in (out / "estimators" / "probe").iterdir():  # the kept layer is the best on validation
+        saved = json.loads((folder / "probe.json").read_text())
+        scores_by_layer = {int(k): v for k, v in saved["val_auroc_by_layer"].items()}
+        assert sorted(scores_by_layer) == [1, 2]
+        assert scores_by_layer[saved["chosen_layer"]] == max(scores_by_layer.values())
     html = (out / "report.html").read_text()
     assert "data:image/png;base64" in html
 
@@ -127,10 +134,10 @@ def test_answer_command(tmp_path, tiny_models):
 
 
 def test_all_methods_in_the_study(tmp_path, tiny_models, study_files):
-    extra = ("methods: [probe, lora_prompt, lora, zero_shot, option_confidence]\n"
-             "lora_prompt: {max_steps: 3, eval_every: 2, batch_size: 4}\n"
+    extra = ("methods: [probe, lora_prompt, lora, zero_shot, option_confidence]\nselect: sum\n"
+             "lora_prompt: {max_steps: 3, eval_every: 2, batch_size: 4, layers: top_half}\n"
              "lora: {max_steps: 3, eval_every: 2, batch_size: 4}\n"
-             "zero_shot_calibration: 10\n")
+             "zero_shot_calibration: 10\nreport: {bootstrap_resamples: 200}\n")
     out = tmp_path / "run"
     result = runner.invoke(app, ["run", _config(tmp_path, tiny_models, *study_files, extra), "-o", str(out)])
     assert result.exit_code == 0, result.output
@@ -141,9 +148,32 @@ def test_all_methods_in_the_study(tmp_path, tiny_models, study_files):
     assert scores.p_correct_ts.between(0, 1).all() and (scores.temperature > 0).all()
     metrics = pd.read_csv(out / "metrics.csv")
     assert {"ece_ts", "brier_ts", "nll_ts", "temperature"} <= set(metrics)
+    # temperature scaling is monotone: every cell ranks its answers the same before and after
+    for _, cell in scores.groupby(["method", "model", "trained_on"]):
+        if cell.label.nunique() == 2:
+            assert roc_auc_score(cell.label, cell.p_correct_ts) == roc_auc_score(cell.label, cell.p_correct)
+    # paired differences are those of an independent paired bootstrap on the same questions
     info = json.loads((out / "metrics.json").read_text())
     diffs = [d for d in info["paired"] if d["a"] == "lora_prompt" and d["b"] == "probe"]
-    assert len(diffs) == 4 and all(d["auroc_diff_low"] <= d["auroc_diff"] <= d["auroc_diff_high"] for d in diffs)
+    assert len(diffs) == 4
+    for d in diffs:
+        cell = scores[(scores.model == d["model"]) & (scores.trained_on == d["trained_on"])]
+        a = cell[cell.method == "lora_prompt"].sort_values("question_id")
+        b = cell[cell.method == "probe"].sort_values("question_id")
+        assert a.question_id.tolist() == b.question_id.tolist()
+        expected = paired_bootstrap(a.p_correct, b.p_correct, a.label, metrics=["auroc", "ece"], n_resamples=200)
+        for metric in ("auroc", "ece"):
+            got = (d[f"{metric}_diff"], d[f"{metric}_diff_low"], d[f"{metric}_diff_high"])
+            np.testing.assert_allclose(got, expected[metric], equal_nan=True)
+    # select: sum chooses the option with the highest summed log-likelihood
+    answers = pd.read_parquet(out / "answers" / "llama.parquet")
+    assert all(c == int(np.argmax(s)) for c, s in zip(answers.choice, answers.option_logprob_sum))
+    # layers: top_half puts LoRA + Prompt's adapters on the upper half of the layers only (layer 1 of 0-1)
+    from safetensors import safe_open
+
+    with safe_open(str(out / "estimators/lora_prompt/llama__on__gemma/adapter/adapter_model.safetensors"), "pt") as f:
+        layers = {int(k.split("layers.")[1].split(".")[0]) for k in f.keys()}
+    assert layers == {1}
     cell = info["cells"][0]
     for metric in ("auroc", "auprc", "auprc_incorrect", "ece", "ece_equal_mass", "mce", "brier", "nll", "aurc",
                    "acc_at_50", "acc_at_80"):
@@ -152,7 +182,8 @@ def test_all_methods_in_the_study(tmp_path, tiny_models, study_files):
         assert (out / f"{figure}.png").is_file() and (out / f"{figure}.svg").is_file(), figure
     saved = json.loads((out / "estimators/lora_prompt/llama__on__gemma/lora_prompt.json").read_text())
     assert saved["config"]["kl_weight"] == 1.0 and saved["config"]["divergence"] == "js"
-    assert "Is the proposed answer correct?" in saved["config"]["query"]["query"]
+    assert "Is the proposed answer correct?" in saved["config"]["query"]
+    assert saved["target_modules"] == ["q_proj", "v_proj"] and saved["config"]["layers"] == "top_half"
     assert (out / "estimators/lora/gemma__on__llama/adapter/adapter_model.safetensors").is_file()
 
 
@@ -184,3 +215,130 @@ def test_cache_commands(tmp_path, tiny_models, study_files):
     pruned = runner.invoke(app, ["cache", "prune", "--stage", "cell"])
     assert "removed 4 artifacts" in pruned.output
     assert runner.invoke(app, ["cache", "ls", "--stage", "cell"]).output.count("cell ") == 0
+
+
+def test_seed_zero_on_the_command_line_overrides_the_config(tmp_path, monkeypatch):
+    from calibtune.study import Study
+
+    seen = []
+
+    def fake_run(self):
+        seen.append(self.config.seed)
+        self.timings["total"] = 0.0
+        return pd.DataFrame(columns=["method", "model", "trained_on", "n", "auroc", "ece", "brier", "accuracy"])
+
+    monkeypatch.setattr(Study, "run", fake_run)
+    config = tmp_path / "c.yaml"
+    config.write_text("seed: 7\nmodels: [a]\ntrain: [{dataset: sciq}]\neval: [{dataset: sciq}]\n")
+    for args, expected in ((["--seed", "0"], 0), (["--seed", "3"], 3), ([], 7)):
+        result = runner.invoke(app, ["run", str(config), "-o", str(tmp_path / "r"), *args])
+        assert result.exit_code == 0, result.output
+        assert seen[-1] == expected
+
+
+def test_models_with_the_same_name_in_different_places_get_their_own_folders(tmp_path, tiny_models, study_files):
+    import shutil
+
+    for org in ("org-a", "org-b"):
+        shutil.copytree(tiny_models["llama"], tmp_path / org / "Llama-3-8B")
+    config = tmp_path / "two.yaml"
+    train, evaluation = study_files
+    config.write_text(f"models: ['{tmp_path / 'org-a/Llama-3-8B'}', '{tmp_path / 'org-b/Llama-3-8B'}']\n"
+                      f"dtype: float32\ntrain: [{{dataset: '{train}'}}]\neval: [{{dataset: '{evaluation}'}}]\n"
+                      "methods: [probe]\nprobe: {max_epochs: 2}\n")
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", str(config), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (out / "estimators" / "probe").iterdir()) == [
+        "org-a--Llama-3-8B__on__org-a--Llama-3-8B", "org-a--Llama-3-8B__on__org-b--Llama-3-8B",
+        "org-b--Llama-3-8B__on__org-a--Llama-3-8B", "org-b--Llama-3-8B__on__org-b--Llama-3-8B"]
+    assert sorted(p.name for p in (out / "answers").iterdir()) == ["org-a--Llama-3-8B.parquet",
+                                                                   "org-b--Llama-3-8B.parquet"]
+
+
+def test_cache_prune_waits_for_a_running_study(tmp_path, isolated_cache):
+    from calibtune.store import ArtifactStore
+
+    store = ArtifactStore(isolated_cache / "store")
+    store.put_table("answers", "k" * 24, pd.DataFrame({"a": [1]}))
+    with store.in_use():  # what a running study holds
+        result = runner.invoke(app, ["cache", "prune"])
+        assert result.exit_code == 2 and "in use by calibtune pid" in result.output
+        assert store.has("answers", "k" * 24)
+        assert "would remove 1 artifacts" in runner.invoke(app, ["cache", "prune", "--dry-run"]).output
+    assert "removed 1 artifacts" in runner.invoke(app, ["cache", "prune"]).output
+    assert not store.has("answers", "k" * 24)
+
+
+def test_a_failure_while_computing_a_cell_is_not_reported_as_a_write_error(tmp_path, tiny_models, study_files,
+                                                                           monkeypatch):
+    from dataclasses import replace
+
+    from calibtune.methods import METHODS
+
+    def broken(ctx):
+        raise FileNotFoundError(2, "No such file or directory", "/nowhere/tokenizer.json")
+
+    monkeypatch.setitem(METHODS, "zero_shot", replace(METHODS["zero_shot"], make_cell=broken))
+    result = runner.invoke(app, ["run", _config(tmp_path, tiny_models, *study_files, "methods: [zero_shot]\n"),
+                                 "-o", str(tmp_path / "run")])
+    assert isinstance(result.exception, FileNotFoundError), result.output
+    assert "cannot write" not in result.output
+
+
+def _run_counts(tmp_path, config: str, out: str) -> str:
+    result = runner.invoke(app, ["run", config, "-o", str(tmp_path / out)])
+    assert result.exit_code == 0, result.output
+    return " ".join(result.output.split())
+
+
+def test_editing_a_question_recomputes_exactly_what_depends_on_it(tmp_path, tiny_models, monkeypatch,
+                                                                    isolated_cache):
+    from calibtune.stages import base
+    from calibtune.store import ArtifactStore, list_artifacts
+
+    monkeypatch.setattr(base, "SHARD_SIZE", 16)  # 48 training and 24 evaluation questions: 5 shards per model
+    train = write_questions(tmp_path / "train.jsonl", n=48, options=3)
+    evaluation = write_questions(tmp_path / "heldout.jsonl", n=24, options=3)
+    config = _config(tmp_path, tiny_models, train, evaluation, "methods: [probe, zero_shot]\n")
+    store = ArtifactStore(isolated_cache / "store")
+
+    def artifacts():
+        return {(a.stage, a.key) for a in list_artifacts(store) if a.complete}
+
+    _run_counts(tmp_path, config, "first")
+    first = artifacts()
+    assert sum(stage == "answers" for stage, _ in first) == 10 and sum(s == "cell" for s, _ in first) == 8
+
+    # a gold answer: no model answers again, no features are read again, every cell relearns its labels
+    rows = [json.loads(line) for line in evaluation.read_text().splitlines()]
+    rows[5]["answer"] = (rows[5]["answer"] + 1) % 3
+    evaluation.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _run_counts(tmp_path, config, "gold")
+    new = artifacts() - first
+    assert {stage for stage, _ in new} == {"cell"} and len(new) == 8
+    answers = pd.read_parquet(tmp_path / "gold" / "answers" / "llama.parquet").set_index("question_id")
+    scores = pd.read_parquet(tmp_path / "gold" / "scores.parquet")
+    llama = str(tiny_models["llama"])
+    row = scores[(scores.method == "probe") & (scores.trained_on == llama) & (scores.model == llama)]
+    row = row.set_index("question_id")
+    qid = "heldout/q5"
+    assert answers.correct[qid] == (answers.choice[qid] == rows[5]["answer"]) == bool(row.label[qid])
+
+    # a question's text: that question's shard is answered again by each model, and the cells recompute
+    before = artifacts()
+    rows = [json.loads(line) for line in train.read_text().splitlines()]
+    rows[20]["question"] = "Which word comes number twenty, really?"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _run_counts(tmp_path, config, "text")
+    new = artifacts() - before
+    assert sum(stage == "answers" for stage, _ in new) == 2 and sum(stage == "cell" for stage, _ in new) == 8
+
+    # a setting of one method: only its cells recompute
+    before = artifacts()
+    changed = _config(tmp_path, tiny_models, train, evaluation,
+                      "methods: [probe, zero_shot]\nzero_shot: {options: [' no', ' yes!']}\n")
+    output = _run_counts(tmp_path, changed, "setting")
+    new = artifacts() - before
+    assert {stage for stage, _ in new} == {"cell"} and len(new) == 4
+    assert output.count("Probe") >= 4 and "from the cache" in output

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from calibtune.verbalized import VERBALIZED_PROMPT, parse_confidence, summarize_parsed, verbalized_prompt
+from calibtune.verbalized import VERBALIZED_PROMPT, parse_confidence, verbalized_prompt
 
 REPLIES = [
     ("0.8", 0.8),
@@ -68,16 +68,6 @@ def test_there_are_many_cases():
 
 def test_none_reply():
     assert parse_confidence(None) is None
-
-
-def test_summarize_parsed_counts_and_never_fills_in():
-    values = [parse_confidence(r) for r, _ in REPLIES]
-    parsed, unparsed = summarize_parsed(values)
-    assert parsed + unparsed == len(REPLIES)
-    assert unparsed == sum(e is None for _, e in REPLIES)
-    assert summarize_parsed([]) == (0, 0)
-    assert summarize_parsed([0.5, None, 0.0]) == (2, 1)
-    assert None in values  # unparsed stay None, no 0.5 stands in for them
 
 
 def test_prompt_asks_for_a_probability():

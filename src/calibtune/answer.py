@@ -16,9 +16,8 @@ import numpy as np
 from calibtune.forward import option_logprobs
 from calibtune.models import LoadedModel
 from calibtune.progress import progress_bar
+from calibtune.prompts import DEFAULT_PROMPT, format_prompt
 from calibtune.records import Answer, Question
-
-DEFAULT_PROMPT = "Question: {question}\nAnswer:"
 
 
 @dataclass(frozen=True)
@@ -29,11 +28,6 @@ class ClozeSettings:
     option_prefix: str = " "
     select: str = "mean"  # "mean" (length-normalised) or "sum"
     batch_size: int = 16
-
-
-def format_prompt(question: Question, template: str = DEFAULT_PROMPT) -> str:
-    """The prompt text for a question, from a template with a ``{question}`` field."""
-    return template.format(question=question.text)
 
 
 def answer_multiple_choice(
@@ -58,9 +52,9 @@ def answer_multiple_choice(
                 raise ValueError(f"question {question.id}: option {text!r} has no tokens")
     if progress is None:
         with progress_bar(f"answer  {lm.name}", len(questions)) as advance:
-            scores = option_logprobs(lm, contexts, options, batch_size=settings.batch_size, progress=advance)
+            scores = option_logprobs(lm, contexts, options, settings.batch_size, advance, [q.id for q in questions])
     else:
-        scores = option_logprobs(lm, contexts, options, batch_size=settings.batch_size, progress=progress)
+        scores = option_logprobs(lm, contexts, options, settings.batch_size, progress, [q.id for q in questions])
     answers = []
     for question, q_sum, opts in zip(questions, scores, options):
         q_mean = q_sum / np.array([len(o) for o in opts])

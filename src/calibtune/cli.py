@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from pathlib import Path
@@ -11,28 +10,12 @@ from typing import Annotated, Optional
 import typer
 
 from calibtune.errors import CalibtuneError
+from calibtune.errors import friendly as _friendly
 
 app = typer.Typer(
     help="Teach language models to know what they don't know: train and evaluate uncertainty estimators.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
-
-
-def _friendly(func):
-    """Turn a CalibtuneError into one line on stderr and exit status 2."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except CalibtuneError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
-            raise typer.Exit(130) from None
-
-    return wrapper
 
 
 @app.command()
@@ -49,12 +32,12 @@ def run(
 ) -> None:
     """Run a whole cross-model study and write its run folder (scores, metrics, heatmap, report)."""
     from calibtune.config import load_config
-    from calibtune.matrix import Study
     from calibtune.progress import console
+    from calibtune.study import Study
 
     cfg = load_config(config)
     overrides = {k: v for k, v in {"models": model, "batch_size": batch_size, "seed": seed,
-                                   "device": device, "dtype": dtype}.items() if v}
+                                   "device": device, "dtype": dtype}.items() if v is not None}
     if overrides:
         cfg = cfg.model_validate({**cfg.model_dump(), **overrides})
     out = output_path or Path("runs") / (cfg.name + ("-quick" if quick else ""))
@@ -158,10 +141,9 @@ def answer(
     from calibtune.answer import ClozeSettings, answer_multiple_choice
     from calibtune.data import load_questions
     from calibtune.generate import GenerationSettings
-    from calibtune.grade import grade_multiple_choice
-    from calibtune.graders import get_grader
+    from calibtune.graders import get_grader, grade_answers
     from calibtune.models import load_model
-    from calibtune.open_ended import OpenEndedPrompt, answer_open_ended, grade_answers
+    from calibtune.open_ended import OpenEndedPrompt, answer_open_ended
     from calibtune.records import answers_to_table
 
     every = load_questions(dataset, split=split)
@@ -178,9 +160,9 @@ def answer(
         prompt = OpenEndedPrompt(ClozeSettings().prompt, tuple(exemplars), chat_template)
         graded = grade_answers(answer_open_ended(lm, questions, prompt, generation), questions, rule)
     else:
-        graded = grade_multiple_choice(answer_multiple_choice(lm, questions, ClozeSettings(batch_size=batch_size)), questions)
+        graded = grade_answers(answer_multiple_choice(lm, questions, ClozeSettings(batch_size=batch_size)), questions)
     answers_to_table(graded).to_parquet(output_path, index=False)
-    accuracy = sum(a.correct for a in graded) / len(graded)
+    accuracy = sum(a.label for a in graded) / len(graded)
     typer.echo(f"{len(graded)} answers, accuracy {accuracy:.3f}, written to {output_path}")
 
 
@@ -208,8 +190,14 @@ def grade(
 
     from calibtune.config import JudgeSettings, OpenEndedSettings
     from calibtune.data import load_questions
-    from calibtune.graders import format_agreement, grader_agreement
-    from calibtune.open_ended import build_grader, grade_answers
+    from calibtune.graders import (
+        JudgementCache,
+        build_grader,
+        count_undecided,
+        format_agreement,
+        grade_answers,
+        grader_agreement,
+    )
     from calibtune.records import answers_from_table, answers_to_table
 
     if not answers_path.is_file():
@@ -239,13 +227,21 @@ def grade(
         except ValueError as exc:
             raise CalibtuneError(f"grader {name}: {exc}") from exc
 
-    first = grade_answers(answers, questions, make(grader))
-    accuracy = sum(bool(a.correct) for a in first) / len(first)
-    typer.echo(f"{len(first)} answers graded by {first[0].grader}: accuracy {accuracy:.3f}")
+    def graded(name: str):
+        chosen = make(name)
+        cache = JudgementCache.default() if hasattr(chosen, "grade_batch") else None
+        out = grade_answers(answers, questions, chosen, cache=cache)
+        undecided = count_undecided(out)
+        accuracy = sum(a.label for a in out) / len(out)
+        typer.echo(f"{len(out)} answers graded by {out[0].grader}: accuracy {accuracy:.3f}"
+                   + (f" ({undecided} undecided, counted as wrong)" if undecided else ""))
+        return out
+
+    first = graded(grader)
     if output_path:
         answers_to_table(first).to_parquet(output_path, index=False)
     if compare:
-        second = grade_answers(answers, questions, make(compare))
+        second = graded(compare)
         agreement = grader_agreement([a.correct for a in first], [a.correct for a in second])
         typer.echo(format_agreement(agreement, first[0].grader, second[0].grader, markdown=fmt == "markdown"))
 
@@ -256,6 +252,7 @@ def ask(
     estimator: Annotated[Path, typer.Argument(help="An estimator folder, e.g. runs/default/estimators/lora_prompt/<E>__on__<T>.")],
     question: Annotated[Optional[str], typer.Argument(help="The question; omit to read questions from stdin, one per line.")] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="The answering model (default: the estimator's own model).")] = None,
+    choice: Annotated[Optional[list[str]], typer.Option("--choice", help="An option of a multiple-choice question (repeat for each); needed by estimators trained on multiple-choice answers.")] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="Answer token limit (default: the one the estimator's answers were made with).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per question.")] = False,
     dtype: Annotated[str, typer.Option("--dtype")] = "auto",
@@ -267,7 +264,7 @@ def ask(
     if not estimator.is_dir():
         raise CalibtuneError(f"estimator folder {estimator} not found")
     questions = [question] if question is not None else sys.stdin.read().splitlines()
-    for item in ask_questions(estimator, questions, model, max_new_tokens, dtype, device):
+    for item in ask_questions(estimator, questions, model, max_new_tokens, dtype, device, choice or ()):
         if as_json:
             typer.echo(json.dumps(item.__dict__))
         else:
@@ -322,86 +319,9 @@ def compare(
     typer.echo(f"\nA = {run_a}, B = {run_b}; intervals: 95% bootstrap, * where they exclude 0")
 
 
-cache_app = typer.Typer(help="Show and clean the artifact store (cached answers, features and cells).",
-                        no_args_is_help=True)
+from calibtune.cache_cli import cache_app  # noqa: E402 (the subcommands register on import)
+
 app.add_typer(cache_app, name="cache")
-
-
-def _human(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GiB"
-
-
-def _store():
-    from calibtune.models import cache_dir
-    from calibtune.store import ArtifactStore
-
-    return ArtifactStore(cache_dir() / "store")
-
-
-@cache_app.command("ls")
-@_friendly
-def cache_ls(stage: Annotated[Optional[str], typer.Option("--stage", help="Only this stage (answers, features, cell).")] = None) -> None:
-    """List the stored artifacts: stage, key, size, age and what they belong to."""
-    import time
-
-    from calibtune.store import list_artifacts
-
-    store = _store()
-    rows = [a for a in list_artifacts(store) if stage in (None, a.stage)]
-    typer.echo(f"store: {store.root}  ({len(rows)} artifacts)")
-    now = time.time()
-    for a in rows:
-        age = (now - a.modified) / 3600
-        typer.echo(f"{a.stage:9} {a.key[:12]:12} {_human(a.size):>10} {age:7.1f} h  {a.summary}")
-
-
-@cache_app.command("du")
-@_friendly
-def cache_du() -> None:
-    """Disk use of the store, per stage, and of the converted models."""
-    from calibtune.models import cache_dir
-    from calibtune.store import folder_size, list_artifacts
-
-    totals: dict[str, list[int]] = {}
-    for a in list_artifacts(_store()):
-        entry = totals.setdefault(a.stage, [0, 0])
-        entry[0] += 1
-        entry[1] += a.size
-    for stage, (count, size) in sorted(totals.items()):
-        typer.echo(f"{stage:9} {count:5} artifacts {_human(size):>10}")
-    models = cache_dir() / "models"
-    if models.is_dir():
-        typer.echo(f"{'models':9} {len(list(models.iterdir())):5} folders   {_human(folder_size(models)):>10}")
-    typer.echo(f"total {_human(folder_size(cache_dir())) if cache_dir().is_dir() else '0 B'} in {cache_dir()}")
-
-
-@cache_app.command("prune")
-@_friendly
-def cache_prune(
-    stage: Annotated[Optional[str], typer.Option("--stage", help="Only this stage.")] = None,
-    older_than: Annotated[Optional[float], typer.Option("--older-than", help="Only artifacts older than this many days.")] = None,
-    incomplete: Annotated[bool, typer.Option("--incomplete", help="Only leftovers of interrupted writes.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would go, remove nothing.")] = False,
-) -> None:
-    """Remove stored artifacts (all of them unless filtered); a rerun recomputes what it needs."""
-    import time
-
-    from calibtune.store import list_artifacts, remove_artifact
-
-    now = time.time()
-    chosen = [a for a in list_artifacts(_store()) if stage in (None, a.stage)
-              and (older_than is None or now - a.modified > older_than * 86400)
-              and (not incomplete or not a.complete)]
-    freed = sum(a.size for a in chosen)
-    for a in chosen:
-        if not dry_run:
-            remove_artifact(a)
-    verb = "would remove" if dry_run else "removed"
-    typer.echo(f"{verb} {len(chosen)} artifacts, {_human(freed)}")
 
 
 def main() -> None:  # pragma: no cover - the console script entry point

@@ -1,37 +1,26 @@
-"""The study config: YAML in, validated pydantic model, resolved YAML out."""
+"""The study config: YAML in, validated pydantic model, resolved YAML out.
+
+Study-level settings are declared here; each registered method adds its own section
+(``probe:``, ``lora_prompt:``, ...) from its config model in ``calibtune.methods``.
+Nothing here imports torch: reading and checking a config is cheap.
+"""
 
 from __future__ import annotations
 
-import difflib
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
-from calibtune.answer import DEFAULT_PROMPT
 from calibtune.errors import CalibtuneError, first_line
-from calibtune.estimators.adapters import LoraSettings, TrainSettings
-from calibtune.estimators.lora_head import LoraHeadConfig
-from calibtune.estimators.lora_prompt import LoraPromptConfig
-from calibtune.estimators.probe import ProbeConfig
-from calibtune.estimators.query import DEFAULT_OPTIONS, DEFAULT_QUERY, QueryPrompt
+from calibtune.methods import MATRIX_METHODS, METHODS
+from calibtune.prompts import DEFAULT_PROMPT
+from calibtune.settings import Settings as _Strict
+from calibtune.settings import suggest as _suggest
 
-# Methods with an estimator model: one cell per (estimator model E, answering model T).
-MATRIX_METHODS = ("probe", "lora", "lora_prompt", "zero_shot")
-# Methods read off the answering model itself: one value per answering model.
-# likelihood: exp(summed log-probability of the answer); perplexity: exp(mean token
-# log-probability) = 1 / perplexity; verbalized: the model's stated probability;
-# sampling: the share of sampled answers equivalent to the greedy one (open-ended only).
-BASELINE_METHODS = ("option_confidence", "likelihood", "perplexity", "verbalized", "sampling")
-MC_ONLY_METHODS = ("option_confidence",)
-OPEN_ENDED_ONLY_METHODS = ("sampling",)
 GRADER_NAMES = ("exact", "contains", "numeric", "judge")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Selection(_Strict):
@@ -52,85 +41,6 @@ class FeatureSettings(_Strict):
     token: Literal["last", "mean"] = "last"
 
 
-class ProbeSettings(_Strict):
-    """The Probe's settings (see ``calibtune.estimators.probe.ProbeConfig``)."""
-
-    layer: Literal["auto", "last"] | int = "auto"
-    hidden_size: int = 64
-    dropout: float = 0.1
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-2
-    batch_size: int = 64
-    max_epochs: int = 200
-    patience: int = 20
-    val_fraction: float = 0.2
-
-    def to_config(self, seed: int) -> ProbeConfig:
-        """The estimator's own config dataclass."""
-        return ProbeConfig(seed=seed, **self.model_dump())
-
-
-class AdapterSettings(_Strict):
-    """LoRA adapters and their training, shared by the LoRA and LoRA + Prompt methods."""
-
-    r: int = 8
-    alpha: int = 32
-    dropout: float = 0.1
-    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
-    layers: Literal["all", "top_half"] = "all"
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    batch_size: int = Field(8, ge=1)
-    epochs: float = Field(1.0, gt=0)
-    max_steps: int | None = Field(None, ge=1)
-    max_train_examples: int | None = Field(800, ge=2, description="a seeded sample of the training answers")
-    warmup_fraction: float = 0.05
-    eval_every: int = Field(20, ge=1)
-    patience: int = Field(4, ge=1)
-    val_fraction: float = Field(0.2, gt=0, lt=1)
-
-    def lora(self) -> LoraSettings:
-        """peft settings."""
-        return LoraSettings(r=self.r, alpha=self.alpha, dropout=self.dropout, target_modules=tuple(self.target_modules),
-                            layers=self.layers)
-
-    def training(self, seed: int) -> TrainSettings:
-        """Loop settings."""
-        return TrainSettings(learning_rate=self.learning_rate, weight_decay=self.weight_decay,
-                             batch_size=self.batch_size, epochs=self.epochs, max_steps=self.max_steps,
-                             warmup_fraction=self.warmup_fraction, eval_every=self.eval_every,
-                             patience=self.patience, seed=seed)
-
-
-class LoraPromptSettings(AdapterSettings):
-    """LoRA + Prompt (calibration tuning): the query, and the divergence that regularises it."""
-
-    query: str = DEFAULT_QUERY
-    options: tuple[str, str] = DEFAULT_OPTIONS
-    kl_weight: float = Field(1.0, ge=0)
-    divergence: Literal["js", "forward_kl", "reverse_kl"] = "js"
-
-    def to_config(self, seed: int) -> LoraPromptConfig:
-        """The estimator's own config dataclass."""
-        return LoraPromptConfig(lora=self.lora(), train=self.training(seed),
-                                query=QueryPrompt(self.query, self.options),
-                                kl_weight=self.kl_weight, divergence=self.divergence,
-                                val_fraction=self.val_fraction, seed=seed)
-
-
-class LoraHeadSettings(AdapterSettings):
-    """LoRA: the Probe's head on a hidden state with adapters trained jointly."""
-
-    layer: int = Field(-1, description="hidden-state layer; -1 means the middle layer")
-    hidden_size: int = 64
-    head_dropout: float = 0.1
-
-    def to_config(self, seed: int) -> LoraHeadConfig:
-        """The estimator's own config dataclass."""
-        return LoraHeadConfig(layer=self.layer, hidden_size=self.hidden_size, dropout=self.head_dropout,
-                              lora=self.lora(), train=self.training(seed), val_fraction=self.val_fraction, seed=seed)
-
-
 class JudgeSettings(_Strict):
     """The language-model judge: a local model, or an OpenAI-compatible chat endpoint."""
 
@@ -140,6 +50,7 @@ class JudgeSettings(_Strict):
     api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the key (never saved)")
     timeout: float = Field(30.0, gt=0)
     max_retries: int = Field(5, ge=0)
+    max_new_tokens: int = Field(8, ge=1, description="a local judge's reply length")
 
 
 class OpenEndedSettings(_Strict):
@@ -162,20 +73,6 @@ class OpenEndedSettings(_Strict):
         return grader
 
 
-class SamplingSettings(_Strict):
-    """The sampling-consistency baseline."""
-
-    k: int = Field(5, ge=1)
-    temperature: float = Field(1.0, gt=0)
-    max_new_tokens: int = Field(24, ge=1)
-
-
-class VerbalizedSettings(_Strict):
-    """The verbalized-confidence baseline."""
-
-    max_new_tokens: int = Field(8, ge=1)
-
-
 class ReportSettings(_Strict):
     """How metrics are summarised: bootstrap resamples, interval level, calibration bins."""
 
@@ -192,8 +89,8 @@ class QuickSettings(_Strict):
     adapter_steps: int = 8
 
 
-class StudyConfig(_Strict):
-    """A whole cross-model study."""
+class _StudySettings(_Strict):
+    """The study-level settings; ``StudyConfig`` adds one section per registered method."""
 
     name: str = "study"
     seed: int = 0
@@ -211,24 +108,18 @@ class StudyConfig(_Strict):
     heatmap: list[str] = Field(default_factory=lambda: ["probe", "lora_prompt"],
                                description="matrix methods drawn as heatmap panels (those that ran)")
     features: FeatureSettings = FeatureSettings()
-    probe: ProbeSettings = ProbeSettings()
-    lora_prompt: LoraPromptSettings = LoraPromptSettings()
-    lora: LoraHeadSettings = LoraHeadSettings()
-    zero_shot_calibration: int = Field(200, ge=0, description="training answers used to fit the zero-shot "
-                                       "query's temperature (a seeded sample)")
+    zero_shot_calibration: int = Field(200, ge=0, description="training answers used to fit the temperature of "
+                                       "methods that hold none out (zero-shot query, verbalized, sampling)")
     temperature_scaling: bool = True
     open_ended: OpenEndedSettings = OpenEndedSettings()
-    sampling: SamplingSettings = SamplingSettings()
-    verbalized: VerbalizedSettings = VerbalizedSettings()
     report: ReportSettings = ReportSettings()
     quick: QuickSettings = QuickSettings()
 
     @model_validator(mode="after")
-    def _methods_fit_the_task(self) -> StudyConfig:
-        wrong = MC_ONLY_METHODS if self.task == "open_ended" else OPEN_ENDED_ONLY_METHODS
-        for method in self.methods:
-            if method in wrong:
-                raise ValueError(f"method '{method}' does not apply to task {self.task}")
+    def _methods_fit_the_task(self) -> Any:
+        for name in self.methods:
+            if self.task not in METHODS[name].tasks:
+                raise ValueError(f"method '{name}' does not apply to task {self.task}")
         judge = self.open_ended.judge
         if self.task == "open_ended" and self.open_ended.grader == "judge":
             if judge is None or not (judge.model or (judge.base_url and judge.api_model)):
@@ -238,13 +129,21 @@ class StudyConfig(_Strict):
             raise ValueError("open_ended.shots needs open_ended.exemplars (where the exemplars come from)")
         return self
 
+    @field_validator("models")
+    @classmethod
+    def _distinct_models(cls, models: list[str]) -> list[str]:
+        repeated = [m for i, m in enumerate(models) if m in models[:i]]
+        if repeated:
+            raise ValueError(f"model '{repeated[0]}' is listed twice")
+        return models
+
     @field_validator("methods")
     @classmethod
     def _known_methods(cls, methods: list[str]) -> list[str]:
-        known = MATRIX_METHODS + BASELINE_METHODS
         for method in methods:
-            if method not in known:
-                raise ValueError(f"unknown method '{method}'{_suggest(method, known)}; known: {', '.join(known)}")
+            if method not in METHODS:
+                raise ValueError(f"unknown method '{method}'{_suggest(method, list(METHODS))}; known: "
+                                 f"{', '.join(METHODS)}")
         return methods
 
     @field_validator("heatmap")
@@ -271,9 +170,16 @@ class StudyConfig(_Strict):
         return prompt
 
 
-def _suggest(word: str, options: tuple[str, ...] | list[str]) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+StudyConfig = create_model(
+    "StudyConfig", __base__=_StudySettings, __module__=__name__,
+    __doc__="A whole cross-model study: the study-level settings and a section per registered method.",
+    **{name: (method.config, method.config()) for name, method in METHODS.items() if method.config is not None},
+)
+
+
+def method_settings(config: StudyConfig, name: str) -> _Strict | None:
+    """A method's own section of the config (None for a method without settings)."""
+    return getattr(config, name) if METHODS[name].config is not None else None
 
 
 def _explain(error: ValidationError, source: str) -> str:

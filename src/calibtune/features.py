@@ -6,10 +6,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from calibtune.answer import format_prompt
 from calibtune.forward import encode_texts, hidden_features
 from calibtune.models import LoadedModel
 from calibtune.progress import progress_bar
+from calibtune.prompts import format_prompt
 from calibtune.records import Question
 
 AUTO_DEPTHS = (0.25, 0.5, 0.75, 1.0)

@@ -13,9 +13,29 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from calibtune.models import LoadedModel
+from calibtune.errors import CalibtuneError
+from calibtune.models import LoadedModel, context_limit
 
 Progress = Callable[[int], None]
+
+
+def check_lengths(lm: LoadedModel, lengths: Sequence[int], names: Sequence[str] | None = None,
+                  reserve: int = 0) -> None:
+    """Refuse, in one line, a sequence longer than the model reads (``reserve`` tokens more are to be generated).
+
+    A longer sequence would be silently cut or run past the model's position embeddings;
+    the study stops instead and names the question, so it can be left out.
+    """
+    limit = context_limit(lm)
+    if limit is None:
+        return
+    for i, n in enumerate(lengths):
+        if n + reserve > limit:
+            what = f"question {names[i]}" if names is not None else f"sequence {i + 1} of {len(lengths)}"
+            extra = f" and {reserve} more to generate" if reserve else ""
+            raise CalibtuneError(f"{what} takes {n} tokens{extra}, more than model '{lm.name}' reads ({limit}): "
+                                 "leave it out of the study (a selection's start/stop) or use a model with a "
+                                 "longer context")
 
 
 @dataclass(frozen=True)
@@ -97,6 +117,7 @@ def continuation_logprobs(
     progress: Progress | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Summed log-likelihood of each sequence's continuation, and its token count."""
+    check_lengths(lm, [len(s.ids) for s in seqs])
     sums = np.zeros(len(seqs), dtype=np.float64)
     counts = np.array([s.n_target for s in seqs], dtype=np.int64)
     pad_id = lm.tokenizer.pad_token_id
@@ -132,7 +153,7 @@ def _sliding_window(model) -> int | None:
 
 def option_logprobs(
     lm: LoadedModel, contexts: Sequence[Sequence[int]], options: Sequence[Sequence[Sequence[int]]],
-    batch_size: int = 16, progress: Progress | None = None,
+    batch_size: int = 16, progress: Progress | None = None, names: Sequence[str] | None = None,
 ) -> list[np.ndarray]:
     """Summed log-likelihood of each option continuing its question's context.
 
@@ -144,6 +165,7 @@ def option_logprobs(
     out: list[np.ndarray] = [np.zeros(len(opts)) for opts in options]
     window = _sliding_window(lm.model)
     total = [len(c) + max(len(o) for o in opts) for c, opts in zip(contexts, options)]
+    check_lengths(lm, total, names)
     long = [i for i, n in enumerate(total) if window and n > window]
     if long:
         pairs = [Encoded(tuple(contexts[i]) + tuple(o), len(o)) for i in long for o in options[i]]
@@ -203,6 +225,7 @@ def hidden_features(
     """
     if token not in ("last", "mean"):
         raise ValueError(f"unknown token position '{token}': use last or mean")
+    check_lengths(lm, [len(s.ids) for s in seqs])
     out: np.ndarray | None = None
     pad_id = lm.tokenizer.pad_token_id
     base = lm.model.get_decoder()

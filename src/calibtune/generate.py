@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from calibtune.forward import length_batches
+from calibtune.forward import check_lengths, length_batches
 from calibtune.models import LoadedModel
 
 Progress = Callable[[int], None]
@@ -42,11 +42,6 @@ class Generated:
     token_ids: tuple[int, ...]
     token_logprobs: tuple[float, ...]
 
-    @property
-    def mean_logprob(self) -> float:
-        """Mean token log-probability (0.0 for an empty answer)."""
-        return sum(self.token_logprobs) / len(self.token_logprobs) if self.token_logprobs else 0.0
-
 
 def encode_prompts(lm: LoadedModel, prompts: Sequence[str], special_tokens: bool = True) -> list[list[int]]:
     """Token ids of each prompt; ``special_tokens=False`` for texts that already carry them (chat templates)."""
@@ -57,9 +52,9 @@ def encode_prompts(lm: LoadedModel, prompts: Sequence[str], special_tokens: bool
 
 def generate_answers(lm: LoadedModel, prompt_ids: Sequence[Sequence[int]],
                      settings: GenerationSettings = GenerationSettings(), progress: Progress | None = None,
-                     ) -> list[Generated]:
-    """The greedy answer to each prompt."""
-    return [samples[0] for samples in _generate(lm, prompt_ids, settings, 1, None, progress)]
+                     names: Sequence[str] | None = None) -> list[Generated]:
+    """The greedy answer to each prompt (``names`` name the prompts in errors)."""
+    return [samples[0] for samples in _generate(lm, prompt_ids, settings, 1, None, progress, names)]
 
 
 def sample_answers(lm: LoadedModel, prompt_ids: Sequence[Sequence[int]], k: int, temperature: float = 1.0,
@@ -73,8 +68,11 @@ def sample_answers(lm: LoadedModel, prompt_ids: Sequence[Sequence[int]], k: int,
 
 
 def _generate(lm: LoadedModel, prompt_ids: Sequence[Sequence[int]], settings: GenerationSettings, k: int,
-              temperature: float | None, progress: Progress | None) -> list[list[Generated]]:
+              temperature: float | None, progress: Progress | None,
+              names: Sequence[str] | None = None) -> list[list[Generated]]:
     from transformers import GenerationConfig
+
+    check_lengths(lm, [len(p) for p in prompt_ids], names, reserve=settings.max_new_tokens)
 
     tok = lm.tokenizer
     eos = tok.eos_token_id
@@ -134,8 +132,9 @@ def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch
 
 
 def _cut(tokenizer, ids: list[int], logprobs: list[float], stop: str, eos: int | list[int] | None) -> Generated:
-    """The answer before the stop string (or EOS): a token that holds the stop string is kept
-    only if it also carries answer text before it."""
+    """The answer before the stop string (or EOS), after any leading whitespace: an answer that starts with
+    a newline (instruct models often do) is read from its first visible text. A token that holds the stop
+    string is kept only if it also carries answer text before it."""
     eos_ids = set(_eos_list(eos))
     kept: list[int] = []
     text = ""
@@ -143,8 +142,9 @@ def _cut(tokenizer, ids: list[int], logprobs: list[float], stop: str, eos: int |
         if token in eos_ids:
             break
         candidate = tokenizer.decode(kept + [token], skip_special_tokens=True)
-        if stop and stop in candidate:
-            head = candidate.split(stop, 1)[0]
+        visible = candidate.lstrip()
+        if stop and stop in visible:
+            head = candidate[: len(candidate) - len(visible)] + visible.split(stop, 1)[0]
             if head.strip() != text.strip():
                 kept.append(token)
                 text = head

@@ -341,19 +341,83 @@ def list_models() -> list[ModelListing]:
 
 
 def model_fingerprint(name: str) -> str:
-    """A string that changes when the model's weights may have changed, for cache keys.
+    """A string that changes when the model's weights may have changed, for cache keys and saved estimators.
 
-    Bundled models are named by their pinned hash; a local folder by its files' names,
-    sizes and modification times; a hub id by itself.
+    Bundled models are named by their pinned hash; a local folder by the sha256 of its
+    files (names and contents, so a copied or moved folder keeps its fingerprint; each
+    file's hash is remembered by size and modification time, so only changed files are
+    read again); a Hugging Face id by its resolved revision (the commit hash of the
+    snapshot in the local hub cache, else of the hub's current revision).
     """
     if name in BUNDLED:
         return f"bundled:{BUNDLED[name].sha256}"
     path = Path(name).expanduser()
     if path.is_dir():
-        stats = sorted((f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in path.iterdir() if f.is_file())
-        digest = hashlib.sha256(json.dumps(stats).encode()).hexdigest()
-        return f"path:{path.resolve()}:{digest[:16]}"
-    return f"hub:{name}"
+        files = sorted(f for f in path.iterdir() if f.is_file() and not f.name.startswith("."))
+        digest = hashlib.sha256(json.dumps([(f.name, _file_sha256(f)) for f in files]).encode()).hexdigest()
+        return f"folder:{digest[:32]}"
+    return f"hub:{name}@{_hub_revision(name) or 'unresolved'}"
+
+
+def _file_sha256(path: Path) -> str:
+    """sha256 of a file's content, remembered in the cache by (path, size, mtime)."""
+    memo_path = cache_dir() / "file-hashes.json"
+    stat = path.stat()
+    key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if key not in memo:
+        memo[key] = sha256_of(path)
+        try:  # best effort: a read-only cache only costs a re-hash next time
+            memo_path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".file-hashes-", dir=memo_path.parent)
+            with os.fdopen(fd, "w") as handle:
+                json.dump(memo, handle)
+            os.replace(tmp, memo_path)
+        except OSError:
+            pass
+    return memo[key]
+
+
+def _hub_revision(repo_id: str) -> str | None:
+    """The commit hash a hub id resolves to: the local hub cache's snapshot, else the hub's answer."""
+    from huggingface_hub import HfApi, snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True)).name
+    except Exception:  # not in the local cache (huggingface_hub raises several kinds)
+        pass
+    try:
+        return HfApi().model_info(repo_id, timeout=10).sha
+    except Exception:  # offline, unknown id, or no access: loading the model will say why
+        return None
+
+
+def model_reference(name: str) -> str:
+    """How a saved estimator names its model so that it loads from any working folder: a local
+    folder by its absolute path, a bundled name or hub id as it is."""
+    if name in BUNDLED:
+        return name
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name
+
+
+def model_slugs(names: list[str]) -> dict[str, str]:
+    """A distinct folder name for each model ("org-a/Llama-3-8B" -> "org-a--Llama-3-8B" when another
+    model is also called Llama-3-8B; else just "Llama-3-8B")."""
+    from calibtune.naming import distinct_short_names
+
+    short = distinct_short_names(names, sep="--")
+    return {n: "".join(c if c.isalnum() or c in "-._" else "_" for c in s) for n, s in short.items()}
+
+
+def context_limit(lm: LoadedModel) -> int | None:
+    """The longest sequence the model reads (its position embeddings), or None when it sets no limit."""
+    config = getattr(lm.model.config, "text_config", None) or lm.model.config
+    limit = getattr(config, "max_position_embeddings", None)
+    return int(limit) if limit else None
 
 
 def model_num_layers(name: str) -> int:

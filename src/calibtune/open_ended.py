@@ -15,24 +15,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from calibtune.answer import format_prompt
 from calibtune.errors import CalibtuneError
 from calibtune.generate import GenerationSettings, encode_prompts, generate_answers, sample_answers
 from calibtune.models import LoadedModel
 from calibtune.progress import progress_bar
+from calibtune.prompts import format_prompt
 from calibtune.records import Answer, Question
-from calibtune.verbalized import parse_confidence, verbalized_prompt
+from calibtune.verbalized import VERBALIZED_PROMPT, parse_confidence, verbalized_prompt
 
 Progress = Callable[[int], None]
 
 
 def references_of(question: Question) -> tuple[str, ...]:
-    """The reference answers: an open-ended question's aliases, or a multiple choice question's gold option."""
-    if question.references:
-        return question.references
-    if question.is_multiple_choice and question.gold is not None:
-        return (question.choices[question.gold],)
-    raise ValueError(f"question {question.id} has no reference answer")
+    """The reference answers (an open-ended question's aliases, or a multiple choice question's gold
+    option); a question with none is an error, since an exemplar must show its answer."""
+    references = question.reference_answers()
+    if not references:
+        raise CalibtuneError(f"question {question.id} has no reference answer")
+    return references
 
 
 @dataclass(frozen=True)
@@ -71,11 +71,12 @@ def answer_open_ended(lm: LoadedModel, questions: Sequence[Question], prompt: Op
                       settings: GenerationSettings, progress: Progress | None = None) -> list[Answer]:
     """The model's greedy (ungraded) answer to each question, with its token log-probabilities."""
     ids = prompt.texts(lm, questions)
+    names = [q.id for q in questions]
     if progress is None:
         with progress_bar(f"generate {lm.name}", len(questions)) as advance:
-            generated = generate_answers(lm, ids, settings, advance)
+            generated = generate_answers(lm, ids, settings, advance, names)
     else:
-        generated = generate_answers(lm, ids, settings, progress)
+        generated = generate_answers(lm, ids, settings, progress, names)
     return [Answer(question_id=q.id, model=lm.name, text=g.text, logprob=float(sum(g.token_logprobs)),
                    token_logprobs=tuple(map(float, g.token_logprobs))) for q, g in zip(questions, generated)]
 
@@ -97,9 +98,10 @@ def perplexity_confidence(answer: Answer) -> float:
 
 
 def verbalized_confidence(lm: LoadedModel, questions: Sequence[Question], answers: Sequence[Answer],
-                          max_new_tokens: int = 8, batch_size: int = 16) -> tuple[np.ndarray, list[str]]:
+                          max_new_tokens: int = 8, batch_size: int = 16,
+                          template: str = VERBALIZED_PROMPT) -> tuple[np.ndarray, list[str]]:
     """The model's stated probability that its answer is right (NaN where the reply has none), and the replies."""
-    texts = [verbalized_prompt(q.text, a.text) for q, a in zip(questions, answers)]
+    texts = [verbalized_prompt(q.text, a.text, template) for q, a in zip(questions, answers)]
     settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
     with progress_bar(f"verbalized {lm.name}", len(texts)) as advance:
         replies = generate_answers(lm, encode_prompts(lm, texts), settings, advance)
@@ -115,71 +117,6 @@ def sampling_consistency(lm: LoadedModel, questions: Sequence[Question], answers
     with progress_bar(f"sample {lm.name} x{k}", len(questions)) as advance:
         samples = sample_answers(lm, ids, k, temperature, seed, settings, advance)
     return np.array([np.mean([equivalent(s.text, a.text) for s in group]) for group, a in zip(samples, answers)])
-
-
-def build_grader(settings, dtype: str = "auto", device: str = "auto", batch_size: int = 16):
-    """The grader an ``OpenEndedSettings`` names: a rule-based one, a local-model judge, or an HTTP judge."""
-    from calibtune.graders import HttpJudge, get_grader
-
-    if settings.grader != "judge":
-        return get_grader(settings.grader)
-    judge = settings.judge
-    if judge.base_url:
-        return HttpJudge(base_url=judge.base_url, model=judge.api_model, api_key_env=judge.api_key_env,
-                         timeout=judge.timeout, max_retries=judge.max_retries)
-    return local_judge(judge.model, dtype, device, batch_size)
-
-
-def local_judge(model: str, dtype: str = "auto", device: str = "auto", batch_size: int = 16, max_new_tokens: int = 8):
-    """A judge backed by a local model's greedy replies (loaded on first use)."""
-    from calibtune.graders import LocalJudge
-    from calibtune.models import load_model
-
-    loaded: list[LoadedModel] = []
-
-    def reply(prompts: list[str]) -> list[str]:
-        if not loaded:
-            loaded.append(load_model(model, dtype=dtype, device=device))
-        lm = loaded[0]
-        settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
-        if getattr(lm.tokenizer, "chat_template", None):  # an instruct model: ask in its own format
-            texts = [lm.tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                                      add_generation_prompt=True) for p in prompts]
-            ids = encode_prompts(lm, texts, special_tokens=False)
-        else:  # a base model: give it the start of the reply to continue
-            ids = encode_prompts(lm, [p + "\nAnswer:" for p in prompts])
-        return [g.text for g in generate_answers(lm, ids, settings)]
-
-    return LocalJudge(generate=reply, name=model, batch_size=batch_size)
-
-
-def grader_identity(grader) -> dict:
-    """What identifies a grader's verdicts (for cache keys): its name, and a judge's identity."""
-    identity = getattr(grader, "identity", None)
-    return {"name": grader.name, **(identity() if callable(identity) else {})}
-
-
-def grade_answers(answers: Sequence[Answer], questions: Sequence[Question], grader) -> list[Answer]:
-    """Grade open-ended answers (multiple choice questions are graded against their gold option's text).
-
-    Judgements are cached on disk, so a failed run resumes without asking again. A verdict
-    the grader could not reach (``correct`` None) counts as wrong: the answer was not shown right.
-    """
-    import dataclasses
-
-    from calibtune.graders import JudgementCache
-    from calibtune.graders import grade_answers as grade_with
-
-    with_refs = [q if q.references else dataclasses.replace(q, references=references_of(q)) for q in questions]
-    cache = JudgementCache.default() if hasattr(grader, "grade_batch") else None
-    if cache is not None:
-        with progress_bar(f"judge {grader.name}", len(answers)) as advance:
-            graded = grade_with(answers, with_refs, grader, cache=cache, progress=advance)
-    else:
-        graded = grade_with(answers, with_refs, grader)
-    return [a if a.correct is not None else dataclasses.replace(a, correct=False,
-                                                                grader_output=f"undecided: {a.grader_output}")
-            for a in graded]
 
 
 def equivalence(grader) -> Callable[[str, str], bool]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,26 @@ class Question:
         """True when the question has options to choose from."""
         return len(self.choices) > 0
 
+    def reference_answers(self) -> tuple[str, ...]:
+        """The answers that count as right: the references, or else the gold option's text (empty if neither)."""
+        if self.references:
+            return self.references
+        if self.is_multiple_choice and self.gold is not None:
+            return (self.choices[self.gold],)
+        return ()
+
+    def content(self) -> dict[str, Any]:
+        """Every field, as plain data: what a cache key that depends on this question hashes."""
+        return asdict(self)
+
+    def seen(self, with_choices: bool) -> dict[str, Any]:
+        """What an answering model is shown of the question (the text, and the options when it chooses
+        among them); its gold answer and references are not, so they are left out."""
+        shown: dict[str, Any] = {"id": self.id, "text": self.text}
+        if with_choices:
+            shown["choices"] = list(self.choices)
+        return shown
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -54,6 +75,16 @@ class Answer:
     grader_output: str = ""
     token_logprobs: tuple[float, ...] = ()
 
+    @property
+    def label(self) -> int:
+        """1 when graded correct, else 0: an answer the grader left undecided (``correct`` None) was
+        not shown to be right, so it counts as wrong wherever a label is needed."""
+        return int(self.correct is True)
+
+    def content(self) -> dict[str, Any]:
+        """Every field, as plain data (for cache keys)."""
+        return asdict(self)
+
 
 def answers_to_table(answers: list[Answer]):
     """Answers as a pandas DataFrame, one row each (tuples become lists)."""
@@ -76,6 +107,7 @@ def answers_from_table(table) -> list[Answer]:
         tokens = row.get("token_logprobs")
         row["token_logprobs"] = () if tokens is None or tokens is pd.NA else tuple(float(x) for x in tokens)
         row["choice"] = None if row["choice"] is None or row["choice"] != row["choice"] else int(row["choice"])
-        row["correct"] = None if row["correct"] is None else bool(row["correct"])
+        correct = row["correct"]
+        row["correct"] = None if correct is None or correct is pd.NA or correct != correct else bool(correct)
         out.append(Answer(**row))
     return out

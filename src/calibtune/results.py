@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from calibtune.bootstrap import bootstrap_table, paired_table, subject_breakdown
-from calibtune.config import BASELINE_METHODS, MATRIX_METHODS, StudyConfig
+from calibtune.config import StudyConfig
+from calibtune.methods import ANSWERER_METHODS, MATRIX_METHODS, METHODS
 from calibtune.metrics import metrics_table
 
 KEYS = ["method", "model", "trained_on", "evaluated_on"]
@@ -51,9 +52,9 @@ def comparison_pairs(methods: list[str]) -> list[tuple[str, str]]:
 
 
 def ordered_methods(config: StudyConfig, scores: pd.DataFrame) -> list[str]:
-    """The methods that have scores, matrix methods first, in the config's order."""
+    """The methods that have scores, in the registry's order (matrix methods first)."""
     present = set(scores.method)
-    return [m for m in (*MATRIX_METHODS, *BASELINE_METHODS) if m in config.methods and m in present]
+    return [m for m in METHODS if m in config.methods and m in present]
 
 
 def write_results(output: Path, config: StudyConfig, scores: pd.DataFrame, extra: dict | None = None) -> pd.DataFrame:
@@ -94,7 +95,7 @@ def write_results(output: Path, config: StudyConfig, scores: pd.DataFrame, extra
     for old_figure in list(output.glob("reliability_*.*")) + list(output.glob("subjects_auroc.*")):
         old_figure.unlink()
     matrix = [m for m in config.heatmap if m in methods] or [m for m in MATRIX_METHODS if m in methods]
-    baselines = [m for m in BASELINE_METHODS if m in methods]
+    baselines = [m for m in ANSWERER_METHODS if m in methods]
     order = {name: i for i, name in enumerate(config.models)}
     ordered = metrics.sort_values(["model", "trained_on"], key=lambda col: col.map(order))
     if matrix or baselines:

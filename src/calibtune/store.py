@@ -67,6 +67,61 @@ class ArtifactStore:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
 
+    @contextmanager
+    def scratch(self) -> Iterator[Path]:
+        """A temporary folder inside the store (so its files move into an artifact without copying)."""
+        try:
+            (self.root / ".scratch").mkdir(parents=True, exist_ok=True)
+            folder = Path(tempfile.mkdtemp(dir=self.root / ".scratch"))
+        except OSError as exc:
+            raise CalibtuneError(f"cannot write to the artifact store {self.root}: {exc.strerror or exc}") from exc
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    @contextmanager
+    def in_use(self) -> Iterator[None]:
+        """Mark the store as used by a running study (a shared lock, with this process's id beside it);
+        ``exclusive`` fails while any study holds it."""
+        import fcntl
+
+        users = self.root / ".users"
+        try:
+            users.mkdir(parents=True, exist_ok=True)
+            handle = open(self.root / ".in-use.lock", "a+")
+        except OSError as exc:
+            raise CalibtuneError(f"cannot write to the artifact store {self.root}: {exc.strerror or exc}") from exc
+        mark = users / str(os.getpid())
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH)
+            mark.touch()
+            yield
+        finally:
+            mark.unlink(missing_ok=True)
+            handle.close()
+
+    @contextmanager
+    def exclusive(self, action: str) -> Iterator[None]:
+        """Hold the store alone (for removing artifacts); refused while a study is running on it."""
+        import fcntl
+
+        if not self.root.is_dir():
+            yield
+            return
+        handle = open(self.root / ".in-use.lock", "a+")
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pids = sorted(p.name for p in (self.root / ".users").glob("*"))
+                who = f"calibtune pid {', '.join(pids)}" if pids else "a running study"
+                raise CalibtuneError(f"cannot {action}: the store {self.root} is in use by {who}; wait for it "
+                                     "to finish") from None
+            yield
+        finally:
+            handle.close()
+
     def meta(self, stage: str, key: str) -> dict[str, Any]:
         """The artifact's ``meta.json``."""
         return json.loads((self.path(stage, key) / "meta.json").read_text())
@@ -123,12 +178,12 @@ def list_artifacts(store: ArtifactStore) -> list[ArtifactInfo]:
     out = []
     if not store.root.is_dir():
         return out
-    for stage_dir in sorted(p for p in store.root.iterdir() if p.is_dir()):
+    for stage_dir in sorted(p for p in store.root.iterdir() if p.is_dir() and p.name != ".users"):
+        stage = stage_dir.name.lstrip(".")  # .scratch: what interrupted cells were computing
         for folder in sorted(p for p in stage_dir.iterdir() if p.is_dir()):
-            complete = not folder.name.startswith(".") and (folder / "meta.json").is_file()
+            complete = stage != "scratch" and not folder.name.startswith(".") and (folder / "meta.json").is_file()
             key = folder.name.lstrip(".").split("-")[0] if not complete else folder.name
-            out.append(ArtifactInfo(stage_dir.name, key, folder, folder_size(folder), folder.stat().st_mtime,
-                                    complete))
+            out.append(ArtifactInfo(stage, key, folder, folder_size(folder), folder.stat().st_mtime, complete))
     return out
 
 

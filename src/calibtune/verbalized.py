@@ -1,8 +1,8 @@
 """The verbalized-confidence baseline: ask the model how likely its own answer is correct, and read the reply.
 
 ``parse_confidence`` turns a free-text reply into a probability in [0, 1] or None. The
-caller keeps None as "unparsed" and reports how many there were (``summarize_parsed``);
-it must never silently substitute 0.5.
+caller keeps None as "unparsed" and reports how many there were; it must never silently
+substitute 0.5.
 
 Rules, in order:
 
@@ -24,9 +24,7 @@ Rules, in order:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 
-VERBALIZED_PROMPT_VERSION = 1
 VERBALIZED_PROMPT = """\
 Question: {question}
 Proposed answer: {answer}
@@ -35,9 +33,9 @@ How likely is it that the proposed answer is correct? Reply with a single number
 Probability that the answer is correct (0 to 1):"""
 
 
-def verbalized_prompt(question: str, answer: str) -> str:
+def verbalized_prompt(question: str, answer: str, template: str = VERBALIZED_PROMPT) -> str:
     """The prompt asking for the probability that ``answer`` to ``question`` is correct."""
-    return VERBALIZED_PROMPT.format(question=question.strip(), answer=answer.strip())
+    return template.format(question=question.strip(), answer=answer.strip())
 
 
 _NUM = r"(?:\d+(?:\.\d+)?|\.\d+)"
@@ -100,10 +98,3 @@ def parse_confidence(reply: str | None) -> float | None:
     if keyword is not None:
         chosen = next((c for c in candidates if c.start() >= keyword.end()), candidates[0])
     return _candidate_value(chosen, scale)
-
-
-def summarize_parsed(values: Iterable[float | None]) -> tuple[int, int]:
-    """(number parsed, number unparsed) of ``parse_confidence`` results."""
-    values = list(values)
-    unparsed = sum(1 for v in values if v is None)
-    return len(values) - unparsed, unparsed

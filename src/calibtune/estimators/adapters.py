@@ -16,45 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from calibtune.errors import CalibtuneError
+from calibtune.methods.adapters import AdapterConfig
 from calibtune.models import LoadedModel
 from calibtune.progress import console
 
-DEFAULT_TARGETS = ("q_proj", "v_proj")
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """peft LoRA settings (the paper's: rank 8, alpha 32, dropout 0.1 on query and value)."""
-
-    r: int = 8
-    alpha: int = 32
-    dropout: float = 0.1
-    target_modules: tuple[str, ...] = DEFAULT_TARGETS
-    layers: str = "all"  # "all", or "top_half": adapters only on the upper half, so backward stops midway
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """How long and how fast to train."""
-
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    batch_size: int = 8
-    epochs: float = 1.0
-    max_steps: int | None = None
-    warmup_fraction: float = 0.05
-    eval_every: int = 25
-    patience: int = 4  # evaluations without improvement before stopping
-    max_grad_norm: float = 1.0
-    seed: int = 0
-
-
-def settings_from_dict(data: dict) -> tuple[LoraSettings, TrainSettings]:
-    """The ``lora`` and ``train`` settings of a saved estimator's JSON config."""
-    lora = data["lora"]
-    return (LoraSettings(**{**lora, "target_modules": tuple(lora["target_modules"])}),
-            TrainSettings(**data["train"]))
-
+# Where the architecture gives no default: the usual names of attention projections.
+FALLBACK_TARGETS = (("q_proj", "v_proj"), ("qkv_proj",), ("query_key_value",), ("c_attn",), ("Wqkv",))
 
 @dataclass
 class TrainLog:
@@ -68,17 +36,57 @@ class TrainLog:
     seconds: float = 0.0
 
 
-def attach_lora(lm: LoadedModel, settings: LoraSettings, seed: int, layers: Sequence[int] | None = None):
+def linear_module_names(model) -> list[str]:
+    """The distinct last names of the model's linear layers (what LoRA can target), adapted ones included.
+
+    GPT-2 style models build their projections as transformers' ``Conv1D`` (a transposed linear layer).
+    """
+    from transformers.pytorch_utils import Conv1D
+
+    names = set()
+    for name, module in model.named_modules():
+        parts = name.split(".")
+        if not name or parts[-1] == "base_layer" or any(p.startswith("lora_") for p in parts):
+            continue  # peft's own wrappers and adapter weights
+        if isinstance(getattr(module, "base_layer", module), (torch.nn.Linear, Conv1D)):
+            names.add(parts[-1])
+    return sorted(names)
+
+
+def target_modules(lm: LoadedModel, settings: AdapterConfig) -> list[str]:
+    """The module names LoRA adapts: peft's default for the architecture when ``auto``, else the names given,
+    each checked against the model's linear layers (a one-line error names the ones that exist)."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
+
+    present = linear_module_names(lm.model)
+    config = lm.model.config
+    model_type = getattr(getattr(config, "text_config", None) or config, "model_type", config.model_type)
+    if settings.target_modules == "auto":
+        for names in (DEFAULTS.get(model_type) or DEFAULTS.get(config.model_type) or (), *FALLBACK_TARGETS):
+            if names and all(n in present for n in names):
+                return list(names)
+        raise CalibtuneError(f"no default LoRA target modules for model '{lm.name}' ({model_type}); set "
+                             f"target_modules to some of its linear layers: {', '.join(present)}")
+    missing = [n for n in settings.target_modules if n not in present]
+    if missing:
+        raise CalibtuneError(f"LoRA target module '{missing[0]}' is not in model '{lm.name}' ({model_type}); its "
+                             f"linear layers are: {', '.join(present)} (or use target_modules: auto)")
+    return list(settings.target_modules)
+
+
+def attach_lora(lm: LoadedModel, settings: AdapterConfig, seed: int, layers: Sequence[int] | None = None):
     """Wrap the model with fresh LoRA adapters (peft), on ``layers`` only if given; returns the PeftModel."""
     from peft import LoraConfig, get_peft_model
 
     if layers is None and settings.layers == "top_half":
         layers = range(lm.num_layers // 2, lm.num_layers)
-    elif settings.layers not in ("all", "top_half"):
-        raise ValueError(f"unknown adapter layers '{settings.layers}': use all or top_half")
+    from transformers.pytorch_utils import Conv1D
+
     torch.manual_seed(seed)
+    targets = target_modules(lm, settings)
+    transposed = any(isinstance(m, Conv1D) for n, m in lm.model.named_modules() if n.rsplit(".", 1)[-1] in targets)
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=list(settings.target_modules), bias="none",
+                        target_modules=targets, bias="none", fan_in_fan_out=transposed,
                         layers_to_transform=list(layers) if layers is not None else None)
     lm.model.requires_grad_(False)
     with warnings.catch_warnings():  # peft calls a transformers method that transformers 5 deprecates
@@ -163,6 +171,9 @@ def save_checkpoint(folder: Path, current: dict, best: dict | None, opt, sched, 
         for key, value in state.items():
             tensors[f"opt/{index}/{key}"] = value.detach().contiguous().clone()
     tensors["rng/torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():  # dropout on a GPU draws from the CUDA generators
+        for index, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng/cuda/{index}"] = state
     meta = {"param_groups": opt_state["param_groups"], "scheduler": {"last_epoch": sched.last_epoch},
             "numpy_rng": rng.bit_generator.state, "progress": asdict(progress)}
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -195,6 +206,11 @@ def load_checkpoint(folder: Path, opt, sched, rng) -> tuple[dict, dict | None, _
     sched._last_lr = [group["lr"] for group in opt.param_groups]
     rng.bit_generator.state = meta["numpy_rng"]
     torch.set_rng_state(tensors["rng/torch"])
+    cuda = [tensors[f"rng/cuda/{i}"] for i in range(sum(name.startswith("rng/cuda/") for name in tensors))]
+    if cuda:
+        if not torch.cuda.is_available() or torch.cuda.device_count() != len(cuda):
+            raise CalibtuneError(f"checkpoint {folder} was written on {len(cuda)} CUDA devices; resume it on as many")
+        torch.cuda.set_rng_state_all(cuda)
     raw = meta["progress"]
     log = TrainLog(**{**raw["log"], "val_loss": [tuple(x) for x in raw["log"]["val_loss"]]})
     progress = _Progress(raw["step"], raw["since"], raw["order"], raw["running"], log, raw["has_best"])
@@ -209,7 +225,8 @@ def train_loop(
     val_loss: Callable[[], float],
     get_state: Callable[[], dict],
     set_state: Callable[[dict], None],
-    settings: TrainSettings,
+    settings: AdapterConfig,
+    seed: int,
     description: str,
     checkpoint: Path | None = None,
 ) -> TrainLog:
@@ -239,8 +256,8 @@ def train_loop(
         total = min(total, settings.max_steps)
     opt = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     sched = get_cosine_schedule_with_warmup(opt, int(settings.warmup_fraction * total), total)
-    rng = np.random.default_rng(settings.seed)
-    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
     log = TrainLog()
     start = time.perf_counter()
     best_state, since, order, first, running = None, 0, np.array([], dtype=np.int64), 1, None
@@ -299,4 +316,26 @@ def load_adapters(lm: LoadedModel, folder: Path):
     from peft import PeftModel
 
     lm.model.requires_grad_(False)
-    return PeftModel.from_pretrained(lm.model, str(folder), is_trainable=False)
+    with warnings.catch_warnings():  # peft calls a transformers method that transformers 5 deprecates
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return PeftModel.from_pretrained(lm.model, str(folder), is_trainable=False)
+
+
+def saved_config(config_type: type[AdapterConfig], info: dict) -> tuple[AdapterConfig, int]:
+    """The config and seed recorded in a saved adapter estimator's JSON.
+
+    Reads calibtune 0.1's layout too, which nested the settings as ``lora``, ``train``
+    and ``query`` and called the LoRA head's dropout ``dropout``.
+    """
+    data = dict(info["config"])
+    seed = int(info.get("seed", data.get("seed", 0)))
+    if "lora" in data and "train" in data:
+        top = {k: v for k, v in data.items() if k not in ("lora", "train", "query", "seed")}
+        if "dropout" in top:
+            top["head_dropout"] = top.pop("dropout")
+        flat = {**data["lora"], **{k: v for k, v in data["train"].items() if k != "seed"}, **top}
+        if isinstance(data.get("query"), dict):
+            flat["query"], flat["options"] = data["query"]["query"], tuple(data["query"]["options"])
+        data = flat
+    data.pop("seed", None)
+    return config_type.model_validate(data), seed

@@ -19,35 +19,23 @@ from safetensors.torch import load_file, save_file
 
 from calibtune.errors import CalibtuneError, first_line
 from calibtune.estimators.adapters import (
-    LoraSettings,
     TrainLog,
-    TrainSettings,
     attach_lora,
     detach_lora,
     load_adapters,
     load_lora_state,
     lora_state,
     save_adapters,
-    settings_from_dict,
+    saved_config,
+    target_modules,
     train_loop,
 )
+from calibtune.estimators.base import check_estimator_model
 from calibtune.estimators.splits import validation_split
-from calibtune.forward import Encoded, length_batches, pad_ids
+from calibtune.forward import Encoded, check_lengths, encode_texts, length_batches, pad_ids
+from calibtune.methods.lora import LoraHeadConfig
 from calibtune.models import LoadedModel
 from calibtune.progress import progress_bar
-
-
-@dataclass(frozen=True)
-class LoraHeadConfig:
-    """Settings of the LoRA method; every one is saved with the trained estimator."""
-
-    layer: int = -1  # hidden_states index; -1 means the middle layer
-    hidden_size: int = 64
-    dropout: float = 0.1
-    lora: LoraSettings = LoraSettings()
-    train: TrainSettings = TrainSettings()
-    val_fraction: float = 0.2
-    seed: int = 0
 
 
 def _head(in_features: int, config: LoraHeadConfig) -> torch.nn.Module:
@@ -55,7 +43,7 @@ def _head(in_features: int, config: LoraHeadConfig) -> torch.nn.Module:
     # first, as the Probe standardises its features, or the head diverges.
     return torch.nn.Sequential(
         torch.nn.LayerNorm(in_features, elementwise_affine=False),
-        torch.nn.Linear(in_features, config.hidden_size), torch.nn.GELU(), torch.nn.Dropout(config.dropout),
+        torch.nn.Linear(in_features, config.hidden_size), torch.nn.GELU(), torch.nn.Dropout(config.head_dropout),
         torch.nn.Linear(config.hidden_size, 1),
     )
 
@@ -66,6 +54,7 @@ class LoraHeadEstimator:
 
     lm: LoadedModel
     config: LoraHeadConfig = field(default_factory=LoraHeadConfig)
+    seed: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
     log: TrainLog | None = None
     head: torch.nn.Module | None = None
@@ -92,11 +81,12 @@ class LoraHeadEstimator:
         y = np.asarray(labels).astype(np.float32)
         if len(np.unique(y)) < 2:
             raise CalibtuneError(f"cannot train LoRA: all {len(y)} training labels are one class")
-        idx_train, idx_val = validation_split(y, cfg.val_fraction, cfg.seed)
+        check_lengths(self.lm, [len(s.ids) for s in seqs])
+        idx_train, idx_val = validation_split(y, cfg.val_fraction, self.seed)
         self.val_indices = idx_val
         # Adapters above the head's layer cannot change its input: place them below only.
-        self._peft = attach_lora(self.lm, cfg.lora, cfg.seed, layers=list(range(self.layer)))
-        torch.manual_seed(cfg.seed)
+        self._peft = attach_lora(self.lm, cfg, self.seed, layers=list(range(self.layer)))
+        torch.manual_seed(self.seed)
         hidden = self.lm.model.get_output_embeddings().weight.shape[1]
         self.head = _head(hidden, cfg).to(self.lm.device)
         params = [p for p in self._peft.parameters() if p.requires_grad] + list(self.head.parameters())
@@ -126,7 +116,7 @@ class LoraHeadEstimator:
 
         self.lm.model.train()
         self.head.train()
-        self.log = train_loop(params, len(train_seqs), step_loss, val_loss, get_state, set_state, cfg.train,
+        self.log = train_loop(params, len(train_seqs), step_loss, val_loss, get_state, set_state, cfg, self.seed,
                               f"train LoRA {self.meta.get('estimator_model', self.lm.name)} on "
                               f"{self.meta.get('trained_on', '?')}", checkpoint)
         self.lm.model.eval()
@@ -134,9 +124,10 @@ class LoraHeadEstimator:
         return self
 
     def _predict(self, seqs: Sequence[Encoded], advance=None) -> np.ndarray:
+        check_lengths(self.lm, [len(s.ids) for s in seqs])
         out = np.zeros(len(seqs))
         with torch.no_grad():
-            for batch in length_batches([len(s.ids) for s in seqs], self.config.train.batch_size * 2, None):
+            for batch in length_batches([len(s.ids) for s in seqs], self.config.batch_size * 2, None):
                 logits = self.head(self._features([seqs[i] for i in batch])).squeeze(-1)
                 out[batch] = torch.sigmoid(logits).double().cpu().numpy()
                 if advance:
@@ -152,9 +143,18 @@ class LoraHeadEstimator:
         with progress_bar(f"predict LoRA {self.lm.name}", len(seqs)) as advance:
             return self._predict(seqs, advance)
 
+    def estimate(self, questions: Sequence[str], answers: Sequence[str]) -> np.ndarray:
+        """P(correct) of each proposed answer, asked with the prompt and separator the estimator recorded."""
+        from calibtune.prompts import DEFAULT_PROMPT
+
+        template, prefix = self.meta.get("prompt", DEFAULT_PROMPT), self.meta.get("option_prefix", " ")
+        texts = [template.format(question=q) + prefix + a for q, a in zip(questions, answers)]
+        return self.predict_proba(encode_texts(self.lm.tokenizer, texts))
+
     def describe(self) -> dict[str, Any]:
         """Every setting and outcome, for the saved JSON."""
-        return {"method": "lora", "config": asdict(self.config), "chosen_layer": self.layer,
+        return {"method": "lora", "config": self.config.model_dump(mode="json"), "seed": self.seed,
+                "target_modules": target_modules(self.lm, self.config), "chosen_layer": self.layer,
                 "train_log": asdict(self.log) if self.log else None, **self.meta}
 
     def save(self, folder: Path) -> Path:
@@ -174,19 +174,14 @@ class LoraHeadEstimator:
         folder = Path(folder)
         try:
             info = json.loads((folder / "lora.json").read_text())
-            c = info["config"]
-            lora, train = settings_from_dict(c)
-            config = LoraHeadConfig(
-                layer=c["layer"], hidden_size=c["hidden_size"], dropout=c["dropout"],
-                lora=lora, train=train, val_fraction=c["val_fraction"], seed=c["seed"])
+            config, seed = saved_config(LoraHeadConfig, info)
             tensors = load_file(str(folder / "head.safetensors"))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise CalibtuneError(f"cannot load LoRA from {folder}: {first_line(exc)}") from exc
-        expected = info.get("estimator_model")
-        if expected and expected != lm.name:
-            raise CalibtuneError(f"{folder} was trained on estimator model '{expected}', not '{lm.name}'")
-        meta = {k: v for k, v in info.items() if k not in ("method", "config", "chosen_layer", "train_log")}
-        est = cls(lm=lm, config=config, meta=meta)
+        check_estimator_model(info, lm, folder)
+        meta = {k: v for k, v in info.items()
+                if k not in ("method", "config", "seed", "target_modules", "chosen_layer", "train_log")}
+        est = cls(lm=lm, config=config, seed=seed, meta=meta)
         hidden = lm.model.get_output_embeddings().weight.shape[1]
         est.head = _head(hidden, config).to(lm.device)
         try:

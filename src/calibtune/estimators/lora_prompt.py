@@ -21,21 +21,22 @@ import torch
 
 from calibtune.errors import CalibtuneError, first_line
 from calibtune.estimators.adapters import (
-    LoraSettings,
     TrainLog,
-    TrainSettings,
     attach_lora,
     detach_lora,
     load_adapters,
     load_lora_state,
     lora_state,
     save_adapters,
-    settings_from_dict,
+    saved_config,
+    target_modules,
     train_loop,
 )
-from calibtune.estimators.query import QueryPrompt, option_token_ids, p_yes, two_way_logits
+from calibtune.estimators.base import check_estimator_model
+from calibtune.estimators.query import option_token_ids, p_yes, two_way_logits
 from calibtune.estimators.splits import validation_split
-from calibtune.forward import finish_logits, length_batches, lm_head_logits, pad_ids
+from calibtune.forward import check_lengths, finish_logits, length_batches, lm_head_logits, pad_ids
+from calibtune.methods.lora_prompt import LoraPromptConfig
 from calibtune.models import LoadedModel
 from calibtune.progress import progress_bar
 
@@ -83,6 +84,7 @@ def query_logits(lm: LoadedModel, seqs: Sequence[QueryEncoded], token_ids: Seque
 def query_p_correct(lm: LoadedModel, seqs: Sequence[QueryEncoded], token_ids: Sequence[int],
                     batch_size: int = 16, description: str | None = None) -> np.ndarray:
     """P(yes) for each sequence, batched, without gradients."""
+    check_lengths(lm, [len(s.ids) for s in seqs])
     out = np.zeros(len(seqs))
     with torch.inference_mode(), progress_bar(description or f"query {lm.name}", len(seqs)) as advance:
         for batch in length_batches([len(s.ids) for s in seqs], batch_size, None):
@@ -108,19 +110,6 @@ def divergence(adapted_logits: torch.Tensor, base_logits: torch.Tensor, kind: st
     raise CalibtuneError(f"unknown divergence '{kind}': use one of {', '.join(DIVERGENCES)}")
 
 
-@dataclass(frozen=True)
-class LoraPromptConfig:
-    """Settings of LoRA + Prompt; every one is saved with the trained estimator."""
-
-    lora: LoraSettings = LoraSettings()
-    train: TrainSettings = TrainSettings()
-    query: QueryPrompt = QueryPrompt()
-    kl_weight: float = 1.0
-    divergence: str = "js"
-    val_fraction: float = 0.2
-    seed: int = 0
-
-
 @dataclass
 class LoraPromptEstimator:
     """Calibration tuning on an estimator model: ``fit`` / ``predict_proba`` / ``save`` / ``load``.
@@ -128,10 +117,12 @@ class LoraPromptEstimator:
     Inputs are ``QueryEncoded`` sequences from ``encode_queries`` (built with this
     config's query). The model is wrapped with adapters by ``fit`` and unwrapped by
     ``release``; call ``release`` before training another estimator on the same model.
+    ``estimate(questions, answers)`` scores plain texts, asked with the recorded prompt.
     """
 
     lm: LoadedModel
     config: LoraPromptConfig = field(default_factory=LoraPromptConfig)
+    seed: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
     log: TrainLog | None = None
     _peft: Any = field(default=None, repr=False)
@@ -140,7 +131,7 @@ class LoraPromptEstimator:
     @property
     def token_ids(self) -> tuple[int, ...]:
         """The (no, yes) option tokens in this model's vocabulary."""
-        return option_token_ids(self.lm.tokenizer, self.config.query.query, self.config.query.options)
+        return option_token_ids(self.lm.tokenizer, self.config.query, self.config.options)
 
     def fit(self, seqs: Sequence[QueryEncoded], labels: np.ndarray,
             checkpoint: Path | None = None) -> LoraPromptEstimator:
@@ -154,12 +145,13 @@ class LoraPromptEstimator:
         y = np.asarray(labels).astype(np.int64)
         if len(np.unique(y)) < 2:
             raise CalibtuneError(f"cannot train LoRA + Prompt: all {len(y)} training labels are one class")
-        idx_train, idx_val = validation_split(y, cfg.val_fraction, cfg.seed)
+        check_lengths(self.lm, [len(s.ids) for s in seqs])
+        idx_train, idx_val = validation_split(y, cfg.val_fraction, self.seed)
         self.val_indices = idx_val
         tokens = self.token_ids
         train_seqs = [seqs[i] for i in idx_train]
-        base_cache = base_answer_logits(self.lm, train_seqs, cfg.train.batch_size * 2) if cfg.kl_weight > 0 else None
-        self._peft = attach_lora(self.lm, cfg.lora, cfg.seed)
+        base_cache = base_answer_logits(self.lm, train_seqs, cfg.batch_size * 2) if cfg.kl_weight > 0 else None
+        self._peft = attach_lora(self.lm, cfg, self.seed)
         self.lm.model.train()
         params = [p for p in self._peft.parameters() if p.requires_grad]
         y_train = torch.from_numpy(y[idx_train])
@@ -187,14 +179,14 @@ class LoraPromptEstimator:
             self.lm.model.eval()
             total = 0.0
             with torch.no_grad():
-                for batch in length_batches([len(s.ids) for s in val_seqs], cfg.train.batch_size * 2, None):
+                for batch in length_batches([len(s.ids) for s in val_seqs], cfg.batch_size * 2, None):
                     logits = query_logits(self.lm, [val_seqs[i] for i in batch], tokens)
                     total += float(torch.nn.functional.cross_entropy(logits, y_val[batch], reduction="sum"))
             self.lm.model.train()
             return total / len(val_seqs)
 
         self.log = train_loop(params, len(train_seqs), step_loss, val_loss, lambda: lora_state(self._peft),
-                              lambda s: load_lora_state(self._peft, s), cfg.train,
+                              lambda s: load_lora_state(self._peft, s), cfg, self.seed,
                               f"train LoRA + Prompt {self.meta.get('estimator_model', self.lm.name)} on "
                               f"{self.meta.get('trained_on', '?')}", checkpoint)
         self.lm.model.eval()
@@ -205,12 +197,22 @@ class LoraPromptEstimator:
         if self._peft is None:
             raise CalibtuneError("LoRA + Prompt is not fitted: call fit() or load() first")
         self.lm.model.eval()
-        return query_p_correct(self.lm, seqs, self.token_ids, self.config.train.batch_size * 2,
+        return query_p_correct(self.lm, seqs, self.token_ids, self.config.batch_size * 2,
                                f"predict LoRA + Prompt {self.lm.name}")
+
+    def estimate(self, questions: Sequence[str], answers: Sequence[str]) -> np.ndarray:
+        """P(correct) of each proposed answer, asked with the prompt and separator the estimator recorded."""
+        from calibtune.prompts import DEFAULT_PROMPT
+
+        template, prefix = self.meta.get("prompt", DEFAULT_PROMPT), self.meta.get("option_prefix", " ")
+        prompts = [template.format(question=q) for q in questions]
+        return self.predict_proba(encode_queries(self.lm.tokenizer, prompts, [prefix + a for a in answers],
+                                                 self.config.query))
 
     def describe(self) -> dict[str, Any]:
         """Every setting and outcome, for the saved JSON."""
-        return {"method": "lora_prompt", "config": _config_dict(self.config), "token_ids": list(self.token_ids),
+        return {"method": "lora_prompt", "config": self.config.model_dump(mode="json"), "seed": self.seed,
+                "target_modules": target_modules(self.lm, self.config), "token_ids": list(self.token_ids),
                 "train_log": asdict(self.log) if self.log else None, **self.meta}
 
     def save(self, folder: Path) -> Path:
@@ -229,14 +231,13 @@ class LoraPromptEstimator:
         folder = Path(folder)
         try:
             info = json.loads((folder / "lora_prompt.json").read_text())
-            config = _config_from_dict(info["config"])
+            config, seed = saved_config(LoraPromptConfig, info)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise CalibtuneError(f"cannot load LoRA + Prompt from {folder}: {first_line(exc)}") from exc
-        expected = info.get("estimator_model")
-        if expected and expected != lm.name:
-            raise CalibtuneError(f"{folder} was trained on estimator model '{expected}', not '{lm.name}'")
-        meta = {k: v for k, v in info.items() if k not in ("method", "config", "token_ids", "train_log")}
-        est = cls(lm=lm, config=config, meta=meta)
+        check_estimator_model(info, lm, folder)
+        meta = {k: v for k, v in info.items()
+                if k not in ("method", "config", "seed", "target_modules", "token_ids", "train_log")}
+        est = cls(lm=lm, config=config, seed=seed, meta=meta)
         if list(est.token_ids) != info["token_ids"]:
             raise CalibtuneError(f"{folder}: the query's option tokens differ for model '{lm.name}'")
         try:
@@ -289,17 +290,3 @@ def _answer_positions(items: Sequence[QueryEncoded]) -> tuple[list[int], list[in
             rows.append(row)
             cols.append(pos - 1)
     return rows, cols
-
-
-def _config_dict(config: LoraPromptConfig) -> dict[str, Any]:
-    return asdict(config)
-
-
-def _config_from_dict(data: dict[str, Any]) -> LoraPromptConfig:
-    lora, train = settings_from_dict(data)
-    return LoraPromptConfig(
-        lora=lora, train=train,
-        query=QueryPrompt(data["query"]["query"], tuple(data["query"]["options"])),
-        kl_weight=data["kl_weight"], divergence=data["divergence"], val_fraction=data["val_fraction"],
-        seed=data["seed"],
-    )

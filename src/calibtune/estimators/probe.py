@@ -4,39 +4,31 @@ Features come from ``calibtune.features``: one hidden state per example at each 
 candidate layers, shape ``[n, n_layers, hidden]``. With ``layer="auto"`` the probe fits a
 head on every candidate layer and keeps the one with the best validation AUROC (middle
 layers often carry more signal than the last); ``layer="last"`` is the paper's choice.
+
+``ProbeEstimator`` is a scikit-learn classifier: ``fit(X, y)``, ``predict_proba(X)`` of
+shape ``(n, 2)``, ``get_params``/``set_params``, so ``sklearn.base.clone`` and
+``CalibratedClassifierCV`` accept it. ``ProbeOnModel`` binds a fitted probe to its
+estimator model, to score (question, answer) texts directly.
 """
 
 from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.metrics import roc_auc_score
 
 from calibtune.errors import CalibtuneError, first_line
 from calibtune.estimators.splits import validation_split
-
-
-@dataclass(frozen=True)
-class ProbeConfig:
-    """Settings of the Probe; every one is saved with the trained estimator."""
-
-    layer: str | int = "auto"  # "auto" (best on validation), "last", or an index into the candidates' layers
-    hidden_size: int = 64  # 0 means a linear (logistic) head
-    dropout: float = 0.1
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-2
-    batch_size: int = 64
-    max_epochs: int = 200
-    patience: int = 20
-    val_fraction: float = 0.2
-    seed: int = 0
+from calibtune.methods.probe import ProbeConfig
 
 
 def _head(in_features: int, config: ProbeConfig) -> torch.nn.Module:
@@ -54,7 +46,7 @@ def _safe_auroc(y: np.ndarray, p: np.ndarray) -> float:
 
 @dataclass
 class _Fitted:
-    layer: int  # position among the candidate layers
+    position: int  # position among the candidate layers
     head: torch.nn.Module
     mean: torch.Tensor
     std: torch.Tensor
@@ -63,57 +55,66 @@ class _Fitted:
     epochs: int
 
 
-@dataclass
-class ProbeEstimator:
-    """Predict P(correct) from hidden-state features; ``fit`` / ``predict_proba`` / ``save`` / ``load``.
+class ProbeEstimator(ClassifierMixin, BaseEstimator):
+    """Predict P(correct) from hidden-state features ``[n, len(layers), hidden]``.
 
-    ``layers`` names the model layers behind the feature array's second axis and
-    ``meta`` carries provenance (estimator model, trained-on model, prompt, token
-    position); both are saved with the estimator.
+    ``config`` holds every setting of the head and its training (``ProbeConfig``; None means
+    the defaults), ``layers`` names the model layers behind the features' second axis,
+    ``seed`` fixes the split and the initialisation, and ``meta`` carries provenance
+    (estimator model, trained-on model, prompt, token position); all are saved with the probe.
+    Fitted attributes: ``layer_`` (the layer read), ``layer_scores_`` (validation AUROC per
+    candidate layer), ``val_indices_`` (the held-out training rows, when ``fit`` held any out).
     """
 
-    config: ProbeConfig = field(default_factory=ProbeConfig)
-    layers: tuple[int, ...] = ()
-    meta: dict[str, Any] = field(default_factory=dict)
-    _fitted: _Fitted | None = field(default=None, repr=False)
-    layer_scores: dict[int, float] = field(default_factory=dict)
-    val_indices: np.ndarray | None = field(default=None, repr=False)  # held out by fit, if it held any out
+    def __init__(self, config: ProbeConfig | None = None, layers: Sequence[int] = (), seed: int = 0,
+                 meta: dict[str, Any] | None = None):
+        self.config = config
+        self.layers = layers
+        self.seed = seed
+        self.meta = meta
 
-    def fit(self, features: np.ndarray, labels: np.ndarray,
-            val_features: np.ndarray | None = None, val_labels: np.ndarray | None = None) -> ProbeEstimator:
+    @property
+    def settings(self) -> ProbeConfig:
+        """The config in force (the defaults when none was given)."""
+        return self.config if self.config is not None else ProbeConfig()
+
+    def fit(self, X: np.ndarray, y: np.ndarray, val_features: np.ndarray | None = None,
+            val_labels: np.ndarray | None = None) -> ProbeEstimator:
         """Train the head; without a validation set, hold out ``val_fraction`` of the training set."""
-        x, y = _check(features, labels, self.layers)
+        layers = tuple(self.layers)
+        x, y = _check(X, y, layers)
         if len(np.unique(y)) < 2:
             raise CalibtuneError(
                 f"cannot train a probe: all {len(y)} training labels are {bool(y[0])} (one class only)")
+        self.val_indices_ = None
         if val_features is None:
-            idx_train, idx_val = validation_split(y, self.config.val_fraction, self.config.seed)
-            self.val_indices = idx_val
+            idx_train, idx_val = validation_split(y, self.settings.val_fraction, self.seed)
+            self.val_indices_ = idx_val
             x, xv, y, yv = x[idx_train], x[idx_val], y[idx_train], y[idx_val]
         else:
-            xv, yv = _check(val_features, val_labels, self.layers)
-        candidates = self._candidate_positions()
-        fits = [self._fit_layer(x, y, xv, yv, pos) for pos in candidates]
-        self.layer_scores = {self.layers[f.layer]: f.val_auroc for f in fits}
+            xv, yv = _check(val_features, val_labels, layers)
+        fits = [self._fit_layer(x, y, xv, yv, pos) for pos in self._candidate_positions(layers)]
+        self.layer_scores_ = {layers[f.position]: f.val_auroc for f in fits}
         # Rank by validation AUROC; a tie (or NaN) falls back to the lower validation loss.
-        best = max(fits, key=lambda f: (np.nan_to_num(f.val_auroc, nan=-1.0), -f.val_loss))
-        self._fitted = best
+        self.fitted_ = max(fits, key=lambda f: (np.nan_to_num(f.val_auroc, nan=-1.0), -f.val_loss))
+        self.layer_ = layers[self.fitted_.position]
+        self.classes_ = np.array([0, 1])
         return self
 
-    def _candidate_positions(self) -> list[int]:
-        layer = self.config.layer
+    def _candidate_positions(self, layers: tuple[int, ...]) -> list[int]:
+        layer = self.settings.layer
         if layer == "auto":
-            return list(range(len(self.layers)))
+            return list(range(len(layers)))
         if layer == "last":
-            return [int(np.argmax(self.layers))]
-        if isinstance(layer, int) and layer in self.layers:
-            return [self.layers.index(layer)]
-        raise CalibtuneError(f"probe layer {layer!r} is not among the extracted layers {list(self.layers)}; "
+            return [int(np.argmax(layers))]
+        if isinstance(layer, int) and layer in layers:
+            return [layers.index(layer)]
+        raise CalibtuneError(f"probe layer {layer!r} is not among the extracted layers {list(layers)}; "
                              "use auto, last, or one of those")
 
     def _fit_layer(self, x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, pos: int) -> _Fitted:
-        cfg = self.config
-        torch.manual_seed(cfg.seed)
+        cfg = self.settings
+        torch.manual_seed(self.seed)
         xt = torch.from_numpy(x[:, pos]).float()
         mean, std = xt.mean(0), xt.std(0) + 1e-6
         xt = (xt - mean) / std
@@ -122,7 +123,7 @@ class ProbeEstimator:
         head = _head(xt.shape[1], cfg)
         opt = torch.optim.AdamW(head.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         loss_fn = torch.nn.BCEWithLogitsLoss()
-        gen = torch.Generator().manual_seed(cfg.seed)
+        gen = torch.Generator().manual_seed(self.seed)
         best_loss, best_state, best_epoch, since = float("inf"), None, 0, 0
         for epoch in range(cfg.max_epochs):
             head.train()
@@ -146,32 +147,38 @@ class ProbeEstimator:
             pv = torch.sigmoid(head(xvt).squeeze(-1)).numpy()
         return _Fitted(pos, head, mean, std, _safe_auroc(yv, pv), best_loss, best_epoch)
 
-    @property
-    def layer(self) -> int:
-        """The model layer the fitted probe reads."""
-        return self.layers[self._require().layer]
-
     def _require(self) -> _Fitted:
-        if self._fitted is None:
+        fitted = getattr(self, "fitted_", None)
+        if fitted is None:
             raise CalibtuneError("the probe is not fitted: call fit() or load() first")
-        return self._fitted
+        return fitted
 
-    def predict_proba(self, features: np.ndarray) -> np.ndarray:
-        """P(correct) for each example."""
+    def p_correct(self, X: np.ndarray) -> np.ndarray:
+        """P(correct) for each example: ``predict_proba(X)[:, 1]``."""
         fitted = self._require()
-        x, _ = _check(features, None, self.layers)
-        xt = (torch.from_numpy(x[:, fitted.layer]).float() - fitted.mean) / fitted.std
+        x, _ = _check(X, None, tuple(self.layers))
+        xt = (torch.from_numpy(x[:, fitted.position]).float() - fitted.mean) / fitted.std
         with torch.no_grad():
             return torch.sigmoid(fitted.head(xt).squeeze(-1)).double().numpy()
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """``(n, 2)``: P(wrong) and P(correct) of each example, as scikit-learn classifiers return them."""
+        p = self.p_correct(X)
+        return np.stack([1.0 - p, p], axis=1)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """1 where P(correct) is at least one half."""
+        return (self.p_correct(X) >= 0.5).astype(np.int64)
 
     def describe(self) -> dict[str, Any]:
         """Every setting and outcome of the fit, for the saved JSON and the run folder."""
         fitted = self._require()
         return {
-            "method": "probe", "config": asdict(self.config), "layers": list(self.layers),
-            "chosen_layer": self.layer, "val_auroc_by_layer": {str(k): v for k, v in self.layer_scores.items()},
+            "method": "probe", "config": self.settings.model_dump(mode="json"), "seed": self.seed,
+            "layers": list(self.layers), "chosen_layer": self.layer_,
+            "val_auroc_by_layer": {str(k): v for k, v in self.layer_scores_.items()},
             "val_loss": fitted.val_loss, "epochs": fitted.epochs, "in_features": int(fitted.mean.shape[0]),
-            **self.meta,
+            **(self.meta or {}),
         }
 
     def save(self, folder: Path) -> Path:
@@ -192,33 +199,62 @@ class ProbeEstimator:
         try:
             info = json.loads((folder / "probe.json").read_text())
             tensors = load_file(str(folder / "probe.safetensors"))
-            config = ProbeConfig(**info["config"])
+            settings = dict(info["config"])
+            seed = int(info.get("seed", settings.pop("seed", 0)))
+            settings.pop("seed", None)  # saved inside the config by calibtune 0.1
+            config = ProbeConfig(**settings)
             layers = tuple(info["layers"])
             head = _head(int(info["in_features"]), config)
             head.load_state_dict({k.removeprefix("head."): v for k, v in tensors.items() if k.startswith("head.")})
-        except Exception as exc:  # json, safetensors and torch each raise their own kinds for a damaged file
+        except Exception as exc:  # json, pydantic, safetensors and torch each raise their own kinds
             raise CalibtuneError(f"cannot load probe from {folder}: {first_line(exc)}") from exc
         head.eval()
-        meta_keys = set(info) - {"method", "config", "layers", "chosen_layer", "val_auroc_by_layer", "val_loss",
-                                 "epochs", "in_features"}
-        probe = cls(config=config, layers=layers, meta={k: info[k] for k in meta_keys})
-        probe.layer_scores = {int(k): v for k, v in info["val_auroc_by_layer"].items()}
-        probe._fitted = _Fitted(layers.index(info["chosen_layer"]), head, tensors["norm.mean"], tensors["norm.std"],
-                                probe.layer_scores.get(info["chosen_layer"], float("nan")), info["val_loss"],
+        meta_keys = set(info) - {"method", "config", "seed", "layers", "chosen_layer", "val_auroc_by_layer",
+                                 "val_loss", "epochs", "in_features"}
+        probe = cls(config=config, layers=layers, seed=seed, meta={k: info[k] for k in meta_keys})
+        probe.layer_scores_ = {int(k): v for k, v in info["val_auroc_by_layer"].items()}
+        probe.layer_ = info["chosen_layer"]
+        probe.val_indices_ = None
+        probe.classes_ = np.array([0, 1])
+        probe.fitted_ = _Fitted(layers.index(info["chosen_layer"]), head, tensors["norm.mean"], tensors["norm.std"],
+                                probe.layer_scores_.get(info["chosen_layer"], float("nan")), info["val_loss"],
                                 info["epochs"])
         return probe
 
 
 def _check(features: np.ndarray, labels: np.ndarray | None, layers: tuple[int, ...]) -> tuple[np.ndarray, Any]:
+    """The features as an array of the right shape (non-finite values warned about and set to 0), and the labels."""
     x = np.asarray(features)
     if x.ndim != 3 or x.shape[1] != len(layers):
         raise CalibtuneError(f"probe features must have shape [n, {len(layers)} layers, hidden]; got {x.shape}")
+    bad = ~np.isfinite(x)
+    if bad.any():
+        rows = int(bad.any(axis=(1, 2)).sum())
+        warnings.warn(f"non-finite features in {rows} of {len(x)} rows replaced by 0", stacklevel=3)
+        x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
     if labels is None:
         return x, None
     y = np.asarray(labels).astype(np.int64)
     if len(y) != len(x):
         raise CalibtuneError(f"{len(x)} feature rows but {len(y)} labels")
-    if not np.isfinite(x).all():
-        warnings.warn("non-finite features replaced by 0", stacklevel=3)
-        x = np.nan_to_num(x)
     return x, y
+
+
+@dataclass
+class ProbeOnModel:
+    """A fitted probe bound to its estimator model: ``estimate(questions, answers)`` reads the model's hidden
+    states of "prompt + answer" and returns the probe's P(correct)."""
+
+    probe: ProbeEstimator
+    lm: Any  # calibtune.models.LoadedModel
+    token: str = "last"
+    option_prefix: str = " "
+
+    def estimate(self, questions: Sequence[str], answers: Sequence[str]) -> np.ndarray:
+        """P(correct) of each proposed answer, asked with the prompt the probe was trained with."""
+        from calibtune.features import extract_features
+        from calibtune.prompts import DEFAULT_PROMPT
+
+        template = (self.probe.meta or {}).get("prompt", DEFAULT_PROMPT)
+        texts = [template.format(question=q) + self.option_prefix + a for q, a in zip(questions, answers)]
+        return self.probe.p_correct(extract_features(self.lm, texts, list(self.probe.layers), token=self.token))

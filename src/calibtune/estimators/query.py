@@ -1,31 +1,19 @@
 """The uncertainty query: ask the model whether the proposed answer is correct.
 
 After "question + proposed answer" the query asks "Is the proposed answer correct?" with
-two options; P(correct) is the probability of the "yes" option's first token, renormalised
-over the two options' first tokens. The zero-shot query uses the base model; LoRA + Prompt
-trains adapters to answer it well.
+two options (``calibtune.prompts.DEFAULT_QUERY``); P(correct) is the probability of the
+"yes" option's first token, renormalised over the two options' first tokens. The
+zero-shot query uses the base model; LoRA + Prompt trains adapters to answer it well.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from calibtune.errors import CalibtuneError
-
-DEFAULT_QUERY = "\nIs the proposed answer correct?\nChoices:\n(i): no\n(ii): yes\nAnswer:"
-DEFAULT_OPTIONS = (" no", " yes")
-
-
-@dataclass(frozen=True)
-class QueryPrompt:
-    """The query text appended after the proposed answer, and its (no, yes) options."""
-
-    query: str = DEFAULT_QUERY
-    options: tuple[str, str] = DEFAULT_OPTIONS
 
 
 def option_token_ids(tokenizer, prompt: str, options: Sequence[str]) -> tuple[int, ...]:

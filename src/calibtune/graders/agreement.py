@@ -27,12 +27,6 @@ class Agreement:
     kappa: float
     table: dict[tuple[bool, bool], int]
 
-    def as_dict(self) -> dict[str, Any]:
-        """A JSON-friendly form (table keys such as ``"correct/incorrect"`` for A correct, B incorrect)."""
-        label = {True: "correct", False: "incorrect"}
-        return {"n": self.n, "n_skipped": self.n_skipped, "raw": self.raw, "kappa": self.kappa,
-                "table": {f"{label[a]}/{label[b]}": count for (a, b), count in self.table.items()}}
-
 
 def _verdict(value: Any) -> bool | None:
     """A grader verdict as True/False/None; NaN or pandas NA (missing values in a table) count as None."""

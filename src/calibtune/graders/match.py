@@ -1,57 +1,24 @@
-"""Rule-based graders for open-ended answers, and grading a batch of answers with any grader.
+"""Rule-based graders for open-ended answers.
 
 Every grader is a small frozen dataclass with a ``name`` and a method
 ``grade(answer_text, references, question="") -> Grade``. Rule-based graders ignore
 the question; language-model judges (``calibtune.graders.judge``) use it and also offer
-``grade_batch`` so that ``grade_answers`` can judge many answers at once, with a cache.
+``grade_batch`` so that ``calibtune.graders.grade.grade_answers`` can judge many answers
+at once, with a cache.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from calibtune.errors import CalibtuneError
 from calibtune.graders.normalize import normalize_answer, parse_number
-from calibtune.records import Answer, Question
-
-if TYPE_CHECKING:
-    from calibtune.graders.judge import JudgementCache
+from calibtune.graders.types import Grade, Grader
 
 NUMERIC_REL_TOL = 1e-6
 NUMERIC_ABS_TOL = 1e-9
-
-
-@dataclass(frozen=True)
-class Grade:
-    """One grader's verdict: ``correct`` is None when it could not decide; ``raw`` says why."""
-
-    correct: bool | None
-    grader: str
-    raw: str
-
-
-@dataclass(frozen=True)
-class GradeItem:
-    """What a grader sees: the question's text, its reference answers, the proposed answer."""
-
-    question: str
-    references: tuple[str, ...]
-    answer: str
-
-
-@runtime_checkable
-class Grader(Protocol):
-    """Anything with a name that grades one answer against reference answers."""
-
-    name: str
-
-    def grade(self, answer_text: str, references: Sequence[str], question: str = "") -> Grade:
-        """Decide whether ``answer_text`` is right given the references (and the question, for judges)."""
-        ...
 
 
 def _no_references(name: str) -> Grade:
@@ -136,39 +103,3 @@ def get_grader(name: str) -> Grader:
     except KeyError:
         known = ", ".join(sorted(GRADERS))
         raise CalibtuneError(f"unknown grader '{name}': known graders are {known}") from None
-
-
-def _items(answers: Sequence[Answer], questions: Sequence[Question]) -> list[GradeItem]:
-    """Pair each answer with its question's text and references."""
-    by_id = {q.id: q for q in questions}
-    items = []
-    for answer in answers:
-        question = by_id.get(answer.question_id)
-        if question is None:
-            raise CalibtuneError(f"answer to unknown question '{answer.question_id}': it is in no question set given")
-        items.append(GradeItem(question=question.text, references=tuple(question.references), answer=answer.text))
-    return items
-
-
-def grade_answers(answers: Sequence[Answer], questions: Sequence[Question], grader: str | Grader,
-                  cache: JudgementCache | None = None, progress: Callable[[int], None] | None = None) -> list[Answer]:
-    """Grade open-ended answers against their questions' references; fills correct, grader, grader_output.
-
-    ``grader`` is a registered name (see ``GRADERS``) or a grader object, such as a
-    judge. Judges grade the whole batch at once through ``grade_batch``, using
-    ``cache`` (a ``JudgementCache``) when given; ``progress(n)`` is called as answers
-    are graded.
-    """
-    chosen = get_grader(grader) if isinstance(grader, str) else grader
-    items = _items(answers, questions)
-    batch = getattr(chosen, "grade_batch", None)
-    if callable(batch):
-        grades = batch(items, cache=cache, progress=progress)
-    else:
-        grades = []
-        for item in items:
-            grades.append(chosen.grade(item.answer, item.references, item.question))
-            if progress is not None:
-                progress(1)
-    return [dataclasses.replace(a, correct=g.correct, grader=g.grader, grader_output=g.raw)
-            for a, g in zip(answers, grades, strict=True)]

@@ -133,7 +133,22 @@ def plot_heatmap(
     baseline_methods: Sequence[str] = (),
     value: str = "auroc",
 ) -> Path:
-    """Draw the cross-model matrix of ``value`` and save it as a PNG at ``path``.
+    """Draw the cross-model matrix of ``value`` (``draw_heatmap``) and save it at ``path`` (PNG or SVG by suffix).
+    Returns ``path``."""
+    path = Path(path)
+    fig = draw_heatmap(metrics, matrix_methods, baseline_methods, value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=150, bbox_inches="tight")
+    return path
+
+
+def draw_heatmap(
+    metrics: pd.DataFrame,
+    matrix_methods: Sequence[str],
+    baseline_methods: Sequence[str] = (),
+    value: str = "auroc",
+) -> Figure:
+    """The cross-model matrix of ``value`` as a matplotlib figure.
 
     ``metrics`` is a :func:`calibtune.metrics.metrics_table` frame. Each method in
     ``matrix_methods`` gets one panel, side by side: rows are the estimator model
@@ -146,9 +161,7 @@ def plot_heatmap(
     == trained_on == evaluated_on == the answering model); they share one extra
     panel with a row per method and the answering models as columns. All panels
     share one colour scale, which for AUROC always includes 0.5 (chance).
-    Returns ``path``.
     """
-    path = Path(path)
     if value not in metrics.columns:
         raise ValueError(f"metrics has no column {value!r} to plot")
     missing = [c for c in ("method", "model", "trained_on") if c not in metrics.columns]
@@ -250,7 +263,4 @@ def plot_heatmap(
     )
     cbar.set_label(metric_label(value), fontsize=fontsize + 1)
     cbar.ax.tick_params(labelsize=fontsize)
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150, bbox_inches="tight")
-    return path
+    return fig

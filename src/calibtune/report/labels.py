@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import re
 
-METHOD_LABELS: dict[str, str] = {
-    "probe": "Probe",
-    "lora": "LoRA",
-    "lora_prompt": "LoRA + Prompt",
-    "zero_shot": "Zero-shot query",
-    "option_confidence": "Option confidence",
-    "likelihood": "Sequence likelihood",
-    "perplexity": "Inverse perplexity",
-    "verbalized": "Verbalized",
-    "sampling": "Sampling consistency",
-}
+from calibtune.methods import METHODS, method_label
+
+__all__ = ["METHOD_LABELS", "METRIC_LABELS", "method_label", "metric_label", "short_model_name", "short_model_names"]
+
+# Display names of methods, from the method registry.
+METHOD_LABELS: dict[str, str] = {name: m.label for name, m in METHODS.items()}
 
 METRIC_LABELS: dict[str, str] = {
     "n": "n",
@@ -36,11 +31,6 @@ METRIC_LABELS: dict[str, str] = {
 }
 
 
-def method_label(name: str) -> str:
-    """The display name of a method, or ``name`` itself when it has none."""
-    return METHOD_LABELS.get(name, name)
-
-
 def metric_label(name: str) -> str:
     """The display name of a metric column, or ``name`` itself when it has none."""
     return METRIC_LABELS.get(name, name)
@@ -53,8 +43,8 @@ def short_model_name(name: str) -> str:
 
 
 def short_model_names(names: list[str]) -> list[str]:
-    """:func:`short_model_name` of each name; full names where two would clash."""
-    short = [short_model_name(n) for n in names]
-    return [
-        s if short.count(s) == 1 else str(n) for s, n in zip(short, names, strict=True)
-    ]
+    """:func:`short_model_name` of each name, with parent folders added where two would clash."""
+    from calibtune.naming import distinct_short_names
+
+    short = distinct_short_names(list(names))
+    return [short[n] for n in names]

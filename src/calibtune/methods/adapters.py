@@ -1,0 +1,57 @@
+"""Settings shared by the two methods that train LoRA adapters (LoRA, LoRA + Prompt), and how a study
+chooses their training answers."""
+
+from __future__ import annotations
+
+import random
+from typing import Literal
+
+from pydantic import Field
+
+from calibtune.methods.base import CellContext
+from calibtune.records import Question
+from calibtune.settings import Settings
+
+
+class AdapterConfig(Settings):
+    """LoRA adapters (peft) and their training loop; the defaults are the paper's adapters.
+
+    ``target_modules: auto`` takes peft's default projections for the model's architecture
+    (query and value for Llama, Mistral, Gemma, Qwen). ``layers: top_half`` puts adapters
+    on the upper half only, so the backward pass stops midway.
+    """
+
+    r: int = Field(8, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    target_modules: Literal["auto"] | list[str] = "auto"
+    layers: Literal["all", "top_half"] = "all"
+    learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(8, ge=1)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    max_train_examples: int | None = Field(800, ge=2, description="a seeded sample of the training answers")
+    warmup_fraction: float = Field(0.05, ge=0, lt=1)
+    eval_every: int = Field(20, ge=1, description="steps between validations")
+    patience: int = Field(4, ge=1, description="validations without improvement before stopping")
+    max_grad_norm: float = Field(1.0, gt=0)
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+
+
+def study_adapter_config(ctx: CellContext) -> AdapterConfig:
+    """The method's settings as the study trains them: ``--quick`` caps the steps."""
+    settings = ctx.settings
+    assert isinstance(settings, AdapterConfig)
+    if ctx.quick:
+        return settings.model_copy(update={"max_steps": ctx.study.quick.adapter_steps})
+    return settings
+
+
+def adapter_training_set(ctx: CellContext, settings: AdapterConfig) -> list[Question]:
+    """The (seeded sample of) training questions that an adapter method trains on."""
+    train = list(ctx.inputs.train)
+    cap = ctx.study.quick.train_per_set * len(ctx.study.train) if ctx.quick else settings.max_train_examples
+    if cap is None or cap >= len(train):
+        return train
+    return random.Random(f"{ctx.study.seed}-adapters").sample(train, cap)

@@ -1,0 +1,64 @@
+"""The Probe: a small classifier on a frozen estimator model's hidden state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field
+
+from calibtune.methods.base import CellContext, CellScores, Method
+from calibtune.settings import Settings
+
+if TYPE_CHECKING:
+    from calibtune.estimators.base import AnswerEstimator
+    from calibtune.models import LoadedModel
+
+
+class ProbeConfig(Settings):
+    """The Probe's head and how it is trained; saved with every fitted probe.
+
+    ``layer``: ``auto`` fits a head on every candidate layer (``features.layers``) and keeps
+    the best on validation AUROC; ``last`` is the paper's last-layer probe; a number picks that layer.
+    """
+
+    layer: Literal["auto", "last"] | int = "auto"
+    hidden_size: int = Field(64, ge=0, description="0: a linear (logistic) head")
+    dropout: float = Field(0.1, ge=0, lt=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    batch_size: int = Field(64, ge=1)
+    max_epochs: int = Field(200, ge=1)
+    patience: int = Field(20, ge=1)
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+
+
+def make_cell(ctx: CellContext) -> CellScores:
+    """Fit the Probe on E's features of T's training answers; score T's evaluation answers."""
+    from calibtune.estimators.probe import ProbeEstimator
+
+    table = ctx.probe_features()
+    train, evaluation = ctx.inputs.train, ctx.inputs.eval
+    y_train = ctx.labels(train)
+    x_train = table.of(ctx.texts(train))
+    meta = {**ctx.meta(len(y_train)), "token": ctx.study.features.token}
+    probe = ProbeEstimator(ctx.settings, layers=table.layers, seed=ctx.study.seed, meta=meta).fit(x_train, y_train)
+    probe.save(ctx.out)
+    p = probe.p_correct(table.of(ctx.texts(evaluation)))
+    val = probe.val_indices_
+    scores = ", ".join(f"{k}: {v:.3f}" for k, v in probe.layer_scores_.items())
+    ctx.log(f"probe {ctx.estimator_model} on {ctx.answering_model}: layer {probe.layer_} "
+            f"(validation AUROC by layer {scores})")
+    return CellScores(p, probe.p_correct(x_train[val]), y_train[val])
+
+
+def load(folder: Path, info: dict, lm: LoadedModel) -> AnswerEstimator:
+    """A saved probe on its estimator model: scores (prompts, answers) by reading the model's hidden states."""
+    from calibtune.estimators.probe import ProbeEstimator, ProbeOnModel
+
+    return ProbeOnModel(ProbeEstimator.load(folder), lm, token=info.get("token", "last"),
+                        option_prefix=info.get("option_prefix", " "))
+
+
+METHOD = Method(name="probe", label="Probe", make_cell=make_cell, config=ProbeConfig,
+                study_settings=("features",), saved_file="probe.json", load=load)

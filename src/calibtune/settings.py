@@ -1,0 +1,25 @@
+"""The base of every settings model: unknown keys are refused, values are frozen.
+
+Study-level settings (``calibtune.config``) and each method's own settings
+(``calibtune.methods.<name>``) derive from it. Nothing here imports torch, so a
+config can be read and checked without loading the model stack.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Settings(BaseModel):
+    """A strict, frozen pydantic model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def suggest(word: str, options: Sequence[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest option, or an empty string."""
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""

@@ -1,0 +1,155 @@
+"""The cross-model study: every estimator model E on every answering model T, for every method.
+
+``cell(E, T)`` is a method's estimator built on model E, fit on T's graded training
+answers and evaluated on T's held-out graded answers. The driver only plans: answer
+with every model (stage ``answers``), then make every cell (stage ``cells``; the Probe's
+features come from stage ``features``), then write the run folder. Each stage caches
+its work in the artifact store, so a rerun skips it, and a fully cached study loads no model.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from calibtune.config import StudyConfig, dump_config, method_settings
+from calibtune.methods import METHODS, CellContext, Method
+from calibtune.models import LoadedModel, cache_dir, load_model, model_slugs
+from calibtune.questions import StudyInputs, study_questions
+from calibtune.records import Answer, answers_to_table
+from calibtune.results import write_results
+from calibtune.stages.answers import graded_answers
+from calibtune.stages.base import Runtime
+from calibtune.stages.cells import run_cell
+from calibtune.stages.features import probe_features
+from calibtune.store import ArtifactStore, run_folder_lock
+
+
+@dataclass
+class Study:
+    """Runs a ``StudyConfig`` into a run folder."""
+
+    config: StudyConfig
+    output: Path
+    quick: bool = False
+    store: ArtifactStore = field(default_factory=lambda: ArtifactStore(cache_dir() / "store"))
+    log: Callable[[str], None] = print
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def run(self) -> pd.DataFrame:
+        """The whole study; returns the metrics table and writes the run folder.
+
+        The run folder is locked while the study runs (a second study on it is refused),
+        and the store is marked in use (``calibtune cache prune`` waits for it).
+        """
+        with run_folder_lock(self.output), self.store.in_use():
+            return self._run()
+
+    def _run(self) -> pd.DataFrame:
+        cfg, start = self.config, time.perf_counter()
+        (self.output / "config.yaml").write_text(dump_config(cfg))
+        inputs = study_questions(cfg, self.quick)
+        self.log(f"{len(inputs.train)} training and {len(inputs.eval)} evaluation questions, "
+                 f"{len(cfg.models)} models")
+        rt = Runtime(self.store, self.log, ModelPool(cfg.dtype, cfg.device, self.timings), self.timings)
+        grader = _Lazy(lambda: _study_grader(cfg))
+        answers = {t: graded_answers(rt, cfg, inputs, t, grader() if cfg.task == "open_ended" else None)
+                   for t in cfg.models}
+        self._write_answers(answers, inputs)
+        features = {e: _Lazy(lambda e=e: probe_features(rt, cfg, e, answers, inputs)) for e in cfg.models}
+        slugs = model_slugs(cfg.models)
+        cells = []
+        for method, e, t in plan_cells(cfg):
+            context = CellContext(
+                study=cfg, settings=method_settings(cfg, method.name), estimator_model=e, answering_model=t,
+                inputs=inputs, answers=answers[t], load_model=rt.models.get, probe_features=features[e],
+                grader=grader, log=self.log, quick=self.quick)
+            folder = self.output / "estimators" / method.name / f"{slugs[e]}__on__{slugs[t]}"
+            cells.append(run_cell(rt, cfg, method, context, self.quick, folder))
+        table = pd.concat(cells, ignore_index=True)
+        table.to_parquet(self.output / "scores.parquet", index=False)
+        metrics = write_results(self.output, cfg, table, _facts(cfg, answers, inputs))
+        self.timings["total"] = time.perf_counter() - start
+        (self.output / "timings.json").write_text(json.dumps(self.timings, indent=2))
+        return metrics
+
+    def _write_answers(self, answers: dict[str, dict[str, Answer]], inputs: StudyInputs) -> None:
+        """Each answering model's graded answers to the study's questions, as ``answers/<T>.parquet``
+        (the table ``calibtune answer`` writes, so ``calibtune grade`` can regrade them)."""
+        folder = self.output / "answers"
+        folder.mkdir(exist_ok=True)
+        slugs = model_slugs(self.config.models)
+        for t, by_id in answers.items():
+            answers_to_table([by_id[q.id] for q in inputs.all]).to_parquet(folder / f"{slugs[t]}.parquet",
+                                                                         index=False)
+
+
+def plan_cells(config: StudyConfig) -> Iterator[tuple[Method, str, str]]:
+    """Every cell of the study, in order: (method, estimator model E, answering model T).
+
+    Methods read off the answering model come first (E = T), then each estimator model's
+    row of matrix methods, so a model is loaded once per row.
+    """
+    chosen = [m for name, m in METHODS.items() if name in config.methods]
+    for method in chosen:
+        if method.scope == "answerer":
+            for t in config.models:
+                yield method, t, t
+    for e in config.models:
+        for method in chosen:
+            if method.scope == "matrix":
+                for t in config.models:
+                    yield method, e, t
+
+
+class ModelPool:
+    """Loads models on first use and keeps the last one (one resident model: 7B models are large)."""
+
+    def __init__(self, dtype: str, device: str, timings: dict[str, float]):
+        self.dtype, self.device, self.timings = dtype, device, timings
+        self._name: str | None = None
+        self._model: LoadedModel | None = None
+
+    def get(self, name: str) -> LoadedModel:
+        """The model ``name``, loaded now unless it is the one held."""
+        if self._name != name:
+            self._model = None  # let the previous model go before the next one loads
+            start = time.perf_counter()
+            self._model = load_model(name, dtype=self.dtype, device=self.device)
+            self._name = name
+            label = f"load {name}"
+            self.timings[label] = self.timings.get(label, 0.0) + time.perf_counter() - start
+        assert self._model is not None
+        return self._model
+
+
+class _Lazy:
+    """Computes a value on first use, so a fully cached study does no model work."""
+
+    def __init__(self, make: Callable[[], object]):
+        self._make, self._value, self._done = make, None, False
+
+    def __call__(self):
+        if not self._done:
+            self._value, self._done = self._make(), True
+        return self._value
+
+
+def _study_grader(config: StudyConfig):
+    from calibtune.graders import build_grader
+
+    return build_grader(config.open_ended, config.dtype, config.device, config.batch_size)
+
+
+def _facts(config: StudyConfig, answers: dict[str, dict[str, Answer]], inputs: StudyInputs) -> dict:
+    """Study facts for metrics.json: each answering model's accuracy and the question counts."""
+    accuracy = {t: {"train": float(sum(a[q.id].label for q in inputs.train) / len(inputs.train)),
+                    "eval": float(sum(a[q.id].label for q in inputs.eval) / len(inputs.eval))}
+                for t, a in answers.items()}
+    return {"answer_accuracy": accuracy, "n_train": len(inputs.train), "n_eval": len(inputs.eval),
+            "task": config.task}
