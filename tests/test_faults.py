@@ -51,7 +51,7 @@ def test_judge_identity_holds_the_model_fingerprint_dtype_and_token_limit(tiny_m
         identity["fingerprint"]  # the same weights elsewhere: the same judge
 
 
-def _open_study(tmp_path, tiny_models, refs: list[list[str]], extra: str) -> str:
+def _open_study(tmp_path, tiny_models, refs: list[list[str]], extra: str, methods: str = "probe") -> str:
     rows = [{"id": f"q{i}", "question": f"What comes after number {i}?", "answers": r} for i, r in enumerate(refs)]
     train, held = tmp_path / "oe_train.jsonl", tmp_path / "oe_held.jsonl"
     train.write_text("".join(json.dumps(r) + "\n" for r in rows[:16]))
@@ -60,7 +60,7 @@ def _open_study(tmp_path, tiny_models, refs: list[list[str]], extra: str) -> str
     config.write_text(f"task: open_ended\nmodels: ['{tiny_models['llama']}']\ndtype: float32\nbatch_size: 8\n"
                       f"train: [{{dataset: '{train}'}}]\neval: [{{dataset: '{held}'}}]\n"
                       "open_ended: {max_new_tokens: 4" + extra + "}\n"
-                      "methods: [probe]\nprobe: {max_epochs: 3}\n")
+                      f"methods: [{methods}]\nprobe: {{max_epochs: 3}}\n")
     return str(config)
 
 
@@ -305,3 +305,16 @@ def test_a_hub_model_is_fingerprinted_by_its_resolved_revision(tmp_path, monkeyp
     (repo / "refs" / "main").write_text("b" * 40)
     assert model_fingerprint("org/tiny-llama") == f"hub:org/tiny-llama@{'b' * 40}"
     assert model_fingerprint("org/not-cached").endswith("@unresolved")
+
+
+def test_a_study_says_how_many_verdicts_its_grader_left_undecided(tmp_path, tiny_models, isolated_cache):
+    refs = [["42"] if i % 3 == 0 else ["Paris"] for i in range(24)]  # numeric cannot grade "Paris"
+    config = _open_study(tmp_path, tiny_models, refs, ", grader: numeric", methods="likelihood")
+    result = runner.invoke(app, ["run", config, "-o", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    answers = pd.read_parquet(tmp_path / "run" / "answers" / "llama.parquet")
+    assert int(answers.correct.isna().sum()) == 16
+    assert "the grader could not decide 16 of 24 answers; they count as wrong" in " ".join(result.output.split())
+    scores = pd.read_parquet(tmp_path / "run" / "scores.parquet").set_index("question_id")
+    undecided = answers[answers.correct.isna()].question_id
+    assert (scores.label[scores.index.intersection(undecided)] == 0).all()

@@ -4,11 +4,13 @@ chooses their training answers."""
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from typing import Literal
 
+import numpy as np
 from pydantic import Field
 
-from calibtune.methods.base import CellContext
+from calibtune.methods.base import CellContext, CellScores
 from calibtune.records import Question
 from calibtune.settings import Settings
 
@@ -55,3 +57,17 @@ def adapter_training_set(ctx: CellContext, settings: AdapterConfig) -> list[Ques
     if cap is None or cap >= len(train):
         return train
     return random.Random(f"{ctx.study.seed}-adapters").sample(train, cap)
+
+
+def fit_and_score(ctx: CellContext, estimator, seqs: Sequence, labels: np.ndarray, eval_seqs: Sequence) -> CellScores:
+    """Train an adapter estimator on T's answers (``seqs``, ``labels``), save it, and score T's evaluation
+    answers and the answers it held out (those calibrate its temperature); the adapters come off after."""
+    try:
+        estimator.fit(seqs, labels, ctx.checkpoint)
+        estimator.save(ctx.out)
+        val = estimator.val_indices
+        p_all = estimator.predict_proba(list(eval_seqs) + [seqs[i] for i in val])
+    finally:
+        estimator.release()
+    n = len(eval_seqs)
+    return CellScores(p_all[:n], p_all[n:], labels[val])

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from calibtune.methods.adapters import AdapterConfig, adapter_training_set, study_adapter_config
+from calibtune.methods.adapters import AdapterConfig, adapter_training_set, fit_and_score, study_adapter_config
 from calibtune.methods.base import CellContext, CellScores, Method
 
 if TYPE_CHECKING:
@@ -35,18 +35,11 @@ def make_cell(ctx: CellContext) -> CellScores:
     y_train = ctx.labels(train)
     seqs = encode_texts(lm.tokenizer, ctx.texts(train))
     est = LoraHeadEstimator(lm, settings, seed=ctx.study.seed, meta=ctx.meta(len(train)))
-    try:
-        est.fit(seqs, y_train, ctx.checkpoint)
-        est.save(ctx.out)
-        val = est.val_indices
-        p_all = est.predict_proba(encode_texts(lm.tokenizer, ctx.texts(ctx.inputs.eval)) + [seqs[i] for i in val])
-    finally:
-        est.release()
+    scores = fit_and_score(ctx, est, seqs, y_train, encode_texts(lm.tokenizer, ctx.texts(ctx.inputs.eval)))
     log = est.log
     ctx.log(f"LoRA {ctx.estimator_model} on {ctx.answering_model}: layer {est.layer}, {log.steps} steps, best "
             f"validation loss {log.best_val_loss:.4f} at step {log.best_step}, {log.seconds:.0f} s")
-    n = len(ctx.inputs.eval)
-    return CellScores(p_all[:n], p_all[n:], y_train[val])
+    return scores
 
 
 def load(folder: Path, info: dict, lm: LoadedModel) -> AnswerEstimator:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
-from calibtune.methods.adapters import AdapterConfig, adapter_training_set, study_adapter_config
+from calibtune.methods.adapters import AdapterConfig, adapter_training_set, fit_and_score, study_adapter_config
 from calibtune.methods.base import CellContext, CellScores, Method
 from calibtune.prompts import DEFAULT_OPTIONS, DEFAULT_QUERY
 
@@ -40,19 +40,12 @@ def make_cell(ctx: CellContext) -> CellScores:
     y_train = ctx.labels(train)
     seqs = encode_queries(lm.tokenizer, *ctx.prompts(train), settings.query)
     est = LoraPromptEstimator(lm, settings, seed=ctx.study.seed, meta=ctx.meta(len(train)))
-    try:
-        est.fit(seqs, y_train, ctx.checkpoint)
-        est.save(ctx.out)
-        eval_seqs = encode_queries(lm.tokenizer, *ctx.prompts(ctx.inputs.eval), settings.query)
-        val = est.val_indices
-        p_all = est.predict_proba(eval_seqs + [seqs[i] for i in val])
-    finally:
-        est.release()
+    eval_seqs = encode_queries(lm.tokenizer, *ctx.prompts(ctx.inputs.eval), settings.query)
+    scores = fit_and_score(ctx, est, seqs, y_train, eval_seqs)
     log = est.log
     ctx.log(f"LoRA + Prompt {ctx.estimator_model} on {ctx.answering_model}: {log.steps} steps, best validation "
             f"loss {log.best_val_loss:.4f} at step {log.best_step}, {log.seconds:.0f} s")
-    n = len(ctx.inputs.eval)
-    return CellScores(p_all[:n], p_all[n:], y_train[val])
+    return scores
 
 
 def load(folder: Path, info: dict, lm: LoadedModel) -> AnswerEstimator:

@@ -18,25 +18,22 @@ import numpy as np
 from calibtune.config import StudyConfig
 from calibtune.errors import CalibtuneError
 from calibtune.graders import JudgementCache, count_undecided, grade_answers
-from calibtune.models import LoadedModel, choose_device, choose_dtype, model_fingerprint
+from calibtune.models import LoadedModel
 from calibtune.progress import progress_bar
 from calibtune.questions import StudyInputs
 from calibtune.records import Answer, Question, answers_from_table, answers_to_table
-from calibtune.stages.base import Runtime, Stage
+from calibtune.stages.base import ModelStage, Runtime
 
 # A study warns when at least this share of a model's open-ended answers are empty.
 EMPTY_WARNING_SHARE = 0.2
 
 
 @dataclass(frozen=True)
-class ClozeAnswers(Stage):
+class ClozeAnswers(ModelStage):
     """Multiple-choice answers by cloze scoring: every option scored as the continuation of the prompt."""
 
     name: ClassVar[str] = "answers"
     version: ClassVar[int] = 3
-    model: str
-    fingerprint: str
-    dtype: str
     prompt: str
     option_prefix: str
     select: str
@@ -51,14 +48,11 @@ class ClozeAnswers(Stage):
 
 
 @dataclass(frozen=True)
-class GeneratedAnswers(Stage):
+class GeneratedAnswers(ModelStage):
     """Open-ended answers: greedy generation after the prompt (and k exemplars, or in the chat template)."""
 
     name: ClassVar[str] = "answers"
     version: ClassVar[int] = 3
-    model: str
-    fingerprint: str
-    dtype: str
     prompt: str
     exemplars: tuple[Mapping[str, Any], ...]  # each exemplar's content: the prompt shows it with its answer
     chat_template: bool
@@ -78,14 +72,14 @@ class GeneratedAnswers(Stage):
 
 def answers_stage(config: StudyConfig, inputs: StudyInputs, model: str) -> ClozeAnswers | GeneratedAnswers:
     """The answers stage of one answering model, with every setting its answers depend on."""
-    dtype = str(choose_dtype(config.dtype, choose_device(config.device)))
-    common = {"model": model, "fingerprint": model_fingerprint(model), "dtype": dtype, "prompt": config.prompt,
-              "batch_size": config.batch_size}
+    common = {"prompt": config.prompt, "batch_size": config.batch_size}
     if config.task == "multiple_choice":
-        return ClozeAnswers(**common, option_prefix=config.option_prefix, select=config.select)
+        return ClozeAnswers.of(model, config.dtype, config.device, **common, option_prefix=config.option_prefix,
+                               select=config.select)
     settings = config.open_ended
-    return GeneratedAnswers(**common, exemplars=tuple(q.content() for q in inputs.exemplars),
-                            chat_template=settings.chat_template, max_new_tokens=settings.max_new_tokens)
+    return GeneratedAnswers.of(model, config.dtype, config.device, **common,
+                               exemplars=tuple(q.content() for q in inputs.exemplars),
+                               chat_template=settings.chat_template, max_new_tokens=settings.max_new_tokens)
 
 
 def graded_answers(rt: Runtime, config: StudyConfig, inputs: StudyInputs, model: str, grader) -> dict[str, Answer]:

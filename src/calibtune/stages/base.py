@@ -60,6 +60,23 @@ class Stage:
         return plan
 
 
+@dataclass(frozen=True)
+class ModelStage(Stage):
+    """A stage that runs a model: the model's name, fingerprint (its weights) and the dtype it runs in."""
+
+    model: str
+    fingerprint: str
+    dtype: str
+
+    @classmethod
+    def of(cls, model: str, dtype: str, device: str, **settings: Any):
+        """The stage for ``model`` as a study with these dtype and device settings runs it."""
+        from calibtune.models import choose_device, choose_dtype, model_fingerprint
+
+        return cls(model=model, fingerprint=model_fingerprint(model),
+                   dtype=str(choose_dtype(dtype, choose_device(device))), **settings)
+
+
 @dataclass
 class Runtime:
     """What every stage of a study shares: the store, the log, the clock and the model pool."""

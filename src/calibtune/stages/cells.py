@@ -23,25 +23,21 @@ from calibtune.calibration import TemperatureScaler
 from calibtune.config import StudyConfig, method_settings
 from calibtune.errors import CalibtuneError
 from calibtune.methods import CellContext, CellScores, Method
-from calibtune.models import choose_device, choose_dtype, model_fingerprint
 from calibtune.questions import StudyInputs
 from calibtune.records import Answer, Question
-from calibtune.stages.base import Runtime, Stage, digest
+from calibtune.stages.base import ModelStage, Runtime, digest
 
 # What every cell depends on besides its method's own settings.
 COMMON_SETTINGS = ("task", "prompt", "option_prefix", "batch_size", "temperature_scaling", "seed")
 
 
 @dataclass(frozen=True)
-class CellStage(Stage):
-    """One cell of one method: its settings, and the estimator model whose weights it reads."""
+class CellStage(ModelStage):
+    """One cell of one method: the estimator model whose weights it reads, and the method's settings."""
 
     name: ClassVar[str] = "cell"
     version: ClassVar[int] = 4
     method: str
-    estimator_model: str
-    fingerprint: str
-    dtype: str
     method_settings: Mapping[str, Any]
 
 
@@ -60,10 +56,8 @@ def cell_settings(config: StudyConfig, method: Method, quick: bool) -> dict[str,
 
 def cell_stage(config: StudyConfig, method: Method, estimator_model: str, quick: bool) -> CellStage:
     """The cell stage of ``method`` on estimator model ``estimator_model``."""
-    return CellStage(method=method.name, estimator_model=estimator_model,
-                     fingerprint=model_fingerprint(estimator_model),
-                     dtype=str(choose_dtype(config.dtype, choose_device(config.device))),
-                     method_settings=cell_settings(config, method, quick))
+    return CellStage.of(estimator_model, config.dtype, config.device, method=method.name,
+                        method_settings=cell_settings(config, method, quick))
 
 
 def cell_inputs(answers: Mapping[str, Answer], inputs: StudyInputs) -> dict[str, str]:

@@ -15,22 +15,19 @@ import numpy as np
 
 from calibtune.config import StudyConfig
 from calibtune.methods import FeatureTable
-from calibtune.models import choose_device, choose_dtype, model_fingerprint, model_num_layers
+from calibtune.models import model_num_layers
 from calibtune.progress import progress_bar
 from calibtune.questions import StudyInputs
 from calibtune.records import Answer
-from calibtune.stages.base import Runtime, Stage
+from calibtune.stages.base import ModelStage, Runtime
 
 
 @dataclass(frozen=True)
-class FeaturesStage(Stage):
+class FeaturesStage(ModelStage):
     """Hidden states at ``layers`` of each text, at its last token (or averaged over its tokens)."""
 
     name: ClassVar[str] = "features"
     version: ClassVar[int] = 3
-    model: str
-    fingerprint: str
-    dtype: str
     layers: tuple[int, ...]
     token: str
     batch_size: int
@@ -51,9 +48,8 @@ def probe_features(rt: Runtime, config: StudyConfig, model: str, answers: Mappin
     texts = sorted({proposed_answer_text(q, by_id[q.id].text, config.prompt, config.option_prefix)
                     for by_id in answers.values() for q in inputs.all})
     layers = candidate_layers_of(config, model)
-    stage = FeaturesStage(model=model, fingerprint=model_fingerprint(model),
-                          dtype=str(choose_dtype(config.dtype, choose_device(config.device))), layers=tuple(layers),
-                          token=config.features.token, batch_size=config.batch_size)
+    stage = FeaturesStage.of(model, config.dtype, config.device, layers=tuple(layers), token=config.features.token,
+                             batch_size=config.batch_size)
     plan = stage.shards(texts)
     missing = [(key, part) for key, part in plan if not rt.store.has("features", key)]
     rt.report_shards(f"features of {model}", plan, missing)
