@@ -247,3 +247,20 @@ def test_training_resumes_from_a_checkpoint_to_the_same_result(tiny_models, tmp_
     assert resumed.log.train_loss == expected_log.train_loss
     assert resumed.log.val_loss == expected_log.val_loss
     resumed.release()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma"])
+def test_a_decoder_cut_at_a_layer_gives_that_layers_hidden_states(tiny_models, arch):
+    from calibtune.forward import decoder_up_to
+
+    lm = load_model(str(tiny_models[arch]), dtype="float32")
+    ids = torch.tensor([lm.tokenizer("Question: Which planet?\nAnswer: Jupiter")["input_ids"]])
+    with torch.no_grad():
+        full = lm.model(ids, output_hidden_states=True).hidden_states
+        with decoder_up_to(lm, 1) as decoder:
+            assert len(decoder.layers) == 1
+            cut = decoder(input_ids=ids).last_hidden_state
+        again = lm.model(ids, output_hidden_states=True).hidden_states
+    torch.testing.assert_close(cut, full[1], rtol=0, atol=0)  # the same arithmetic, not just close
+    assert len(lm.model.get_decoder().layers) == 2
+    torch.testing.assert_close(again[2], full[2], rtol=0, atol=0)  # the whole model is back

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from calibtune.errors import CalibtuneError
-from calibtune.features import candidate_layers
-from calibtune.forward import continuation_logprobs, encode_continuations, encode_texts, hidden_features
+from calibtune.features import candidate_layers, extract_features
+from calibtune.forward import continuation_logprobs, encode_continuations
 from calibtune.models import BUNDLED, choose_dtype, load_model, model_fingerprint
 
 ARCHS = ["llama", "gemma", "mistral", "qwen"]
@@ -92,8 +92,8 @@ def test_cloze_matches_hand_computation_and_batching(tiny_models, arch):
     contexts = ["Question: What is the capital of France?\nAnswer:"] * 3 + ["Question: Which planet?\nAnswer:"]
     conts = [" Paris", " the lazy dog", " Jupiter", " sunlight water"]
     seqs = encode_continuations(lm.tokenizer, contexts, conts)
-    sums, counts = continuation_logprobs(lm, seqs, batch_size=3)
-    sums1, _ = continuation_logprobs(lm, seqs, batch_size=1)
+    sums, counts = continuation_logprobs(lm, seqs, token_budget=64)
+    sums1, _ = continuation_logprobs(lm, seqs, token_budget=1)
     for i, (c, t) in enumerate(zip(contexts, conts)):
         assert sums[i] == pytest.approx(_hand_logprob(lm, c, t), abs=1e-4)
         assert counts[i] == len(lm.tokenizer(t, add_special_tokens=False)["input_ids"])
@@ -101,22 +101,20 @@ def test_cloze_matches_hand_computation_and_batching(tiny_models, arch):
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma"])
-def test_hidden_features_last_token(tiny_models, arch):
+def test_features_are_the_hidden_states_of_prompt_and_answer(tiny_models, arch):
     lm = load_model(str(tiny_models[arch]), dtype="float32")
-    texts = ["Question: Which planet?\nAnswer: Jupiter", "Question: What is the capital of France?\nAnswer: Paris"]
-    feats = hidden_features(lm, encode_texts(lm.tokenizer, texts), layers=[1, 2], batch_size=2)
+    prompts = ["Question: Which planet?\nAnswer:", "Question: What is the capital of France?\nAnswer:"]
+    answers = [" Jupiter", " Paris"]
+    feats = extract_features(lm, prompts, answers, layers=[1, 2], token_budget=64)
     assert feats.shape == (2, 2, 32)
-    for i, text in enumerate(texts):
-        ids = torch.tensor([lm.tokenizer(text)["input_ids"]])
+    for i, (prompt, answer) in enumerate(zip(prompts, answers)):
+        ids = lm.tokenizer(prompt)["input_ids"] + lm.tokenizer(answer, add_special_tokens=False)["input_ids"]
         with torch.no_grad():
-            states = lm.model(ids, output_hidden_states=True).hidden_states
+            states = lm.model(torch.tensor([ids]), output_hidden_states=True).hidden_states
         np.testing.assert_allclose(feats[i, 0], states[1][0, -1].numpy(), atol=1e-4)
         np.testing.assert_allclose(feats[i, 1], states[2][0, -1].numpy(), atol=1e-4)
-    mean = hidden_features(lm, encode_texts(lm.tokenizer, texts[:1]), layers=[2], token="mean")
-    ids = torch.tensor([lm.tokenizer(texts[0])["input_ids"]])
-    with torch.no_grad():
-        state = lm.model(ids, output_hidden_states=True).hidden_states[2][0].mean(0)
-    np.testing.assert_allclose(mean[0, 0], state.numpy(), atol=1e-4)
+        mean = extract_features(lm, [prompt], [answer], layers=[2], token="mean")
+        np.testing.assert_allclose(mean[0, 0], states[2][0].mean(0).numpy(), atol=1e-4)
 
 
 def test_candidate_layers():
@@ -129,27 +127,37 @@ def test_candidate_layers():
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_shared_prefix_scores_equal_pairwise_scores(tiny_models, arch):
-    from calibtune.forward import option_logprobs
+def test_packed_options_score_and_read_as_each_option_alone(tiny_models, arch):
+    """A question read as one packed row (prompt, then every option under a branch mask) gives every option the
+    log-probability and the hidden states of that option read alone after the prompt."""
+    from calibtune.forward import Tree, tree_pass
 
     lm = load_model(str(tiny_models[arch]), dtype="float32")
     contexts = ["Question: What is the capital of France?\nAnswer:", "Question: Which planet?\nAnswer:",
                 "Question: " + "the lazy dog " * 4 + "?\nAnswer:"]
     options = [[" Paris", " the lazy dog", " Jupiter water"], [" fox", " Jupiter"], [" quick", " brown fox", " a"]]
-    ctx_ids = lm.tokenizer(contexts)["input_ids"]
-    opt_ids = [lm.tokenizer(o, add_special_tokens=False)["input_ids"] for o in options]
-    shared = option_logprobs(lm, ctx_ids, opt_ids, batch_size=2)
-    for c, opts, got in zip(contexts, options, shared):
-        np.testing.assert_allclose(got, [_hand_logprob(lm, c, o) for o in opts], atol=1e-4)
+    trees = [Tree(tuple(lm.tokenizer(c)["input_ids"]),
+                  tuple(tuple(lm.tokenizer(o, add_special_tokens=False)["input_ids"]) for o in opts))
+             for c, opts in zip(contexts, options)]
+    for budget in (32, 4096):  # one question per pass, or all of them in one padded batch
+        out = tree_pass(lm, trees, layers=[1, 2], token_budget=budget)
+        for tree, c, opts, got, feats in zip(trees, contexts, options, out.logprobs, out.features):
+            np.testing.assert_allclose(got, [_hand_logprob(lm, c, o) for o in opts], atol=1e-4)
+            for k, branch in enumerate(tree.branches):
+                with torch.no_grad():
+                    states = lm.model(torch.tensor([tree.context + branch]), output_hidden_states=True).hidden_states
+                np.testing.assert_allclose(feats[k, 0], states[1][0, -1].numpy(), atol=1e-4)
+                np.testing.assert_allclose(feats[k, 1], states[2][0, -1].numpy(), atol=1e-4)
 
 
 def test_contexts_longer_than_the_sliding_window_fall_back(tiny_models):
-    from calibtune.forward import option_logprobs
+    from calibtune.forward import Tree, tree_pass
 
     lm = load_model(str(tiny_models["gemma"]), dtype="float32")
     long_context = "Question: " + "the quick brown fox jumps over the lazy dog " * 8 + "?\nAnswer:"
     ctx_ids = lm.tokenizer([long_context, "Question: Which planet?\nAnswer:"])["input_ids"]
     assert len(ctx_ids[0]) > lm.model.config.sliding_window
-    opt_ids = [lm.tokenizer([" Paris", " dog"], add_special_tokens=False)["input_ids"]] * 2
-    shared = option_logprobs(lm, ctx_ids, opt_ids)
-    np.testing.assert_allclose(shared[0], [_hand_logprob(lm, long_context, o) for o in (" Paris", " dog")], atol=1e-4)
+    opt_ids = [tuple(o) for o in lm.tokenizer([" Paris", " dog"], add_special_tokens=False)["input_ids"]]
+    out = tree_pass(lm, [Tree(tuple(c), tuple(opt_ids)) for c in ctx_ids])
+    np.testing.assert_allclose(out.logprobs[0], [_hand_logprob(lm, long_context, o) for o in (" Paris", " dog")],
+                               atol=1e-4)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from calibtune.forward import option_logprobs
+from calibtune.forward import DEFAULT_TOKEN_BUDGET, Tree, tree_pass
 from calibtune.models import LoadedModel
 from calibtune.progress import progress_bar
 from calibtune.prompts import DEFAULT_PROMPT, format_prompt
@@ -27,7 +27,8 @@ class ClozeSettings:
     prompt: str = DEFAULT_PROMPT
     option_prefix: str = " "
     select: str = "mean"  # "mean" (length-normalised) or "sum"
-    batch_size: int = 16
+    batch_size: int = 64  # questions per forward pass, at most
+    token_budget: int = DEFAULT_TOKEN_BUDGET  # tokens per forward pass, padding included
 
 
 def answer_multiple_choice(
@@ -37,6 +38,18 @@ def answer_multiple_choice(
     """Score every option of every question and return the model's (ungraded) answers.
 
     ``progress(n)`` is called as questions finish; without it a progress bar is shown.
+    """
+    return cloze_answers(lm, questions, settings, progress)[0]
+
+
+def cloze_answers(
+    lm: LoadedModel, questions: Sequence[Question], settings: ClozeSettings = ClozeSettings(),
+    progress: Callable[[int], None] | None = None, layers: Sequence[int] | None = None,
+) -> tuple[list[Answer], np.ndarray | None]:
+    """The model's (ungraded) answers and, with ``layers``, its hidden states ``[n, len(layers), hidden]`` at the
+    last token of each chosen option: what the Probe reads of "question + answer", from the same pass.
+
+    Each question is one tree: its prompt, then every option (``calibtune.forward.tree_pass``).
     """
     if settings.select not in ("mean", "sum"):
         raise ValueError(f"unknown selection '{settings.select}': use mean or sum")
@@ -50,20 +63,32 @@ def answer_multiple_choice(
         for text, ids in zip(question.choices, opts):
             if not ids:
                 raise ValueError(f"question {question.id}: option {text!r} has no tokens")
+    trees = [Tree(tuple(c), tuple(tuple(o) for o in opts)) for c, opts in zip(contexts, options)]
+    names = [q.id for q in questions]
+
+    def read(advance):
+        return tree_pass(lm, trees, layers=layers, token_budget=settings.token_budget, max_rows=settings.batch_size,
+                         progress=advance, names=names)
+
     if progress is None:
         with progress_bar(f"answer  {lm.name}", len(questions)) as advance:
-            scores = option_logprobs(lm, contexts, options, settings.batch_size, advance, [q.id for q in questions])
+            out = read(advance)
     else:
-        scores = option_logprobs(lm, contexts, options, settings.batch_size, progress, [q.id for q in questions])
-    answers = []
-    for question, q_sum, opts in zip(questions, scores, options):
+        out = read(progress)
+    answers, chosen = [], []
+    for question, q_sum, opts in zip(questions, out.logprobs, options):
         q_mean = q_sum / np.array([len(o) for o in opts])
         choice = int(np.argmax(q_mean if settings.select == "mean" else q_sum))
+        chosen.append(choice)
         answers.append(Answer(
             question_id=question.id, model=lm.name, text=question.choices[choice], logprob=float(q_sum[choice]),
             choice=choice, option_logprob_sum=tuple(map(float, q_sum)), option_logprob_mean=tuple(map(float, q_mean)),
         ))
-    return answers
+    features = None
+    if out.features is not None:
+        features = (np.stack([f[k] for f, k in zip(out.features, chosen)]) if questions
+                    else np.zeros((0, len(layers), 0), dtype=np.float32))
+    return answers, features
 
 
 def option_confidence(answer: Answer, select: str = "mean") -> float:

@@ -98,7 +98,8 @@ class _StudySettings(_Strict):
     models: list[str] = Field(min_length=1)
     dtype: str = "auto"
     device: str = "auto"
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(64, ge=1, description="sequences per forward pass, at most")
+    token_budget: int = Field(4096, ge=16, description="tokens per forward pass (padding included), at most")
     prompt: str = DEFAULT_PROMPT
     option_prefix: str = " "
     select: Literal["mean", "sum"] = "mean"

@@ -1,4 +1,4 @@
-"""Hidden-state features of "question + proposed answer" texts, as read by an estimator model."""
+"""Hidden-state features of "question + proposed answer", as an estimator model reads them (the Probe's input)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from calibtune.forward import encode_texts, hidden_features
+from calibtune.forward import DEFAULT_TOKEN_BUDGET, Encoded, Tree, tree_pass
 from calibtune.models import LoadedModel
 from calibtune.progress import progress_bar
-from calibtune.prompts import format_prompt
-from calibtune.records import Question
 
 AUTO_DEPTHS = (0.25, 0.5, 0.75, 1.0)
 
@@ -30,18 +28,42 @@ def candidate_layers(num_layers: int, spec: str | Sequence[int] = "auto") -> lis
     return layers
 
 
-def proposed_answer_text(question: Question, answer: str, prompt: str, option_prefix: str = " ") -> str:
-    """The text the estimator reads: the question prompt followed by the proposed answer."""
-    return format_prompt(question, prompt) + option_prefix + answer
+def answer_trees(lm: LoadedModel, prompts: Sequence[str], answers: Sequence[str]) -> list[Tree]:
+    """Each (question prompt, proposed answer with its separator) as a one-branch tree, tokenized apart as
+    cloze answering tokenizes a prompt and an option, so the answering pass and this one read the same tokens."""
+    if not prompts:
+        return []
+    contexts = lm.tokenizer(list(prompts))["input_ids"]
+    branches = lm.tokenizer(list(answers), add_special_tokens=False)["input_ids"]
+    trees = []
+    for context, branch in zip(contexts, branches):
+        if not branch:  # an empty answer: the text is the prompt, read to its last token
+            context, branch = context[:-1], context[-1:]
+        trees.append(Tree(tuple(context), (tuple(branch),)))
+    return trees
+
+
+def answer_sequences(lm: LoadedModel, prompts: Sequence[str], answers: Sequence[str]) -> list[Encoded]:
+    """Each "prompt + answer" as one token sequence, tokenized as ``answer_trees`` does (for LoRA's head)."""
+    return [Encoded(t.context + t.branches[0]) for t in answer_trees(lm, prompts, answers)]
 
 
 def extract_features(
-    lm: LoadedModel, texts: Sequence[str], layers: Sequence[int], token: str = "last", batch_size: int = 16,
+    lm: LoadedModel, prompts: Sequence[str], answers: Sequence[str], layers: Sequence[int], token: str = "last",
+    token_budget: int = DEFAULT_TOKEN_BUDGET, max_rows: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
-    """Hidden states ``[n, len(layers), hidden]`` of each text; a progress bar unless ``progress`` is given."""
-    seqs = encode_texts(lm.tokenizer, texts)
+    """Hidden states ``[n, len(layers), hidden]`` of each "prompt + answer"; a progress bar unless ``progress``."""
+    trees = answer_trees(lm, prompts, answers)
+
+    def read(advance) -> np.ndarray:
+        out = tree_pass(lm, trees, score=False, layers=layers, token=token, token_budget=token_budget,
+                        max_rows=max_rows, progress=advance)
+        if not trees:
+            return np.zeros((0, len(layers), lm.model.config.get_text_config().hidden_size), dtype=np.float32)
+        return np.stack([f[0] for f in out.features])
+
     if progress is not None:
-        return hidden_features(lm, seqs, layers, token=token, batch_size=batch_size, progress=progress)
-    with progress_bar(f"features {lm.name}", len(seqs)) as advance:
-        return hidden_features(lm, seqs, layers, token=token, batch_size=batch_size, progress=advance)
+        return read(progress)
+    with progress_bar(f"features {lm.name}", len(trees)) as advance:
+        return read(advance)

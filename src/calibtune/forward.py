@@ -1,13 +1,24 @@
-"""Batched forward passes: continuation log-likelihoods and hidden-state features.
+"""Batched forward passes without gradients: the one batching path of calibtune.
 
-This is the one batching path of calibtune. Sequences are sorted by length so that a
-batch carries little padding, right-padded, and run without gradients. The language
-model head is applied only at the positions whose logits are needed.
+Everything that reads a model without training it goes through ``tree_pass``. A *tree*
+is a context followed by branches that each continue it: a multiple-choice question
+(the prompt, and one branch per option) or one text (a context and a single branch). A
+tree is packed into one row, context then every branch, with position ids that restart
+each branch where the context ends and an attention mask under which a branch sees the
+context and itself only; so the context is read once however many options follow it, and
+no key/value cache is copied per option. Trees are sorted by length and batched by a
+token budget (padding included), the language-model head runs only where a branch
+token is predicted, and the hidden states of chosen layers are gathered at each branch's
+last token when asked for (the Probe's features).
+
+Models with sliding-window attention read a tree in one row only when every branch fits
+the window; otherwise each branch is read as its own sequence, under the model's own masks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +28,8 @@ from calibtune.errors import CalibtuneError
 from calibtune.models import LoadedModel, context_limit
 
 Progress = Callable[[int], None]
+DEFAULT_TOKEN_BUDGET = 4096  # tokens per forward pass, padding included
+HEAD_CHUNK = 512  # LM-head rows per log-softmax (Gemma's 262k-word head: 0.5 GiB of fp32 logits)
 
 
 def check_lengths(lm: LoadedModel, lengths: Sequence[int], names: Sequence[str] | None = None,
@@ -44,6 +57,33 @@ class Encoded:
 
     ids: tuple[int, ...]
     n_target: int = 0
+
+
+@dataclass(frozen=True)
+class Tree:
+    """A context and the branches that continue it (each a tuple of token ids)."""
+
+    context: tuple[int, ...]
+    branches: tuple[tuple[int, ...], ...]
+
+    @property
+    def packed_length(self) -> int:
+        """Tokens in the packed row: the context once, then every branch."""
+        return len(self.context) + sum(len(b) for b in self.branches)
+
+    @property
+    def longest(self) -> int:
+        """The longest sequence the tree stands for: the context and its longest branch."""
+        return len(self.context) + max(len(b) for b in self.branches)
+
+
+@dataclass(frozen=True)
+class TreeOutputs:
+    """Per tree: the summed log-probability of each branch's tokens (``logprobs[i][j]``), and the hidden
+    states ``[n_branches, n_layers, hidden]`` at each branch's last token (``features[i]``), when asked for."""
+
+    logprobs: list[np.ndarray] | None
+    features: list[np.ndarray] | None
 
 
 def encode_continuations(tokenizer, contexts: Sequence[str], continuations: Sequence[str]) -> list[Encoded]:
@@ -74,7 +114,8 @@ def _tokenize(tokenizer, texts: list[str], special: bool) -> list[list[int]]:
 
 
 def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None) -> Iterator[list[int]]:
-    """Indices grouped into batches of similar length, longest first."""
+    """Indices grouped into batches of similar length, longest first: at most ``batch_size`` sequences and,
+    padding included, ``max_tokens`` tokens per batch (a longer sequence goes alone)."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batch: list[int] = []
     for index in order:
@@ -112,141 +153,158 @@ def finish_logits(model, raw: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def continuation_logprobs(
-    lm: LoadedModel, seqs: Sequence[Encoded], batch_size: int = 16, max_tokens: int | None = 4096,
-    progress: Progress | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Summed log-likelihood of each sequence's continuation, and its token count."""
-    check_lengths(lm, [len(s.ids) for s in seqs])
-    sums = np.zeros(len(seqs), dtype=np.float64)
-    counts = np.array([s.n_target for s in seqs], dtype=np.int64)
-    pad_id = lm.tokenizer.pad_token_id
-    base = lm.model.get_decoder()
-    with torch.inference_mode():
-        for batch in length_batches([len(s.ids) for s in seqs], batch_size, max_tokens):
-            items = [seqs[i] for i in batch]
-            ids, mask = pad_ids([s.ids for s in items], pad_id, lm.device)
-            hidden = base(input_ids=ids, attention_mask=mask).last_hidden_state
-            rows, cols, targets = [], [], []
-            for row, item in enumerate(items):
-                end = len(item.ids)
-                for pos in range(end - item.n_target, end):
-                    rows.append(row)
-                    cols.append(pos - 1)  # the logits at pos-1 predict the token at pos
-                    targets.append(item.ids[pos])
-            logp = torch.log_softmax(lm_head_logits(lm.model, hidden[rows, cols]), dim=-1)
-            token_lp = logp[torch.arange(len(targets)), torch.tensor(targets, device=logp.device)].cpu().numpy()
-            start = 0
-            for row, index in enumerate(batch):
-                n = items[row].n_target
-                sums[index] = float(token_lp[start : start + n].sum())
-                start += n
-            if progress:
-                progress(len(batch))
-    return sums, counts
+def token_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) at each row of ``hidden`` (final hidden states), the head run in chunks of rows."""
+    out = []
+    for start in range(0, hidden.shape[0], HEAD_CHUNK):
+        logp = torch.log_softmax(lm_head_logits(model, hidden[start:start + HEAD_CHUNK]), dim=-1)
+        out.append(logp.gather(1, targets[start:start + HEAD_CHUNK, None])[:, 0])
+    return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
 
 
-def _sliding_window(model) -> int | None:
+def sliding_window(model) -> int | None:
+    """The model's attention window, if it has one."""
     config = getattr(model.config, "text_config", None) or model.config
     return getattr(config, "sliding_window", None)
 
 
-def option_logprobs(
-    lm: LoadedModel, contexts: Sequence[Sequence[int]], options: Sequence[Sequence[Sequence[int]]],
-    batch_size: int = 16, progress: Progress | None = None, names: Sequence[str] | None = None,
-) -> list[np.ndarray]:
-    """Summed log-likelihood of each option continuing its question's context.
-
-    The context is run once per question and its key/value cache shared by the options,
-    which takes about a third of the tokens of scoring every (context, option) pair apart.
-    Returns one array of option scores per question. Questions too long for a model's
-    sliding attention window are scored pair by pair instead.
-    """
-    out: list[np.ndarray] = [np.zeros(len(opts)) for opts in options]
-    window = _sliding_window(lm.model)
-    total = [len(c) + max(len(o) for o in opts) for c, opts in zip(contexts, options)]
-    check_lengths(lm, total, names)
-    long = [i for i, n in enumerate(total) if window and n > window]
-    if long:
-        pairs = [Encoded(tuple(contexts[i]) + tuple(o), len(o)) for i in long for o in options[i]]
-        sums, _ = continuation_logprobs(lm, pairs, batch_size=batch_size)
-        start = 0
-        for i in long:
-            out[i] = sums[start : start + len(options[i])]
-            start += len(options[i])
-            if progress:
-                progress(1)
-    short = [i for i in range(len(contexts)) if i not in set(long)]
-    pad_id = lm.tokenizer.pad_token_id
-    base = lm.model.get_decoder()
-    with torch.inference_mode():
-        for chunk in length_batches([total[i] for i in short], batch_size, None):
-            batch = [short[j] for j in chunk]
-            ids, mask = pad_ids([contexts[i] for i in batch], pad_id, lm.device)
-            lengths = mask.sum(dim=1)
-            positions = torch.arange(ids.shape[1], device=lm.device).expand_as(ids)
-            ctx = base(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-            last = ctx.last_hidden_state[torch.arange(len(batch)), lengths - 1]  # predicts each option's first token
-            owner = [b for b, i in enumerate(batch) for _ in options[i]]
-            owner_t = torch.tensor(owner, device=lm.device)
-            cache = ctx.cache
-            cache.reorder_cache(owner_t)  # one cache row per option
-            flat = [Encoded(tuple(o)) for i in batch for o in options[i]]
-            opt_ids, opt_mask = pad_ids([s.ids for s in flat], pad_id, lm.device)
-            opt_pos = lengths[owner_t][:, None] + torch.arange(opt_ids.shape[1], device=lm.device)[None, :]
-            hidden = base(input_ids=opt_ids, attention_mask=torch.cat([mask[owner_t], opt_mask], dim=1),
-                          position_ids=opt_pos, cache=cache).last_hidden_state
-            vectors, targets = [], []
-            for row, seq in enumerate(flat):
-                vectors.append(last[owner[row]])
-                vectors.extend(hidden[row, : len(seq.ids) - 1])
-                targets.extend(seq.ids)
-            logp = torch.log_softmax(lm_head_logits(lm.model, torch.stack(vectors)), dim=-1)
-            token_lp = logp[torch.arange(len(targets)), torch.tensor(targets, device=logp.device)].cpu().numpy()
-            start = 0
-            for i in batch:
-                for k, opt in enumerate(options[i]):
-                    out[i][k] = float(token_lp[start : start + len(opt)].sum())
-                    start += len(opt)
-            if progress:
-                progress(len(batch))
-    return out
-
-
-def hidden_features(
-    lm: LoadedModel, seqs: Sequence[Encoded], layers: Sequence[int], token: str = "last",
-    batch_size: int = 16, max_tokens: int | None = 4096, progress: Progress | None = None,
-) -> np.ndarray:
-    """Hidden states of each sequence at the given layers: array ``[n, len(layers), hidden]``.
-
-    ``layers`` index ``hidden_states`` (0 is the embedding output, ``num_layers`` the last
-    layer). ``token`` is ``last`` (the final token, as in the paper) or ``mean`` (the
-    average over all tokens).
-    """
+def tree_pass(lm: LoadedModel, trees: Sequence[Tree], score: bool = True, layers: Sequence[int] | None = None,
+              token: str = "last", token_budget: int = DEFAULT_TOKEN_BUDGET, max_rows: int | None = None,
+              progress: Progress | None = None, names: Sequence[str] | None = None) -> TreeOutputs:
+    """Read every tree once: branch log-probabilities (``score``) and hidden states at ``layers`` at each branch's
+    last token (``token="mean"``: averaged over the context and the branch; one-branch trees only). ``layers``
+    index ``hidden_states`` (0 the embeddings, ``num_layers`` the last layer, after the final norm).
+    ``progress(n)`` is called as trees finish; ``names`` name the trees in errors."""
     if token not in ("last", "mean"):
         raise ValueError(f"unknown token position '{token}': use last or mean")
-    check_lengths(lm, [len(s.ids) for s in seqs])
-    out: np.ndarray | None = None
-    pad_id = lm.tokenizer.pad_token_id
-    base = lm.model.get_decoder()
+    for tree in trees:
+        if not tree.context or not tree.branches or not all(tree.branches):
+            raise ValueError("every tree needs a context, at least one branch, and every branch a token")
+        if token == "mean" and len(tree.branches) > 1:
+            raise ValueError("mean pooling reads one branch per tree")
+    check_lengths(lm, [t.longest for t in trees], names)
+    window = sliding_window(lm.model)
+    # A tree whose branches do not all fit the window is read branch by branch, as plain sequences.
+    units: list[tuple[int, int | None, Tree]] = []  # (tree index, branch index or None for all, tree)
+    for i, tree in enumerate(trees):
+        if len(tree.branches) > 1 and window and tree.longest > window:
+            units.extend((i, j, Tree(tree.context, (b,))) for j, b in enumerate(tree.branches))
+        else:
+            units.append((i, None, tree))
+    logprobs = [np.zeros(len(t.branches)) for t in trees] if score else None
+    features = ([np.zeros((len(t.branches), len(layers), lm.model.config.get_text_config().hidden_size),
+                          dtype=np.float32) for t in trees] if layers else None)
+    remaining = [len(t.branches) for t in trees]
+    # Plain sequences and packed trees go in separate batches: a batch with one packed tree is read under a
+    # custom mask, which a sequence longer than the sliding window must not be.
+    groups = [[u for u in units if len(u[2].branches) == 1], [u for u in units if len(u[2].branches) > 1]]
+    batches = [[group[k] for k in batch] for group in groups
+               for batch in length_batches([u[2].packed_length for u in group], max_rows or len(group) or 1,
+                                           token_budget)]
     with torch.inference_mode():
-        for batch in length_batches([len(s.ids) for s in seqs], batch_size, max_tokens):
-            items = [seqs[i] for i in batch]
-            ids, mask = pad_ids([s.ids for s in items], pad_id, lm.device)
-            states = base(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
-            stacked = torch.stack([states[layer] for layer in layers], dim=1).float()  # [b, L, t, h]
-            if token == "last":
-                last = mask.sum(dim=1) - 1
-                feats = stacked[torch.arange(len(items)), :, last]
-            else:
-                weights = mask[:, None, :, None].to(stacked.dtype)
-                feats = (stacked * weights).sum(dim=2) / weights.sum(dim=2)
-            feats = feats.cpu().numpy()
-            if out is None:
-                out = np.zeros((len(seqs), len(layers), feats.shape[-1]), dtype=np.float32)
-            out[batch] = feats
-            if progress:
-                progress(len(batch))
-    if out is None:
-        return np.zeros((0, len(layers), 0), dtype=np.float32)
-    return out
+        for chunk in batches:
+            lp, feats = _read_batch(lm, [u[2] for u in chunk], score, layers, token)
+            for row, (i, j, tree) in enumerate(chunk):
+                where = slice(None) if j is None else slice(j, j + 1)
+                if logprobs is not None:
+                    logprobs[i][where] = lp[row]
+                if features is not None:
+                    features[i][where] = feats[row]
+                remaining[i] -= len(tree.branches)
+                if progress and remaining[i] == 0:
+                    progress(1)
+    return TreeOutputs(logprobs, features)
+
+
+def _read_batch(lm: LoadedModel, trees: list[Tree], score: bool, layers: Sequence[int] | None, token: str):
+    """One forward pass over packed trees: per-branch summed log-probabilities and last-token features."""
+    width = max(t.packed_length for t in trees)
+    n = len(trees)
+    ids = np.full((n, width), lm.tokenizer.pad_token_id, dtype=np.int64)
+    position = np.zeros((n, width), dtype=np.int64)
+    segment = np.full((n, width), -1, dtype=np.int64)  # 0 context, k + 1 branch k, -1 padding
+    pred_rows, pred_cols, targets, owners = [], [], [], []  # scored positions and the branch each belongs to
+    last_rows, last_cols = [], []
+    owner = 0
+    for row, tree in enumerate(trees):
+        c = len(tree.context)
+        ids[row, :c], position[row, :c], segment[row, :c] = tree.context, np.arange(c), 0
+        start = c
+        for k, branch in enumerate(tree.branches):
+            m = len(branch)
+            ids[row, start:start + m] = branch
+            position[row, start:start + m] = np.arange(c, c + m)
+            segment[row, start:start + m] = k + 1
+            # the first branch token is predicted by the context's last token, the others by the one before
+            pred_rows.extend([row] * m)
+            pred_cols.extend([c - 1, *range(start, start + m - 1)])
+            targets.extend(branch)
+            owners.extend([owner] * m)
+            last_rows.append(row)
+            last_cols.append(start + m - 1)
+            owner += 1
+            start += m
+    device = lm.device
+    seg = torch.from_numpy(segment).to(device)
+    plain = all(len(t.branches) == 1 for t in trees)
+    if plain:  # plain sequences: the model's own causal (and sliding-window) masks
+        kwargs = {"attention_mask": (seg >= 0).long()}
+    else:
+        idx = torch.arange(width, device=device)
+        valid = seg >= 0
+        allowed = ((idx[None, None, :] <= idx[None, :, None])
+                   & ((seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])) & valid[:, None, :])
+        allowed |= torch.eye(width, dtype=torch.bool, device=device)[None] & ~valid[:, :, None]  # no empty row
+        kwargs = {"attention_mask": allowed[:, None], "position_ids": torch.from_numpy(position).to(device)}
+    out = lm.model.get_decoder()(input_ids=torch.from_numpy(ids).to(device), output_hidden_states=bool(layers),
+                                 **kwargs)
+    sums = None
+    if score:
+        hidden = out.last_hidden_state[torch.tensor(pred_rows, device=device), torch.tensor(pred_cols, device=device)]
+        lp = token_logprobs(lm.model, hidden, torch.tensor(targets, device=device))
+        totals = torch.zeros(owner, dtype=torch.float64, device=device).index_add_(
+            0, torch.tensor(owners, device=device), lp.double()).cpu().numpy()
+        sums, at = [], 0
+        for tree in trees:
+            sums.append(totals[at:at + len(tree.branches)])
+            at += len(tree.branches)
+    feats = None
+    if layers:
+        if token == "mean":  # one branch per tree: the average over the row's tokens
+            weights = (seg >= 0).to(out.last_hidden_state.dtype)[:, :, None]
+            stacked = torch.stack([(out.hidden_states[layer] * weights).sum(1) / weights.sum(1) for layer in layers],
+                                  dim=1).float().cpu().numpy()
+        else:
+            r, c = torch.tensor(last_rows, device=device), torch.tensor(last_cols, device=device)
+            stacked = torch.stack([out.hidden_states[layer][r, c] for layer in layers], dim=1).float().cpu().numpy()
+        feats, at = [], 0
+        for tree in trees:
+            feats.append(stacked[at:at + len(tree.branches)])
+            at += len(tree.branches)
+    return sums, feats
+
+
+def continuation_logprobs(lm: LoadedModel, seqs: Sequence[Encoded], token_budget: int = DEFAULT_TOKEN_BUDGET,
+                          progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Summed log-likelihood of each sequence's continuation (its last ``n_target`` tokens), and its token count."""
+    trees = [Tree(s.ids[:-s.n_target], (s.ids[-s.n_target:],)) for s in seqs]
+    out = tree_pass(lm, trees, token_budget=token_budget, progress=progress)
+    return np.array([x[0] for x in out.logprobs]), np.array([s.n_target for s in seqs], dtype=np.int64)
+
+
+@contextmanager
+def decoder_up_to(lm: LoadedModel, n_layers: int) -> Iterator:
+    """The decoder with only its first ``n_layers`` blocks and no final norm, so its ``last_hidden_state`` is
+    ``hidden_states[n_layers]`` of the whole model, and the layers above it cost nothing. The full decoder is
+    put back on exit (the blocks themselves are the same modules: adapters on them stay)."""
+    decoder = lm.model.get_decoder()
+    if n_layers >= lm.num_layers:
+        yield decoder
+        return
+    layers, norm = decoder.layers, decoder.norm
+    decoder.layers = torch.nn.ModuleList(list(layers)[:n_layers])
+    decoder.norm = torch.nn.Identity()
+    try:
+        yield decoder
+    finally:
+        decoder.layers, decoder.norm = layers, norm

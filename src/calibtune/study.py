@@ -61,13 +61,14 @@ class Study:
         answers = {t: graded_answers(rt, cfg, inputs, t, grader() if cfg.task == "open_ended" else None)
                    for t in cfg.models}
         self._write_answers(answers, inputs)
-        features = {e: _Lazy(lambda e=e: probe_features(rt, cfg, e, answers, inputs)) for e in cfg.models}
+        features = {(e, t): _Lazy(lambda e=e, t=t: probe_features(rt, cfg, e, t, answers[t], inputs))
+                    for e in cfg.models for t in cfg.models}
         slugs = model_slugs(cfg.models)
         cells = []
         for method, e, t in plan_cells(cfg):
             context = CellContext(
                 study=cfg, settings=method_settings(cfg, method.name), estimator_model=e, answering_model=t,
-                inputs=inputs, answers=answers[t], load_model=rt.models.get, probe_features=features[e],
+                inputs=inputs, answers=answers[t], load_model=rt.models.get, probe_features=features[e, t],
                 grader=grader, log=self.log, quick=self.quick)
             folder = self.output / "estimators" / method.name / f"{slugs[e]}__on__{slugs[t]}"
             cells.append(run_cell(rt, cfg, method, context, self.quick, folder))

@@ -32,7 +32,7 @@ from calibtune.estimators.adapters import (
 )
 from calibtune.estimators.base import check_estimator_model
 from calibtune.estimators.splits import validation_split
-from calibtune.forward import Encoded, check_lengths, encode_texts, length_batches, pad_ids
+from calibtune.forward import Encoded, check_lengths, decoder_up_to, length_batches, pad_ids
 from calibtune.methods.lora import LoraHeadConfig
 from calibtune.models import LoadedModel
 from calibtune.progress import progress_bar
@@ -67,10 +67,11 @@ class LoraHeadEstimator:
         return self.config.layer if self.config.layer >= 0 else max(1, self.lm.num_layers // 2)
 
     def _features(self, seqs: Sequence[Encoded]) -> torch.Tensor:
+        """The hidden state the head reads: the last token's, after ``layer`` blocks (the blocks above are not run)."""
         ids, mask = pad_ids([s.ids for s in seqs], self.lm.tokenizer.pad_token_id, self.lm.device)
-        decoder = self.lm.model.get_decoder()
-        states = decoder(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
-        return states[self.layer][torch.arange(len(seqs)), mask.sum(dim=1) - 1].float()
+        with decoder_up_to(self.lm, self.layer) as decoder:
+            states = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        return states[torch.arange(len(seqs)), mask.sum(dim=1) - 1].float()
 
     def fit(self, seqs: Sequence[Encoded], labels: np.ndarray, checkpoint: Path | None = None) -> LoraHeadEstimator:
         """Train adapters and head jointly; a stratified ``val_fraction`` is held out for early stopping.
@@ -145,11 +146,12 @@ class LoraHeadEstimator:
 
     def estimate(self, questions: Sequence[str], answers: Sequence[str]) -> np.ndarray:
         """P(correct) of each proposed answer, asked with the prompt and separator the estimator recorded."""
+        from calibtune.features import answer_sequences
         from calibtune.prompts import DEFAULT_PROMPT
 
         template, prefix = self.meta.get("prompt", DEFAULT_PROMPT), self.meta.get("option_prefix", " ")
-        texts = [template.format(question=q) + prefix + a for q, a in zip(questions, answers)]
-        return self.predict_proba(encode_texts(self.lm.tokenizer, texts))
+        return self.predict_proba(answer_sequences(self.lm, [template.format(question=q) for q in questions],
+                                                   [prefix + a for a in answers]))
 
     def describe(self) -> dict[str, Any]:
         """Every setting and outcome, for the saved JSON."""

@@ -256,5 +256,6 @@ class ProbeOnModel:
         from calibtune.prompts import DEFAULT_PROMPT
 
         template = (self.probe.meta or {}).get("prompt", DEFAULT_PROMPT)
-        texts = [template.format(question=q) + self.option_prefix + a for q, a in zip(questions, answers)]
-        return self.probe.p_correct(extract_features(self.lm, texts, list(self.probe.layers), token=self.token))
+        prompts = [template.format(question=q) for q in questions]
+        return self.probe.p_correct(extract_features(self.lm, prompts, [self.option_prefix + a for a in answers],
+                                                     list(self.probe.layers), token=self.token))

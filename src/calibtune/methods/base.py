@@ -35,18 +35,18 @@ TASKS = frozenset({"multiple_choice", "open_ended"})
 
 @dataclass(frozen=True)
 class FeatureTable:
-    """An estimator model's hidden-state features of "question + proposed answer" texts.
+    """An estimator model's hidden-state features of an answering model's "question + proposed answer".
 
-    ``features[index[text]]`` is the ``[len(layers), hidden]`` array of one text.
+    ``features[index[question_id]]`` is the ``[len(layers), hidden]`` array of one answer.
     """
 
     features: np.ndarray
     index: Mapping[str, int]
     layers: tuple[int, ...]
 
-    def of(self, texts: Sequence[str]) -> np.ndarray:
-        """The features of ``texts``, in order: ``[n, len(layers), hidden]``."""
-        return self.features[[self.index[t] for t in texts]]
+    def of(self, questions: Sequence[Question]) -> np.ndarray:
+        """The features of the answers to ``questions``, in order: ``[n, len(layers), hidden]``."""
+        return self.features[[self.index[q.id] for q in questions]]
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class CellContext:
     inputs: StudyInputs
     answers: Mapping[str, Answer]
     load_model: Callable[[str], LoadedModel]
-    probe_features: Callable[[], FeatureTable]
+    probe_features: Callable[[], FeatureTable]  # E's features of T's answers
     grader: Callable[[], Grader]  # the study's grader of open-ended answers
     log: Log = print
     quick: bool = False
@@ -92,13 +92,6 @@ class CellContext:
         cfg = self.study
         return ([format_prompt(q, cfg.prompt) for q in questions],
                 [cfg.option_prefix + self.answers[q.id].text for q in questions])
-
-    def texts(self, questions: Sequence[Question]) -> list[str]:
-        """"question + proposed answer", the text an estimator model reads."""
-        from calibtune.features import proposed_answer_text
-
-        cfg = self.study
-        return [proposed_answer_text(q, self.answers[q.id].text, cfg.prompt, cfg.option_prefix) for q in questions]
 
     def labels(self, questions: Sequence[Question]) -> np.ndarray:
         """1 where T's answer is correct; an answer the grader left undecided counts as wrong."""

@@ -26,16 +26,16 @@ class LoraHeadConfig(AdapterConfig):
 def make_cell(ctx: CellContext) -> CellScores:
     """Train adapters and head on T's graded training answers; score T's evaluation answers."""
     from calibtune.estimators.lora_head import LoraHeadEstimator
-    from calibtune.forward import encode_texts
+    from calibtune.features import answer_sequences
 
     lm = ctx.model()
     settings = study_adapter_config(ctx)
     assert isinstance(settings, LoraHeadConfig)
     train = adapter_training_set(ctx, settings)
     y_train = ctx.labels(train)
-    seqs = encode_texts(lm.tokenizer, ctx.texts(train))
+    seqs = answer_sequences(lm, *ctx.prompts(train))
     est = LoraHeadEstimator(lm, settings, seed=ctx.study.seed, meta=ctx.meta(len(train)))
-    scores = fit_and_score(ctx, est, seqs, y_train, encode_texts(lm.tokenizer, ctx.texts(ctx.inputs.eval)))
+    scores = fit_and_score(ctx, est, seqs, y_train, answer_sequences(lm, *ctx.prompts(ctx.inputs.eval)))
     log = est.log
     ctx.log(f"LoRA {ctx.estimator_model} on {ctx.answering_model}: layer {est.layer}, {log.steps} steps, best "
             f"validation loss {log.best_val_loss:.4f} at step {log.best_step}, {log.seconds:.0f} s")

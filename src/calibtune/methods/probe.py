@@ -40,11 +40,11 @@ def make_cell(ctx: CellContext) -> CellScores:
     table = ctx.probe_features()
     train, evaluation = ctx.inputs.train, ctx.inputs.eval
     y_train = ctx.labels(train)
-    x_train = table.of(ctx.texts(train))
+    x_train = table.of(train)
     meta = {**ctx.meta(len(y_train)), "token": ctx.study.features.token}
     probe = ProbeEstimator(ctx.settings, layers=table.layers, seed=ctx.study.seed, meta=meta).fit(x_train, y_train)
     probe.save(ctx.out)
-    p = probe.p_correct(table.of(ctx.texts(evaluation)))
+    p = probe.p_correct(table.of(evaluation))
     val = probe.val_indices_
     scores = ", ".join(f"{k}: {v:.3f}" for k, v in probe.layer_scores_.items())
     ctx.log(f"probe {ctx.estimator_model} on {ctx.answering_model}: layer {probe.layer_} "

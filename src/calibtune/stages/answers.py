@@ -23,6 +23,7 @@ from calibtune.progress import progress_bar
 from calibtune.questions import StudyInputs
 from calibtune.records import Answer, Question, answers_from_table, answers_to_table
 from calibtune.stages.base import ModelStage, Runtime
+from calibtune.stages.features import features_stage, study_reads_features
 
 # A study warns when at least this share of a model's open-ended answers are empty.
 EMPTY_WARNING_SHARE = 0.2
@@ -39,12 +40,16 @@ class ClozeAnswers(ModelStage):
     select: str
     batch_size: int
 
-    def answer(self, lm: LoadedModel, questions: Sequence[Question], progress) -> list[Answer]:
-        """The model's (ungraded) answers to ``questions``."""
-        from calibtune.answer import ClozeSettings, answer_multiple_choice
+    token_budget: int
 
-        settings = ClozeSettings(self.prompt, self.option_prefix, self.select, self.batch_size)
-        return answer_multiple_choice(lm, questions, settings, progress)
+    def answer(self, lm: LoadedModel, questions: Sequence[Question], progress,
+               layers: Sequence[int] | None = None) -> tuple[list[Answer], np.ndarray | None]:
+        """The model's (ungraded) answers to ``questions``, and its hidden states at ``layers`` at the end of each
+        chosen option (the Probe's features of its own answers, read in the same pass)."""
+        from calibtune.answer import ClozeSettings, cloze_answers
+
+        settings = ClozeSettings(self.prompt, self.option_prefix, self.select, self.batch_size, self.token_budget)
+        return cloze_answers(lm, questions, settings, progress, layers)
 
 
 @dataclass(frozen=True)
@@ -59,15 +64,16 @@ class GeneratedAnswers(ModelStage):
     max_new_tokens: int
     batch_size: int
 
-    def answer(self, lm: LoadedModel, questions: Sequence[Question], progress) -> list[Answer]:
-        """The model's (ungraded) answers to ``questions``."""
+    def answer(self, lm: LoadedModel, questions: Sequence[Question], progress,
+               layers: Sequence[int] | None = None) -> tuple[list[Answer], None]:
+        """The model's (ungraded) answers to ``questions`` (generation reads no features: ``layers`` is ignored)."""
         from calibtune.generate import GenerationSettings
         from calibtune.open_ended import OpenEndedPrompt, answer_open_ended
 
         exemplars = tuple(Question(**x) for x in self.exemplars)
         prompt = OpenEndedPrompt(self.prompt, exemplars, self.chat_template)
         generation = GenerationSettings(max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
-        return answer_open_ended(lm, questions, prompt, generation, progress)
+        return answer_open_ended(lm, questions, prompt, generation, progress), None
 
 
 def answers_stage(config: StudyConfig, inputs: StudyInputs, model: str) -> ClozeAnswers | GeneratedAnswers:
@@ -75,7 +81,7 @@ def answers_stage(config: StudyConfig, inputs: StudyInputs, model: str) -> Cloze
     common = {"prompt": config.prompt, "batch_size": config.batch_size}
     if config.task == "multiple_choice":
         return ClozeAnswers.of(model, config.dtype, config.device, **common, option_prefix=config.option_prefix,
-                               select=config.select)
+                               select=config.select, token_budget=config.token_budget)
     settings = config.open_ended
     return GeneratedAnswers.of(model, config.dtype, config.device, **common,
                                exemplars=tuple(q.content() for q in inputs.exemplars),
@@ -89,14 +95,22 @@ def graded_answers(rt: Runtime, config: StudyConfig, inputs: StudyInputs, model:
     plan = stage.shards([q.seen(with_choices=config.task == "multiple_choice") for q in questions])
     missing = [(key, part) for key, part in plan if not rt.store.has("answers", key)]
     rt.report_shards(f"answers of {model}", plan, missing)
+    # The Probe reads the model's own answers as the answering pass does: that pass keeps the features.
+    features = features_stage(config, model) if _shares_features(config) else None
     if missing:
         lm = rt.models.get(model)
         verb = "answer " if config.task == "multiple_choice" else "generate"
         with rt.timed(f"answer {model}"), progress_bar(f"{verb} {model}",
                                                        sum(len(questions[p]) for _, p in missing)) as advance:
             for key, part in missing:
-                answers = stage.answer(lm, questions[part], advance)
+                answers, feats = stage.answer(lm, questions[part], advance, features.layers if features else None)
                 rt.store.put_table("answers", key, answers_to_table(answers), meta={"settings": stage.settings()})
+                if feats is not None:
+                    by_id = {a.question_id: a for a in answers}
+                    (feature_key, _), = features.shards(features.shard_contents(config, questions[part], by_id),
+                                                        size=len(questions[part]))
+                    rt.store.put_arrays("features", feature_key, {"features": feats},
+                                        meta={"settings": features.settings(), "from": "answering pass"})
     answers = [a for key, _ in plan for a in answers_from_table(rt.store.get_table("answers", key))]
     if config.task == "open_ended":
         _check_empty(rt, config, model, answers)
@@ -111,6 +125,11 @@ def graded_answers(rt: Runtime, config: StudyConfig, inputs: StudyInputs, model:
     acc_eval = np.mean([by_id[q.id].label for q in inputs.eval])
     rt.log(f"{model}: accuracy {acc_train:.3f} on training questions, {acc_eval:.3f} on evaluation questions")
     return by_id
+
+
+def _shares_features(config: StudyConfig) -> bool:
+    """Whether the answering pass also keeps the Probe's features (cloze answers, read at the last token)."""
+    return config.task == "multiple_choice" and config.features.token == "last" and study_reads_features(config)
 
 
 def _grade(answers: list[Answer], questions: list[Question], grader, cache) -> list[Answer]:

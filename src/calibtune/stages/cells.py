@@ -28,7 +28,7 @@ from calibtune.records import Answer, Question
 from calibtune.stages.base import ModelStage, Runtime, digest
 
 # What every cell depends on besides its method's own settings.
-COMMON_SETTINGS = ("task", "prompt", "option_prefix", "batch_size", "temperature_scaling", "seed")
+COMMON_SETTINGS = ("task", "prompt", "option_prefix", "batch_size", "token_budget", "temperature_scaling", "seed")
 
 
 @dataclass(frozen=True)
