@@ -148,9 +148,35 @@ def test_precomputed_base_logits_give_the_same_training_as_recomputing_them(tiny
     assert len(runs[0][0]) >= 3
     np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-4)
     np.testing.assert_allclose(runs[0][1], runs[1][1], atol=1e-5)
-    seq_logits = lora_prompt.base_answer_logits(lm, seqs[:2], 2, budget=2**30)
+    readings = lora_prompt.BaseReadings()
+    tokens = option_token_ids(lm.tokenizer, DEFAULT_QUERY, (" no", " yes"))
+    _, seq_logits = readings.read(lm, seqs[:2], tokens, answers=True, batch_size=2)
     assert [t.shape[0] for t in seq_logits] == [s.answer[1] - s.answer[0] for s in seqs[:2]]
-    assert lora_prompt.base_answer_logits(lm, seqs[:2], 2, budget=10) is None
+    assert readings.fits(lm, seqs[:2], budget=2**30) and not readings.fits(lm, seqs[:2], budget=10)
+
+
+def test_the_base_readings_give_the_zero_shot_query_and_the_divergence_target_of_separate_passes(tiny_models):
+    from calibtune.estimators import lora_prompt
+    from calibtune.estimators.query import p_yes
+
+    lm = load_model(str(tiny_models["gemma"]), dtype="float32")
+    prompts, answers, _ = _toy(12)
+    seqs = encode_queries(lm.tokenizer, prompts, answers, DEFAULT_QUERY)
+    tokens = option_token_ids(lm.tokenizer, DEFAULT_QUERY, (" no", " yes"))
+    readings = lora_prompt.BaseReadings()
+    two_way, outputs = readings.read(lm, seqs, tokens, answers=True, batch_size=5)
+    # the zero-shot query read on its own, one sequence at a time
+    alone = np.concatenate([query_p_correct(lm, [s], tokens, 1) for s in seqs])
+    np.testing.assert_allclose(p_yes(two_way), alone, atol=1e-6)
+    # the answer tokens' logits of the base model cut at the end of the answer, as the divergence needs them
+    head = lm.model.get_output_embeddings()
+    for seq, got in zip(seqs, outputs):
+        start, end = seq.answer
+        with torch.no_grad():
+            hidden = lm.model.get_decoder()(input_ids=torch.tensor([seq.ids[:end]])).last_hidden_state[0]
+        torch.testing.assert_close(got, head(hidden[start - 1:end - 1]), atol=1e-5, rtol=1e-5)
+    again, _ = readings.read(lm, seqs[:3], tokens, answers=False)  # read before: no pass
+    torch.testing.assert_close(again, two_way[:3], atol=0, rtol=0)
 
 
 def test_loaded_for_another_model_is_refused(tiny_models, tmp_path):
@@ -264,3 +290,20 @@ def test_a_decoder_cut_at_a_layer_gives_that_layers_hidden_states(tiny_models, a
     torch.testing.assert_close(cut, full[1], rtol=0, atol=0)  # the same arithmetic, not just close
     assert len(lm.model.get_decoder().layers) == 2
     torch.testing.assert_close(again[2], full[2], rtol=0, atol=0)  # the whole model is back
+
+
+def test_lora_head_starts_from_a_fitted_probe(tiny_models):
+    """Before any update LoRA with a head is the Probe it starts from: the same standardisation and weights."""
+    from calibtune.estimators.probe import ProbeEstimator
+    from calibtune.features import answer_sequences, extract_features
+    from calibtune.methods.probe import ProbeConfig
+
+    lm = load_model(str(tiny_models["llama"]), dtype="float32")
+    prompts, answers, labels = _toy(40)
+    x = extract_features(lm, prompts, answers, [1])
+    probe = ProbeEstimator(ProbeConfig(layer=1, max_epochs=20), layers=(1,)).fit(x, labels)
+    cfg = LoraHeadConfig(layer=1, learning_rate=1e-12, max_steps=1, eval_every=1)
+    est = LoraHeadEstimator(lm, cfg).fit(answer_sequences(lm, prompts, answers), labels, probe=probe)
+    np.testing.assert_allclose(est.predict_proba(answer_sequences(lm, prompts, answers)), probe.p_correct(x),
+                               atol=1e-5)
+    est.release()

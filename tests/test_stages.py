@@ -31,9 +31,9 @@ def test_reading_a_config_imports_no_model_code():
 
 
 def test_every_method_is_registered_once_with_a_label_and_a_config_section():
-    assert list(METHODS) == ["probe", "lora", "lora_prompt", "zero_shot", "option_confidence", "likelihood",
-                             "perplexity", "verbalized", "sampling"]
-    assert MATRIX_METHODS == ("probe", "lora", "lora_prompt", "zero_shot")
+    assert list(METHODS) == ["probe", "probe_last", "lora", "lora_prompt", "lora_prompt_readout", "zero_shot",
+                             "option_confidence", "likelihood", "perplexity", "verbalized", "sampling"]
+    assert MATRIX_METHODS == ("probe", "probe_last", "lora", "lora_prompt", "lora_prompt_readout", "zero_shot")
     assert ANSWERER_METHODS == ("option_confidence", "likelihood", "perplexity", "verbalized", "sampling")
     cfg = StudyConfig.model_validate(BASE | {"task": "open_ended"})
     for name, method in METHODS.items():
@@ -57,6 +57,8 @@ def _other_value(name: str, field, value):
         return ["q_proj"] if value == "auto" else "auto"
     if name == "layer":
         return "last" if value == "auto" else (2 if value == -1 else -1)
+    if name == "readout_layer":
+        return 5 if value == "auto" else "auto"
     if name == "options":
         return (" nah", " yep")
     if isinstance(value, bool):
@@ -87,6 +89,8 @@ def test_changing_any_setting_of_a_method_changes_its_cells_and_no_others():
             continue
         section = method_settings(base, name)
         for field_name, field in type(section).model_fields.items():
+            if typing.get_origin(field.annotation) is typing.Literal and len(typing.get_args(field.annotation)) == 1:
+                continue  # fixed by the method (the last-layer Probe's layer)
             changed = section.model_copy(update={field_name: _other_value(field_name, field,
                                                                          getattr(section, field_name))})
             type(section).model_validate(changed.model_dump())  # still a valid section
@@ -94,12 +98,14 @@ def test_changing_any_setting_of_a_method_changes_its_cells_and_no_others():
             moved = {m for m in METHODS if after[m] != before[m]}
             assert moved == {name}, (name, field_name, moved)
             checked += 1
-    assert checked == 55  # probe 9, LoRA 19, LoRA + Prompt 20, zero-shot 2, verbalized 2, sampling 3
+    # probe 9, its last-layer twin 8 (its layer is fixed), LoRA 20, LoRA + Prompt 20 and its read-out twin 21,
+    # zero-shot 2, verbalized 2, sampling 3
+    assert checked == 85
 
 
 @pytest.mark.parametrize("setting, value, expected", [
-    ("features", {"layers": [1, 2], "token": "last"}, {"probe"}),
-    ("features", {"layers": "auto", "token": "mean"}, {"probe"}),
+    ("features", {"layers": [1, 2], "token": "last"}, {"probe", "probe_last", "lora", "lora_prompt_readout"}),
+    ("features", {"layers": "auto", "token": "mean"}, {"probe", "probe_last", "lora", "lora_prompt_readout"}),
     ("zero_shot_calibration", 50, {"zero_shot", "verbalized", "sampling"}),
     ("select", "sum", {"option_confidence"}),
     ("open_ended", {"grader": "exact"}, {"sampling"}),

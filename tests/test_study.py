@@ -134,15 +134,16 @@ def test_answer_command(tmp_path, tiny_models):
 
 
 def test_all_methods_in_the_study(tmp_path, tiny_models, study_files):
-    extra = ("methods: [probe, lora_prompt, lora, zero_shot, option_confidence]\nselect: sum\n"
-             "lora_prompt: {max_steps: 3, eval_every: 2, batch_size: 4, layers: top_half}\n"
+    extra = ("methods: [probe, probe_last, lora_prompt, lora_prompt_readout, lora, zero_shot, option_confidence]\n"
+             "select: sum\nlora_prompt: {max_steps: 3, eval_every: 2, batch_size: 4, layers: top_half}\n"
+             "lora_prompt_readout: {max_steps: 3, eval_every: 2, batch_size: 4, readout_layer: 1}\n"
              "lora: {max_steps: 3, eval_every: 2, batch_size: 4}\n"
              "zero_shot_calibration: 10\nreport: {bootstrap_resamples: 200}\n")
     out = tmp_path / "run"
     result = runner.invoke(app, ["run", _config(tmp_path, tiny_models, *study_files, extra), "-o", str(out)])
     assert result.exit_code == 0, result.output
     scores = pd.read_parquet(out / "scores.parquet")
-    for method in ("probe", "lora_prompt", "lora", "zero_shot"):
+    for method in ("probe", "probe_last", "lora_prompt", "lora_prompt_readout", "lora", "zero_shot"):
         cells = scores[scores.method == method].groupby(["model", "trained_on"]).size()
         assert len(cells) == 4 and (cells == 24).all(), method
     assert scores.p_correct_ts.between(0, 1).all() and (scores.temperature > 0).all()
@@ -174,6 +175,14 @@ def test_all_methods_in_the_study(tmp_path, tiny_models, study_files):
     with safe_open(str(out / "estimators/lora_prompt/llama__on__gemma/adapter/adapter_model.safetensors"), "pt") as f:
         layers = {int(k.split("layers.")[1].split(".")[0]) for k in f.keys()}
     assert layers == {1}
+    # the mid-layer read-out of LoRA + Prompt: read after layer 1, adapters below it only (layer 0)
+    folder = out / "estimators/lora_prompt_readout/llama__on__gemma"
+    assert json.loads((folder / "lora_prompt.json").read_text())["readout_layer"] == 1
+    with safe_open(str(folder / "adapter/adapter_model.safetensors"), "pt") as f:
+        assert {int(k.split("layers.")[1].split(".")[0]) for k in f.keys()} == {0}
+    # the paper's last-layer probe beside the chosen-layer one
+    for folder in (out / "estimators" / "probe_last").iterdir():
+        assert json.loads((folder / "probe.json").read_text())["chosen_layer"] == 2
     cell = info["cells"][0]
     for metric in ("auroc", "auprc", "auprc_incorrect", "ece", "ece_equal_mass", "mce", "brier", "nll", "aurc",
                    "acc_at_50", "acc_at_80"):
@@ -342,3 +351,35 @@ def test_editing_a_question_recomputes_exactly_what_depends_on_it(tmp_path, tiny
     new = artifacts() - before
     assert {stage for stage, _ in new} == {"cell"} and len(new) == 4
     assert output.count("Probe") >= 4 and "from the cache" in output
+
+
+def test_the_probe_reads_a_models_own_answers_from_its_answering_pass(tmp_path, tiny_models, study_files,
+                                                                      isolated_cache):
+    from calibtune.features import extract_features
+    from calibtune.models import load_model
+    from calibtune.store import ArtifactStore, list_artifacts
+
+    config = _config(tmp_path, tiny_models, *study_files, "methods: [probe, zero_shot, lora_prompt]\n"
+                     "lora_prompt: {max_steps: 2, eval_every: 1, batch_size: 4}\nzero_shot_calibration: 10\n")
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", config, "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    llama, gemma = str(tiny_models["llama"]), str(tiny_models["gemma"])
+    # E = T: the answering pass kept the features; E != T: a features pass of its own
+    assert f"features of {llama}'s answers read by {llama}: from the cache" in said
+    assert f"features of {gemma}'s answers read by {llama}: from the cache" not in said
+    store = ArtifactStore(isolated_cache / "store")
+    shared = [a for a in list_artifacts(store) if a.stage == "features"
+              and json.loads((a.path / "meta.json").read_text()).get("from") == "answering pass"]
+    assert len(shared) == 2  # one shard (72 questions) for each model's own answers
+    # the same numbers as a separate pass over the same prompts and answers (fp32: to 1e-4)
+    answers = pd.read_parquet(out / "answers" / "llama.parquet")
+    questions = {json.loads(line)["id"]: json.loads(line)["question"]
+                 for f in study_files for line in f.read_text().splitlines()}
+    prompts = [f"Question: {questions[q.split('/')[1]]}\nAnswer:" for q in answers.question_id]
+    lm = load_model(llama, dtype="float32")
+    separate = extract_features(lm, prompts, [" " + t for t in answers.text], [1, 2])
+    from_answering = [store.get_arrays("features", a.key)["features"] for a in shared
+                      if json.loads((a.path / "meta.json").read_text())["settings"]["model"] == llama][0]
+    np.testing.assert_allclose(from_answering, separate, atol=1e-4)

@@ -293,17 +293,21 @@ def continuation_logprobs(lm: LoadedModel, seqs: Sequence[Encoded], token_budget
 
 
 @contextmanager
-def decoder_up_to(lm: LoadedModel, n_layers: int) -> Iterator:
-    """The decoder with only its first ``n_layers`` blocks and no final norm, so its ``last_hidden_state`` is
-    ``hidden_states[n_layers]`` of the whole model, and the layers above it cost nothing. The full decoder is
-    put back on exit (the blocks themselves are the same modules: adapters on them stay)."""
+def decoder_up_to(lm: LoadedModel, n_layers: int | None, final_norm: bool = False) -> Iterator:
+    """The decoder with only its first ``n_layers`` blocks (all when None), so the layers above cost nothing.
+
+    Without ``final_norm`` its ``last_hidden_state`` is ``hidden_states[n_layers]`` of the whole model (no
+    final norm); with it, that state through the final norm, ready for the LM head (a read-out at that
+    layer). The full decoder is put back on exit (the blocks are the same modules: adapters on them stay).
+    """
     decoder = lm.model.get_decoder()
-    if n_layers >= lm.num_layers:
+    if n_layers is None or n_layers >= lm.num_layers:
         yield decoder
         return
     layers, norm = decoder.layers, decoder.norm
     decoder.layers = torch.nn.ModuleList(list(layers)[:n_layers])
-    decoder.norm = torch.nn.Identity()
+    if not final_norm:
+        decoder.norm = torch.nn.Identity()
     try:
         yield decoder
     finally:

@@ -25,7 +25,7 @@ from calibtune.records import Answer, answers_to_table
 from calibtune.results import write_results
 from calibtune.stages.answers import graded_answers
 from calibtune.stages.base import Runtime
-from calibtune.stages.cells import run_cell
+from calibtune.stages.cells import cell_key, run_cell
 from calibtune.stages.features import probe_features
 from calibtune.store import ArtifactStore, run_folder_lock
 
@@ -64,12 +64,19 @@ class Study:
         features = {(e, t): _Lazy(lambda e=e, t=t: probe_features(rt, cfg, e, t, answers[t], inputs))
                     for e in cfg.models for t in cfg.models}
         slugs = model_slugs(cfg.models)
+        shared: dict[str, dict] = {e: {} for e in cfg.models}  # what one cell's passes over E leave for another
+
+        def pending(name: str, e: str, t: str) -> bool:
+            return name in cfg.methods and not self.store.has(
+                "cell", cell_key(cfg, METHODS[name], e, answers[t], inputs, self.quick))
+
         cells = []
         for method, e, t in plan_cells(cfg):
             context = CellContext(
                 study=cfg, settings=method_settings(cfg, method.name), estimator_model=e, answering_model=t,
                 inputs=inputs, answers=answers[t], load_model=rt.models.get, probe_features=features[e, t],
-                grader=grader, log=self.log, quick=self.quick)
+                grader=grader, log=self.log, quick=self.quick, shared=shared[e],
+                pending=lambda name, e=e, t=t: pending(name, e, t))
             folder = self.output / "estimators" / method.name / f"{slugs[e]}__on__{slugs[t]}"
             cells.append(run_cell(rt, cfg, method, context, self.quick, folder))
         table = pd.concat(cells, ignore_index=True)

@@ -229,14 +229,17 @@ def train_loop(
     seed: int,
     description: str,
     checkpoint: Path | None = None,
+    initial_val_loss: float | None = None,
 ) -> TrainLog:
     """Train ``params`` on mini-batches of example indices; keep the state with the best validation loss.
 
     ``step_loss(indices)`` returns the loss of one batch (with gradients); ``val_loss()``
-    the validation loss. With ``checkpoint``, the whole training state (weights, best
-    weights, optimizer, scheduler, random state, data order) is saved there at every
-    validation, and a later call with the same folder resumes from it: the result is the
-    same as an uninterrupted run. Deterministic for a given seed.
+    the validation loss. The first validation is at step 0, before any update (its loss is
+    ``initial_val_loss`` when the caller already knows it), so when training does not help,
+    early stopping keeps the untrained state. With ``checkpoint``, the whole training state
+    (weights, best weights, optimizer, scheduler, random state, data order) is saved there at
+    every validation, and a later call with the same folder resumes from it: the result is
+    the same as an uninterrupted run. Deterministic for a given seed.
     """
     import time
 
@@ -267,6 +270,10 @@ def train_loop(
         log, since, running, first = progress.log, progress.since, progress.running, progress.step + 1
         order = np.array(progress.order, dtype=np.int64)
         console.print(f"{description}: resuming from the checkpoint at step {progress.step}")
+    else:
+        loss0 = val_loss() if initial_val_loss is None else initial_val_loss
+        log.val_loss.append((0, loss0))
+        log.best_val_loss, log.best_step, best_state = loss0, 0, get_state()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]}"),
                TimeElapsedColumn(), TimeRemainingColumn())

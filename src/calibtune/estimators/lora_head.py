@@ -38,13 +38,27 @@ from calibtune.models import LoadedModel
 from calibtune.progress import progress_bar
 
 
+class Standardize(torch.nn.Module):
+    """(x - mean) / std per feature, with the Probe's statistics as buffers (saved with the head)."""
+
+    def __init__(self, in_features: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(in_features))
+        self.register_buffer("std", torch.ones(in_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
 def _head(in_features: int, config: LoraHeadConfig) -> torch.nn.Module:
-    # Residual streams are large (Gemma's mid-layer norms run into the hundreds): normalise
-    # first, as the Probe standardises its features, or the head diverges.
+    # Residual streams are large (Gemma's mid-layer norms run into the hundreds): the input is
+    # standardised as the Probe standardises its features (with the Probe's statistics when the head
+    # starts from a fitted Probe), or, without one, normalised per example, or the head diverges.
+    first = Standardize(in_features) if config.init_from_probe else torch.nn.LayerNorm(in_features,
+                                                                                       elementwise_affine=False)
     return torch.nn.Sequential(
-        torch.nn.LayerNorm(in_features, elementwise_affine=False),
-        torch.nn.Linear(in_features, config.hidden_size), torch.nn.GELU(), torch.nn.Dropout(config.head_dropout),
-        torch.nn.Linear(config.hidden_size, 1),
+        first, torch.nn.Linear(in_features, config.hidden_size), torch.nn.GELU(),
+        torch.nn.Dropout(config.head_dropout), torch.nn.Linear(config.hidden_size, 1),
     )
 
 
@@ -73,10 +87,13 @@ class LoraHeadEstimator:
             states = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
         return states[torch.arange(len(seqs)), mask.sum(dim=1) - 1].float()
 
-    def fit(self, seqs: Sequence[Encoded], labels: np.ndarray, checkpoint: Path | None = None) -> LoraHeadEstimator:
+    def fit(self, seqs: Sequence[Encoded], labels: np.ndarray, checkpoint: Path | None = None,
+            probe=None) -> LoraHeadEstimator:
         """Train adapters and head jointly; a stratified ``val_fraction`` is held out for early stopping.
 
-        With ``checkpoint`` (a folder), training saves its state there and resumes from it after a crash.
+        ``probe`` (a fitted ``ProbeEstimator`` on this layer, with the same hidden size) is where the head
+        starts: its standardisation and weights. With ``checkpoint`` (a folder), training saves its state
+        there and resumes from it after a crash.
         """
         cfg = self.config
         y = np.asarray(labels).astype(np.float32)
@@ -85,14 +102,31 @@ class LoraHeadEstimator:
         check_lengths(self.lm, [len(s.ids) for s in seqs])
         idx_train, idx_val = validation_split(y, cfg.val_fraction, self.seed)
         self.val_indices = idx_val
+        train_seqs, y_train = [seqs[i] for i in idx_train], torch.from_numpy(y[idx_train])
+        val_seqs, y_val = [seqs[i] for i in idx_val], torch.from_numpy(y[idx_val])
         # Adapters above the head's layer cannot change its input: place them below only.
         self._peft = attach_lora(self.lm, cfg, self.seed, layers=list(range(self.layer)))
         torch.manual_seed(self.seed)
         hidden = self.lm.model.get_output_embeddings().weight.shape[1]
         self.head = _head(hidden, cfg).to(self.lm.device)
+        if probe is None and cfg.init_from_probe:  # no probe to start from: standardise as a probe would
+            with torch.no_grad():
+                feats = torch.cat([self._features([train_seqs[i] for i in batch]) for batch in
+                                   length_batches([len(s.ids) for s in train_seqs], cfg.batch_size * 2, None)])
+                self.head[0].mean.copy_(feats.mean(0))
+                self.head[0].std.copy_(feats.std(0) + 1e-6)
+        if probe is not None:
+            fitted = probe.fitted_
+            if cfg.hidden_size != probe.settings.hidden_size or not cfg.init_from_probe:
+                raise CalibtuneError("the LoRA head starts from a probe of the same hidden size, with "
+                                     "init_from_probe: true")
+            with torch.no_grad():
+                self.head[0].mean.copy_(fitted.mean)
+                self.head[0].std.copy_(fitted.std)
+                for mine, theirs in ((self.head[1], fitted.head[0]), (self.head[4], fitted.head[3])):
+                    mine.weight.copy_(theirs.weight)
+                    mine.bias.copy_(theirs.bias)
         params = [p for p in self._peft.parameters() if p.requires_grad] + list(self.head.parameters())
-        train_seqs, y_train = [seqs[i] for i in idx_train], torch.from_numpy(y[idx_train])
-        val_seqs, y_val = [seqs[i] for i in idx_val], torch.from_numpy(y[idx_val])
         loss_fn = torch.nn.BCEWithLogitsLoss()
 
         def step_loss(batch: np.ndarray) -> torch.Tensor:

@@ -35,7 +35,7 @@ from calibtune.estimators.adapters import (
 from calibtune.estimators.base import check_estimator_model
 from calibtune.estimators.query import option_token_ids, p_yes, two_way_logits
 from calibtune.estimators.splits import validation_split
-from calibtune.forward import check_lengths, finish_logits, length_batches, lm_head_logits, pad_ids
+from calibtune.forward import check_lengths, decoder_up_to, finish_logits, length_batches, lm_head_logits, pad_ids
 from calibtune.methods.lora_prompt import LoraPromptConfig
 from calibtune.models import LoadedModel
 from calibtune.progress import progress_bar
@@ -74,21 +74,29 @@ def _pad(seqs: Sequence[QueryEncoded], pad_id: int, device) -> tuple[torch.Tenso
     return ids, mask, mask.sum(dim=1) - 1
 
 
-def query_logits(lm: LoadedModel, seqs: Sequence[QueryEncoded], token_ids: Sequence[int]) -> torch.Tensor:
+def final_hidden(lm: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, readout: int | None) -> torch.Tensor:
+    """Hidden states ready for the LM head: after the last layer, or after ``readout`` layers and the final norm
+    (the read-out at an intermediate layer; the layers above it are not run)."""
+    with decoder_up_to(lm, readout, final_norm=True) as decoder:
+        return decoder(input_ids=ids, attention_mask=mask).last_hidden_state
+
+
+def query_logits(lm: LoadedModel, seqs: Sequence[QueryEncoded], token_ids: Sequence[int],
+                 readout: int | None = None) -> torch.Tensor:
     """(no, yes) logits at the end of each sequence (gradients flow if enabled)."""
     ids, mask, last = _pad(seqs, lm.tokenizer.pad_token_id, lm.device)
-    hidden = lm.model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+    hidden = final_hidden(lm, ids, mask, readout)
     return two_way_logits(lm.model, hidden[torch.arange(len(seqs)), last], token_ids)
 
 
 def query_p_correct(lm: LoadedModel, seqs: Sequence[QueryEncoded], token_ids: Sequence[int],
-                    batch_size: int = 16, description: str | None = None) -> np.ndarray:
+                    batch_size: int = 16, description: str | None = None, readout: int | None = None) -> np.ndarray:
     """P(yes) for each sequence, batched, without gradients."""
     check_lengths(lm, [len(s.ids) for s in seqs])
     out = np.zeros(len(seqs))
     with torch.inference_mode(), progress_bar(description or f"query {lm.name}", len(seqs)) as advance:
         for batch in length_batches([len(s.ids) for s in seqs], batch_size, None):
-            out[batch] = p_yes(query_logits(lm, [seqs[i] for i in batch], token_ids))
+            out[batch] = p_yes(query_logits(lm, [seqs[i] for i in batch], token_ids, readout))
             advance(len(batch))
     return out
 
@@ -124,6 +132,7 @@ class LoraPromptEstimator:
     config: LoraPromptConfig = field(default_factory=LoraPromptConfig)
     seed: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+    readout: int | None = None  # read the query's answer after this many layers (None: after the last)
     log: TrainLog | None = None
     _peft: Any = field(default=None, repr=False)
     val_indices: np.ndarray | None = None
@@ -133,11 +142,14 @@ class LoraPromptEstimator:
         """The (no, yes) option tokens in this model's vocabulary."""
         return option_token_ids(self.lm.tokenizer, self.config.query, self.config.options)
 
-    def fit(self, seqs: Sequence[QueryEncoded], labels: np.ndarray,
-            checkpoint: Path | None = None) -> LoraPromptEstimator:
+    def fit(self, seqs: Sequence[QueryEncoded], labels: np.ndarray, checkpoint: Path | None = None,
+            base: BaseReadings | None = None) -> LoraPromptEstimator:
         """Train adapters on graded answers; a stratified ``val_fraction`` is held out for early stopping.
 
-        With ``checkpoint`` (a folder), training saves its state there and resumes from it after a crash.
+        One pass of the base model over the training and held-out sequences gives the divergence's
+        target and the untrained model's validation loss (step 0); ``base`` keeps those readings for
+        other users of the same base model (the zero-shot query). With ``checkpoint`` (a folder),
+        training saves its state there and resumes from it after a crash.
         """
         cfg = self.config
         if cfg.divergence not in DIVERGENCES:
@@ -150,29 +162,38 @@ class LoraPromptEstimator:
         self.val_indices = idx_val
         tokens = self.token_ids
         train_seqs = [seqs[i] for i in idx_train]
-        base_cache = base_answer_logits(self.lm, train_seqs, cfg.batch_size * 2) if cfg.kl_weight > 0 else None
-        self._peft = attach_lora(self.lm, cfg, self.seed)
+        val_seqs, y_val = [seqs[i] for i in idx_val], torch.from_numpy(y[idx_val])
+        base = base if base is not None else BaseReadings()
+        want_answers = cfg.kl_weight > 0 and base.fits(self.lm, train_seqs)
+        val_two_way, _ = base.read(self.lm, val_seqs, tokens, answers=False, batch_size=cfg.batch_size * 2,
+                                   readout=self.readout)
+        _, base_cache = base.read(self.lm, train_seqs, tokens, answers=want_answers, batch_size=cfg.batch_size * 2,
+                                  readout=self.readout)
+        loss0 = float(torch.nn.functional.cross_entropy(val_two_way, y_val))
+        below = None if self.readout is None else list(range(self.readout))  # the layers the read-out sees
+        if below is not None and cfg.layers == "top_half":
+            below = below[len(below) // 2:]
+        self._peft = attach_lora(self.lm, cfg, self.seed, layers=below)
         self.lm.model.train()
         params = [p for p in self._peft.parameters() if p.requires_grad]
         y_train = torch.from_numpy(y[idx_train])
-        val_seqs, y_val = [seqs[i] for i in idx_val], torch.from_numpy(y[idx_val])
 
         def step_loss(batch: np.ndarray) -> torch.Tensor:
             items = [train_seqs[i] for i in batch]
             ids, mask, last = _pad(items, self.lm.tokenizer.pad_token_id, self.lm.device)
-            hidden = self.lm.model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+            hidden = final_hidden(self.lm, ids, mask, self.readout)
             logits = two_way_logits(self.lm.model, hidden[torch.arange(len(items)), last], tokens)
             loss = torch.nn.functional.cross_entropy(logits, y_train[batch].to(logits.device))
             if cfg.kl_weight > 0:
                 rows, cols = _answer_positions(items)
                 adapted = lm_head_logits(self.lm.model, hidden[rows, cols])
                 if base_cache is not None:
-                    base = finish_logits(self.lm.model, torch.cat([base_cache[i] for i in batch]))
-                else:
+                    target = finish_logits(self.lm.model, torch.cat([base_cache[i] for i in batch]))
+                else:  # too large to keep: the base model again, with the adapters off
                     with torch.no_grad(), self._peft.disable_adapter():
-                        base_hidden = self.lm.model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
-                        base = lm_head_logits(self.lm.model, base_hidden[rows, cols])
-                loss = loss + cfg.kl_weight * divergence(adapted, base, cfg.divergence)
+                        base_hidden = final_hidden(self.lm, ids, mask, self.readout)
+                        target = lm_head_logits(self.lm.model, base_hidden[rows, cols])
+                loss = loss + cfg.kl_weight * divergence(adapted, target, cfg.divergence)
             return loss
 
         def val_loss() -> float:
@@ -180,7 +201,7 @@ class LoraPromptEstimator:
             total = 0.0
             with torch.no_grad():
                 for batch in length_batches([len(s.ids) for s in val_seqs], cfg.batch_size * 2, None):
-                    logits = query_logits(self.lm, [val_seqs[i] for i in batch], tokens)
+                    logits = query_logits(self.lm, [val_seqs[i] for i in batch], tokens, self.readout)
                     total += float(torch.nn.functional.cross_entropy(logits, y_val[batch], reduction="sum"))
             self.lm.model.train()
             return total / len(val_seqs)
@@ -188,7 +209,8 @@ class LoraPromptEstimator:
         self.log = train_loop(params, len(train_seqs), step_loss, val_loss, lambda: lora_state(self._peft),
                               lambda s: load_lora_state(self._peft, s), cfg, self.seed,
                               f"train LoRA + Prompt {self.meta.get('estimator_model', self.lm.name)} on "
-                              f"{self.meta.get('trained_on', '?')}", checkpoint)
+                              f"{self.meta.get('trained_on', '?')}", checkpoint, initial_val_loss=loss0)
+        base.drop_answers()  # the divergence's target is needed while training only
         self.lm.model.eval()
         return self
 
@@ -198,7 +220,7 @@ class LoraPromptEstimator:
             raise CalibtuneError("LoRA + Prompt is not fitted: call fit() or load() first")
         self.lm.model.eval()
         return query_p_correct(self.lm, seqs, self.token_ids, self.config.batch_size * 2,
-                               f"predict LoRA + Prompt {self.lm.name}")
+                               f"predict LoRA + Prompt {self.lm.name}", self.readout)
 
     def estimate(self, questions: Sequence[str], answers: Sequence[str]) -> np.ndarray:
         """P(correct) of each proposed answer, asked with the prompt and separator the estimator recorded."""
@@ -212,6 +234,7 @@ class LoraPromptEstimator:
     def describe(self) -> dict[str, Any]:
         """Every setting and outcome, for the saved JSON."""
         return {"method": "lora_prompt", "config": self.config.model_dump(mode="json"), "seed": self.seed,
+                "readout_layer": self.readout,
                 "target_modules": target_modules(self.lm, self.config), "token_ids": list(self.token_ids),
                 "train_log": asdict(self.log) if self.log else None, **self.meta}
 
@@ -236,8 +259,8 @@ class LoraPromptEstimator:
             raise CalibtuneError(f"cannot load LoRA + Prompt from {folder}: {first_line(exc)}") from exc
         check_estimator_model(info, lm, folder)
         meta = {k: v for k, v in info.items()
-                if k not in ("method", "config", "seed", "target_modules", "token_ids", "train_log")}
-        est = cls(lm=lm, config=config, seed=seed, meta=meta)
+                if k not in ("method", "config", "seed", "target_modules", "token_ids", "train_log", "readout_layer")}
+        est = cls(lm=lm, config=config, seed=seed, meta=meta, readout=info.get("readout_layer"))
         if list(est.token_ids) != info["token_ids"]:
             raise CalibtuneError(f"{folder}: the query's option tokens differ for model '{lm.name}'")
         try:
@@ -254,31 +277,58 @@ class LoraPromptEstimator:
             self._peft = None
 
 
-def base_answer_logits(lm: LoadedModel, seqs: Sequence[QueryEncoded], batch_size: int,
-                       budget: int | None = None) -> list[torch.Tensor] | None:
-    """The base model's raw LM-head outputs at each sequence's answer positions (one tensor per sequence).
+@dataclass
+class BaseReadings:
+    """What the base estimator model (no adapters) makes of query sequences, each read once and kept:
+    the (no, yes) logits at the end (the zero-shot query's P(correct), the untrained model's validation
+    loss) and the raw LM-head outputs at the answer tokens (LoRA + Prompt's divergence target).
 
-    Run once, before adapters are attached, on the sequences cut at the end of the answer;
-    the divergence term then costs no second forward pass per step. Returns None when the
-    logits would not fit in ``budget`` bytes (default ``BASE_LOGITS_BUDGET``).
+    Both come from one pass over "prompt + answer + query", the answer positions being causal and so
+    unaffected by the query after them. Keyed by the sequence and the option tokens.
     """
-    budget = BASE_LOGITS_BUDGET if budget is None else budget
-    head = lm.model.get_output_embeddings()
-    rows = sum(max(0, s.answer[1] - max(s.answer[0], 1)) for s in seqs)
-    if rows * head.weight.shape[0] * head.weight.element_size() > budget:
-        return None
-    cut = [s.ids[: s.answer[1]] for s in seqs]
-    out: list[torch.Tensor | None] = [None] * len(seqs)
-    lm.model.eval()
-    with torch.no_grad(), progress_bar(f"base logits {lm.name}", len(seqs)) as advance:
-        for batch in length_batches([len(c) for c in cut], batch_size, None):
-            ids, mask = pad_ids([cut[i] for i in batch], lm.tokenizer.pad_token_id, lm.device)
-            hidden = lm.model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
-            for row, i in enumerate(batch):
-                _, cols = _answer_positions([seqs[i]])
-                out[i] = head(hidden[row, cols]).clone()
-            advance(len(batch))
-    return out  # type: ignore[return-value]
+
+    two_way: dict[tuple, torch.Tensor] = field(default_factory=dict)
+    answers: dict[tuple, torch.Tensor] = field(default_factory=dict)
+
+    def fits(self, lm: LoadedModel, seqs: Sequence[QueryEncoded], budget: int | None = None) -> bool:
+        """Whether the answer-token logits of ``seqs`` fit in memory (``BASE_LOGITS_BUDGET`` bytes)."""
+        budget = BASE_LOGITS_BUDGET if budget is None else budget
+        head = lm.model.get_output_embeddings()
+        rows = sum(max(0, s.answer[1] - max(s.answer[0], 1)) for s in seqs)
+        return rows * head.weight.shape[0] * head.weight.element_size() <= budget
+
+    def read(self, lm: LoadedModel, seqs: Sequence[QueryEncoded], token_ids: Sequence[int], answers: bool,
+             batch_size: int = 16, readout: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """(no, yes) logits ``[n, 2]`` (fp32) and, with ``answers``, each sequence's answer-token LM-head outputs,
+        read after the last layer or after ``readout`` layers; only sequences not read before (or read without
+        their answer outputs, when those are wanted) are run."""
+        tokens = tuple(token_ids)
+        keys = [(tokens, readout, s.ids) for s in seqs]
+        todo = [i for i, k in enumerate(keys) if k not in self.two_way or (answers and k not in self.answers)]
+        if todo:
+            self._run(lm, [seqs[i] for i in todo], [keys[i] for i in todo], tokens, answers, batch_size, readout)
+        two_way = torch.stack([self.two_way[k] for k in keys]) if keys else torch.zeros(0, 2)
+        return two_way, [self.answers[k] for k in keys] if answers else None
+
+    def _run(self, lm, seqs, keys, tokens, answers: bool, batch_size: int, readout: int | None) -> None:
+        head = lm.model.get_output_embeddings()
+        lm.model.eval()
+        with torch.no_grad(), progress_bar(f"base model {lm.name}", len(seqs)) as advance:
+            for batch in length_batches([len(s.ids) for s in seqs], batch_size, None):
+                items = [seqs[i] for i in batch]
+                ids, mask, last = _pad(items, lm.tokenizer.pad_token_id, lm.device)
+                hidden = final_hidden(lm, ids, mask, readout)
+                logits = two_way_logits(lm.model, hidden[torch.arange(len(items)), last], tokens)
+                for row, i in enumerate(batch):
+                    self.two_way[keys[i]] = logits[row].clone()
+                    if answers:
+                        _, cols = _answer_positions([seqs[i]])
+                        self.answers[keys[i]] = head(hidden[row, cols]).clone()
+                advance(len(batch))
+
+    def drop_answers(self) -> None:
+        """Forget the answer-token outputs (large: a vocabulary per answer token); keep the (no, yes) logits."""
+        self.answers.clear()
 
 
 def _answer_positions(items: Sequence[QueryEncoded]) -> tuple[list[int], list[int]]:

@@ -12,8 +12,10 @@ from calibtune.methods import (
     likelihood,
     lora,
     lora_prompt,
+    lora_prompt_readout,
     option_confidence,
     probe,
+    probe_last,
     sampling,
     verbalized,
     zero_shot,
@@ -23,8 +25,10 @@ from calibtune.settings import suggest
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     probe.METHOD,
+    probe_last.METHOD,
     lora.METHOD,
     lora_prompt.METHOD,
+    lora_prompt_readout.METHOD,
     zero_shot.METHOD,
     option_confidence.METHOD,
     likelihood.LIKELIHOOD,

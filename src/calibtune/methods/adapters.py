@@ -59,11 +59,12 @@ def adapter_training_set(ctx: CellContext, settings: AdapterConfig) -> list[Ques
     return random.Random(f"{ctx.study.seed}-adapters").sample(train, cap)
 
 
-def fit_and_score(ctx: CellContext, estimator, seqs: Sequence, labels: np.ndarray, eval_seqs: Sequence) -> CellScores:
+def fit_and_score(ctx: CellContext, estimator, seqs: Sequence, labels: np.ndarray, eval_seqs: Sequence,
+                  **fit_options) -> CellScores:
     """Train an adapter estimator on T's answers (``seqs``, ``labels``), save it, and score T's evaluation
     answers and the answers it held out (those calibrate its temperature); the adapters come off after."""
     try:
-        estimator.fit(seqs, labels, ctx.checkpoint)
+        estimator.fit(seqs, labels, ctx.checkpoint, **fit_options)
         estimator.save(ctx.out)
         val = estimator.val_indices
         p_all = estimator.predict_proba(list(eval_seqs) + [seqs[i] for i in val])

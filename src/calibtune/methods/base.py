@@ -78,6 +78,8 @@ class CellContext:
     grader: Callable[[], Grader]  # the study's grader of open-ended answers
     log: Log = print
     quick: bool = False
+    shared: dict[str, Any] = field(default_factory=dict)  # what E's passes in one cell leave for another (its row)
+    pending: Callable[[str], bool] = lambda method: False  # whether that method's cell of (E, T) is still to compute
     out: Path | None = None  # where the method saves its estimator (set for cells that are stored)
     checkpoint: Path | None = None  # where adapter training keeps its resumable state
 

@@ -21,6 +21,8 @@ class LoraHeadConfig(AdapterConfig):
     layer: int = Field(-1, ge=-1, description="hidden-state layer; -1 means the middle layer")
     hidden_size: int = Field(64, ge=1)
     head_dropout: float = Field(0.1, ge=0, lt=1)
+    init_from_probe: bool = Field(True, description="start the head from a Probe fitted on the same layer and "
+                                  "training answers (its standardisation and weights)")
 
 
 def make_cell(ctx: CellContext) -> CellScores:
@@ -35,11 +37,31 @@ def make_cell(ctx: CellContext) -> CellScores:
     y_train = ctx.labels(train)
     seqs = answer_sequences(lm, *ctx.prompts(train))
     est = LoraHeadEstimator(lm, settings, seed=ctx.study.seed, meta=ctx.meta(len(train)))
-    scores = fit_and_score(ctx, est, seqs, y_train, answer_sequences(lm, *ctx.prompts(ctx.inputs.eval)))
+    probe = starting_probe(ctx, settings, est.layer, train, y_train) if settings.init_from_probe else None
+    scores = fit_and_score(ctx, est, seqs, y_train, answer_sequences(lm, *ctx.prompts(ctx.inputs.eval)),
+                           probe=probe)
     log = est.log
     ctx.log(f"LoRA {ctx.estimator_model} on {ctx.answering_model}: layer {est.layer}, {log.steps} steps, best "
             f"validation loss {log.best_val_loss:.4f} at step {log.best_step}, {log.seconds:.0f} s")
     return scores
+
+
+def starting_probe(ctx: CellContext, settings: LoraHeadConfig, layer: int, train, labels):
+    """A Probe with the head's size fitted on E's features (at the head's layer) of the answers LoRA trains on,
+    with LoRA's validation fraction and seed, so it holds out the same answers LoRA validates on. Its other
+    settings are the Probe's defaults: LoRA's cells depend on LoRA's settings alone."""
+    from calibtune.estimators.probe import ProbeEstimator
+    from calibtune.features import extract_features
+    from calibtune.methods.probe import ProbeConfig
+
+    table = ctx.probe_features()
+    if layer in table.layers:
+        x = table.of(train)[:, [table.layers.index(layer)]]
+    else:
+        x = extract_features(ctx.model(), *ctx.prompts(train), [layer], token=ctx.study.features.token)
+    config = ProbeConfig(layer=layer, hidden_size=settings.hidden_size, dropout=settings.head_dropout,
+                         val_fraction=settings.val_fraction)
+    return ProbeEstimator(config, layers=(layer,), seed=ctx.study.seed).fit(x, labels)
 
 
 def load(folder: Path, info: dict, lm: LoadedModel) -> AnswerEstimator:
@@ -50,4 +72,4 @@ def load(folder: Path, info: dict, lm: LoadedModel) -> AnswerEstimator:
 
 
 METHOD = Method(name="lora", label="LoRA", make_cell=make_cell, config=LoraHeadConfig, saved_file="lora.json",
-                load=load)
+                load=load, study_settings=("features",))

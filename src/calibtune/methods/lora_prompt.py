@@ -31,7 +31,15 @@ class LoraPromptConfig(AdapterConfig):
 
 def make_cell(ctx: CellContext) -> CellScores:
     """Train adapters on T's graded training answers; score T's evaluation answers and the held-out ones."""
-    from calibtune.estimators.lora_prompt import LoraPromptEstimator, encode_queries
+    return train_cell(ctx, None, "LoRA + Prompt")
+
+
+def train_cell(ctx: CellContext, readout: int | None, label: str) -> CellScores:
+    """LoRA + Prompt's cell, reading the query's answer after the last layer (``readout`` None) or after
+    ``readout`` layers."""
+    from calibtune.config import method_settings
+    from calibtune.estimators.lora_prompt import BaseReadings, LoraPromptEstimator, encode_queries
+    from calibtune.methods.zero_shot import query_sequences
 
     lm = ctx.model()
     settings = study_adapter_config(ctx)
@@ -39,11 +47,19 @@ def make_cell(ctx: CellContext) -> CellScores:
     train = adapter_training_set(ctx, settings)
     y_train = ctx.labels(train)
     seqs = encode_queries(lm.tokenizer, *ctx.prompts(train), settings.query)
-    est = LoraPromptEstimator(lm, settings, seed=ctx.study.seed, meta=ctx.meta(len(train)))
+    est = LoraPromptEstimator(lm, settings, seed=ctx.study.seed, meta=ctx.meta(len(train)), readout=readout)
     eval_seqs = encode_queries(lm.tokenizer, *ctx.prompts(ctx.inputs.eval), settings.query)
-    scores = fit_and_score(ctx, est, seqs, y_train, eval_seqs)
+    readings = ctx.shared.setdefault("base_readings", BaseReadings())
+    zero_shot = method_settings(ctx.study, "zero_shot")
+    if (readout is None and ctx.pending("zero_shot")
+            and (zero_shot.query, zero_shot.options) == (settings.query, settings.options)):
+        # the zero-shot query of this (E, T) is still to come and asks the same: one base-model pass reads both
+        zs_seqs, tokens = query_sequences(ctx, zero_shot)
+        readings.read(lm, zs_seqs, tokens, answers=False, batch_size=settings.batch_size * 2)
+    scores = fit_and_score(ctx, est, seqs, y_train, eval_seqs, base=readings)
     log = est.log
-    ctx.log(f"LoRA + Prompt {ctx.estimator_model} on {ctx.answering_model}: {log.steps} steps, best validation "
+    at = "" if readout is None else f"read out after layer {readout}, "
+    ctx.log(f"{label} {ctx.estimator_model} on {ctx.answering_model}: {at}{log.steps} steps, best validation "
             f"loss {log.best_val_loss:.4f} at step {log.best_step}, {log.seconds:.0f} s")
     return scores
 

@@ -70,6 +70,12 @@ def cell_inputs(answers: Mapping[str, Answer], inputs: StudyInputs) -> dict[str,
             "exemplars": digest([q.content() for q in inputs.exemplars])}
 
 
+def cell_key(config: StudyConfig, method: Method, estimator_model: str, answers: Mapping[str, Answer],
+             inputs: StudyInputs, quick: bool) -> str:
+    """The artifact key of one cell."""
+    return cell_stage(config, method, estimator_model, quick).key(cell_inputs(answers, inputs))
+
+
 def score_rows(method: Method, e: str, t: str, questions: Sequence[Question], y: np.ndarray, scores: CellScores,
                temperature_scaling: bool, log: Callable[[str], None]) -> pd.DataFrame:
     """One cell's score rows, with P(correct) temperature-scaled on the cell's held-out answers.
@@ -125,7 +131,7 @@ def run_cell(rt: Runtime, config: StudyConfig, method: Method, context: CellCont
     if not method.needs_model:  # read off the answers: cheap, not stored
         return compute()
     stage = cell_stage(config, method, e, quick)
-    key = stage.key(cell_inputs(context.answers, context.inputs))
+    key = cell_key(config, method, e, context.answers, context.inputs, quick)
     if rt.store.has("cell", key):
         rt.log(f"{method.label} {e} on {t}: from the cache ({key[:12]})")
     else:
