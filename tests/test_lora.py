@@ -307,3 +307,30 @@ def test_lora_head_starts_from_a_fitted_probe(tiny_models):
     np.testing.assert_allclose(est.predict_proba(answer_sequences(lm, prompts, answers)), probe.p_correct(x),
                                atol=1e-5)
     est.release()
+
+
+def test_balanced_weights_make_every_dataset_half_right():
+    from calibtune.estimators.splits import balanced_weights
+
+    labels = np.array([1, 1, 1, 0, 1, 0, 0, 0, 1, 1])
+    groups = ["a", "a", "a", "a", "b", "b", "b", "b", "c", "c"]  # a: 3/4 right, b: 1/4 right, c: all right
+    w = balanced_weights(labels, groups)
+    raw = np.array([0.5 / 0.75] * 3 + [0.5 / 0.25] + [0.5 / 0.25] + [0.5 / 0.75] * 3 + [1.0, 1.0])
+    np.testing.assert_allclose(w, raw / raw.mean())
+    for g in ("a", "b"):
+        members = np.array(groups) == g
+        assert w[members & (labels == 1)].sum() == pytest.approx(w[members & (labels == 0)].sum())
+    assert w.mean() == pytest.approx(1.0)
+
+
+def test_lora_prompt_trains_with_dataset_balance(tiny_models):
+    lm = load_model(str(tiny_models["llama"]), dtype="float32")
+    prompts, answers, labels = _toy(32)
+    seqs = encode_queries(lm.tokenizer, prompts, answers, DEFAULT_QUERY)
+    groups = ["a" if i < 20 else "b" for i in range(32)]
+    cfg = LoraPromptConfig(balance="dataset", max_steps=2, eval_every=1, batch_size=4)
+    est = LoraPromptEstimator(lm, cfg).fit(seqs, labels, groups=groups)
+    assert est.log.steps == 2 and np.isfinite(est.log.val_loss).all()
+    est.release()
+    with pytest.raises(CalibtuneError, match="needs each training answer's dataset"):
+        LoraPromptEstimator(lm, cfg).fit(seqs, labels)

@@ -383,3 +383,47 @@ def test_the_probe_reads_a_models_own_answers_from_its_answering_pass(tmp_path, 
     from_answering = [store.get_arrays("features", a.key)["features"] for a in shared
                       if json.loads((a.path / "meta.json").read_text())["settings"]["model"] == llama][0]
     np.testing.assert_allclose(from_answering, separate, atol=1e-4)
+
+
+def test_a_data_scale_study_trains_on_nested_sizes(tmp_path, tiny_models, study_files, isolated_cache):
+    extra = ("methods: [probe, lora_prompt_readout]\ntrain_sizes: [12, 24, all]\n"
+             "lora_prompt_readout: {max_steps: 2, eval_every: 1, batch_size: 4, max_train_examples: null}\n")
+    train, evaluation = study_files
+    config = tmp_path / "scale.yaml"
+    config.write_text(f"name: scale\nmodels: ['{tiny_models['llama']}']\ndtype: float32\nbatch_size: 8\n"
+                      f"train: [{{dataset: '{train}'}}]\neval: [{{dataset: '{evaluation}'}}]\n"
+                      "probe: {max_epochs: 5, patience: 2}\n" + extra)
+    config = str(config)
+    out = tmp_path / "scale"
+    result = runner.invoke(app, ["run", config, "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    scores = pd.read_parquet(out / "scores.parquet")
+    assert sorted(scores.train_size.unique()) == [12, 24, 48]
+    assert (scores.groupby(["method", "train_size"]).size() == 24).all()  # every size scores every question
+    scale = pd.read_csv(out / "data_scale.csv")
+    assert sorted(zip(scale.method, scale.train_size)) == [(m, n) for m in ("lora_prompt_readout", "probe")
+                                                           for n in (12, 24, 48)]
+    saved = {int(f.name.split("__n")[1]): json.loads((f / "probe.json").read_text())["n_train"]
+             for f in (out / "estimators" / "probe").iterdir()}
+    assert saved == {12: 12, 24: 24, 48: 48}
+    metrics = pd.read_csv(out / "metrics.csv")  # the usual results are those of the largest size
+    largest = scores[(scores.train_size == 48) & (scores.method == "probe")]
+    assert metrics[metrics.method == "probe"].auroc.item() == pytest.approx(roc_auc_score(largest.label,
+                                                                                         largest.p_correct))
+    assert (out / "data_scale.png").is_file() and "Data scale" in (out / "report.html").read_text()
+
+
+def test_the_paper_mix_takes_an_equal_share_of_every_set_without_the_evaluation_questions():
+    from collections import Counter
+
+    from calibtune.config import StudyConfig
+    from calibtune.questions import PAPER_MIX, study_questions
+
+    cfg = StudyConfig.model_validate({"models": ["m"], "train": [{"mix": "paper", "size": 2200}],
+                                      "eval": [{"dataset": "copa", "split": "validation", "stop": 40}]})
+    inputs = study_questions(cfg)
+    counts = Counter(q.dataset for q in inputs.train)
+    assert set(counts) == set(PAPER_MIX)
+    assert counts["copa"] == 60 and all(counts[d] == 200 for d in PAPER_MIX if d != "copa")  # copa holds 100
+    assert not {q.id for q in inputs.train} & {q.id for q in inputs.eval}
+    assert [q.id for q in study_questions(cfg).train] == [q.id for q in inputs.train]  # seeded

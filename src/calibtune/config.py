@@ -24,14 +24,28 @@ GRADER_NAMES = ("exact", "contains", "numeric", "judge")
 
 
 class Selection(_Strict):
-    """A slice of one question set: ``questions[start:stop]``, then an optional seeded sample."""
+    """A slice of one question set: ``questions[start:stop]``, then an optional seeded sample; or a named mix
+    of sets (``mix: paper``, ``size``: at most this many questions, an equal share of each set)."""
 
-    dataset: str
+    dataset: str | None = None
     split: str | None = None
     subjects: list[str] | None = None
     start: int = Field(0, ge=0)
     stop: int | None = Field(None, ge=0)
     sample: int | None = Field(None, ge=1, description="draw this many at random (seeded) from the slice")
+    mix: Literal["paper"] | None = Field(None, description="paper: every bundled multiple-choice set but MMLU, "
+                                         "every split, less the evaluation questions (the paper's all_20k_uniform)")
+    size: int | None = Field(None, ge=1, description="questions in the mix: an equal share per set")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Selection:
+        if (self.dataset is None) == (self.mix is None):
+            raise ValueError("a selection names either a dataset or a mix")
+        if self.mix is not None and (self.split or self.subjects or self.start or self.stop or self.sample):
+            raise ValueError("a mix takes size only (it draws from every split of its sets)")
+        if self.mix is None and self.size is not None:
+            raise ValueError("size is for a mix; to take part of a set use stop or sample")
+        return self
 
 
 class FeatureSettings(_Strict):
@@ -109,6 +123,9 @@ class _StudySettings(_Strict):
     heatmap: list[str] = Field(default_factory=lambda: ["probe", "lora_prompt"],
                                description="matrix methods drawn as heatmap panels (those that ran)")
     features: FeatureSettings = FeatureSettings()
+    train_sizes: list[int | Literal["all"]] | None = Field(
+        None, description="a data-scale study: every cell trained on nested seeded subsets of the training "
+        "questions of these sizes (all: every one), scored on the same evaluation questions")
     zero_shot_calibration: int = Field(200, ge=0, description="training answers used to fit the temperature of "
                                        "methods that hold none out (zero-shot query, verbalized, sampling)")
     temperature_scaling: bool = True

@@ -69,6 +69,11 @@ def write_results(output: Path, config: StudyConfig, scores: pd.DataFrame, extra
 
     output = Path(output)
     settings = config.report
+    scale = None
+    if "train_size" in scores and scores.train_size.nunique() > 1:  # a data-scale study
+        scale = data_scale_metrics(scores, config)
+        scale.to_csv(output / "data_scale.csv", index=False)
+        scores = scores[scores.train_size == scores.train_size.max()]  # everything else: the largest size
     metrics = study_metrics(scores, settings.bootstrap_resamples, config.seed, settings.bins, settings.level)
     metrics.to_csv(output / "metrics.csv", index=False)
     methods = ordered_methods(config, scores)
@@ -90,10 +95,16 @@ def write_results(output: Path, config: StudyConfig, scores: pd.DataFrame, extra
     payload = {"cells": records, **extra, "bootstrap": settings.model_dump(),
                "paired": json.loads(paired.to_json(orient="records")),
                "subjects": json.loads(subjects.to_json(orient="records")) if subjects is not None else []}
+    if scale is not None:
+        payload["data_scale"] = json.loads(scale.to_json(orient="records"))
     (output / "metrics.json").write_text(json.dumps(payload, indent=2))
 
     for old_figure in list(output.glob("reliability_*.*")) + list(output.glob("subjects_auroc.*")):
         old_figure.unlink()
+    if scale is not None:
+        from calibtune.report.figures import plot_data_scale
+
+        plot_data_scale(scale, output / "data_scale.png", config.models)
     matrix = [m for m in config.heatmap if m in methods] or [m for m in MATRIX_METHODS if m in methods]
     baselines = [m for m in ANSWERER_METHODS if m in methods]
     order = {name: i for i, name in enumerate(config.models)}
@@ -110,6 +121,14 @@ def write_results(output: Path, config: StudyConfig, scores: pd.DataFrame, extra
         plot_subject_auroc(subjects, output / "subjects_auroc.png", config.models)
     write_report(output)
     return metrics
+
+
+def data_scale_metrics(scores: pd.DataFrame, config: StudyConfig) -> pd.DataFrame:
+    """Per-cell metrics with intervals at each number of training answers (``train_size``) of a data-scale study."""
+    settings = config.report
+    tables = [study_metrics(rows, settings.bootstrap_resamples, config.seed, settings.bins, settings.level)
+              .assign(train_size=int(size)) for size, rows in scores.groupby("train_size")]
+    return pd.concat(tables, ignore_index=True)
 
 
 def _common_questions(scores: pd.DataFrame, a: str, b: str) -> pd.DataFrame:

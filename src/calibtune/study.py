@@ -20,7 +20,7 @@ import pandas as pd
 from calibtune.config import StudyConfig, dump_config, method_settings
 from calibtune.methods import METHODS, CellContext, Method
 from calibtune.models import LoadedModel, cache_dir, load_model, model_slugs
-from calibtune.questions import StudyInputs, study_questions
+from calibtune.questions import StudyInputs, study_questions, training_subsets
 from calibtune.records import Answer, answers_to_table
 from calibtune.results import write_results
 from calibtune.stages.answers import graded_answers
@@ -66,19 +66,23 @@ class Study:
         slugs = model_slugs(cfg.models)
         shared: dict[str, dict] = {e: {} for e in cfg.models}  # what one cell's passes over E leave for another
 
-        def pending(name: str, e: str, t: str) -> bool:
+        def pending(name: str, e: str, t: str, part: StudyInputs) -> bool:
             return name in cfg.methods and not self.store.has(
-                "cell", cell_key(cfg, METHODS[name], e, answers[t], inputs, self.quick))
+                "cell", cell_key(cfg, METHODS[name], e, answers[t], part, self.quick))
 
         cells = []
-        for method, e, t in plan_cells(cfg):
-            context = CellContext(
-                study=cfg, settings=method_settings(cfg, method.name), estimator_model=e, answering_model=t,
-                inputs=inputs, answers=answers[t], load_model=rt.models.get, probe_features=features[e, t],
-                grader=grader, log=self.log, quick=self.quick, shared=shared[e],
-                pending=lambda name, e=e, t=t: pending(name, e, t))
-            folder = self.output / "estimators" / method.name / f"{slugs[e]}__on__{slugs[t]}"
-            cells.append(run_cell(rt, cfg, method, context, self.quick, folder))
+        subsets = training_subsets(inputs, cfg.train_sizes, cfg.seed, self.quick)
+        for part in subsets:  # one study, or one per training size of a data-scale study
+            size = f"__n{len(part.train)}" if cfg.train_sizes else ""
+            for method, e, t in plan_cells(cfg):
+                context = CellContext(
+                    study=cfg, settings=method_settings(cfg, method.name), estimator_model=e, answering_model=t,
+                    inputs=part, answers=answers[t], load_model=rt.models.get, probe_features=features[e, t],
+                    grader=grader, log=self.log, quick=self.quick, shared=shared[e],
+                    pending=lambda name, e=e, t=t, part=part: pending(name, e, t, part))
+                folder = self.output / "estimators" / method.name / f"{slugs[e]}__on__{slugs[t]}{size}"
+                rows = run_cell(rt, cfg, method, context, self.quick, folder)
+                cells.append(rows.assign(train_size=len(part.train)) if cfg.train_sizes else rows)
         table = pd.concat(cells, ignore_index=True)
         table.to_parquet(self.output / "scores.parquet", index=False)
         metrics = write_results(self.output, cfg, table, _facts(cfg, answers, inputs))

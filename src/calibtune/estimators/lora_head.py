@@ -31,7 +31,7 @@ from calibtune.estimators.adapters import (
     train_loop,
 )
 from calibtune.estimators.base import check_estimator_model
-from calibtune.estimators.splits import validation_split
+from calibtune.estimators.splits import balanced_weights, validation_split
 from calibtune.forward import Encoded, check_lengths, decoder_up_to, length_batches, pad_ids
 from calibtune.methods.lora import LoraHeadConfig
 from calibtune.models import LoadedModel
@@ -88,12 +88,13 @@ class LoraHeadEstimator:
         return states[torch.arange(len(seqs)), mask.sum(dim=1) - 1].float()
 
     def fit(self, seqs: Sequence[Encoded], labels: np.ndarray, checkpoint: Path | None = None,
-            probe=None) -> LoraHeadEstimator:
+            probe=None, groups: Sequence[str] | None = None) -> LoraHeadEstimator:
         """Train adapters and head jointly; a stratified ``val_fraction`` is held out for early stopping.
 
         ``probe`` (a fitted ``ProbeEstimator`` on this layer, with the same hidden size) is where the head
-        starts: its standardisation and weights. With ``checkpoint`` (a folder), training saves its state
-        there and resumes from it after a crash.
+        starts: its standardisation and weights. ``groups`` (each answer's dataset) weight the loss when the
+        config balances by dataset. With ``checkpoint`` (a folder), training saves its state there and
+        resumes from it after a crash.
         """
         cfg = self.config
         y = np.asarray(labels).astype(np.float32)
@@ -127,11 +128,19 @@ class LoraHeadEstimator:
                     mine.weight.copy_(theirs.weight)
                     mine.bias.copy_(theirs.bias)
         params = [p for p in self._peft.parameters() if p.requires_grad] + list(self.head.parameters())
-        loss_fn = torch.nn.BCEWithLogitsLoss()
+        weights = np.ones(len(y))
+        if cfg.balance == "dataset":
+            if groups is None:
+                raise CalibtuneError("balance: dataset needs each training answer's dataset")
+            weights = balanced_weights(y, groups)
+        w_train, w_val = torch.from_numpy(weights[idx_train]).float(), weights[idx_val]
 
         def step_loss(batch: np.ndarray) -> torch.Tensor:
             logits = self.head(self._features([train_seqs[i] for i in batch])).squeeze(-1)
-            return loss_fn(logits, y_train[batch].to(logits.device))
+            w = w_train[batch].to(logits.device)
+            losses = torch.nn.functional.binary_cross_entropy_with_logits(logits, y_train[batch].to(logits.device),
+                                                                          reduction="none")
+            return (losses * w).sum() / w.sum()
 
         def val_loss() -> float:
             self.lm.model.eval()
@@ -140,7 +149,8 @@ class LoraHeadEstimator:
             self.lm.model.train()
             self.head.train()
             p = np.clip(p, 1e-7, 1 - 1e-7)
-            return float(-np.mean(y_val.numpy() * np.log(p) + (1 - y_val.numpy()) * np.log(1 - p)))
+            losses = -(y_val.numpy() * np.log(p) + (1 - y_val.numpy()) * np.log(1 - p))
+            return float(np.sum(losses * w_val) / np.sum(w_val))
 
         def get_state() -> dict:
             return {"lora": lora_state(self._peft), "head": {k: v.clone() for k, v in self.head.state_dict().items()}}

@@ -34,7 +34,7 @@ from calibtune.estimators.adapters import (
 )
 from calibtune.estimators.base import check_estimator_model
 from calibtune.estimators.query import option_token_ids, p_yes, two_way_logits
-from calibtune.estimators.splits import validation_split
+from calibtune.estimators.splits import balanced_weights, validation_split
 from calibtune.forward import check_lengths, decoder_up_to, finish_logits, length_batches, lm_head_logits, pad_ids
 from calibtune.methods.lora_prompt import LoraPromptConfig
 from calibtune.models import LoadedModel
@@ -143,13 +143,14 @@ class LoraPromptEstimator:
         return option_token_ids(self.lm.tokenizer, self.config.query, self.config.options)
 
     def fit(self, seqs: Sequence[QueryEncoded], labels: np.ndarray, checkpoint: Path | None = None,
-            base: BaseReadings | None = None) -> LoraPromptEstimator:
+            base: BaseReadings | None = None, groups: Sequence[str] | None = None) -> LoraPromptEstimator:
         """Train adapters on graded answers; a stratified ``val_fraction`` is held out for early stopping.
 
         One pass of the base model over the training and held-out sequences gives the divergence's
         target and the untrained model's validation loss (step 0); ``base`` keeps those readings for
-        other users of the same base model (the zero-shot query). With ``checkpoint`` (a folder),
-        training saves its state there and resumes from it after a crash.
+        other users of the same base model (the zero-shot query). ``groups`` (each answer's dataset)
+        weight the loss when the config balances by dataset. With ``checkpoint`` (a folder), training
+        saves its state there and resumes from it after a crash.
         """
         cfg = self.config
         if cfg.divergence not in DIVERGENCES:
@@ -169,7 +170,18 @@ class LoraPromptEstimator:
                                    readout=self.readout)
         _, base_cache = base.read(self.lm, train_seqs, tokens, answers=want_answers, batch_size=cfg.batch_size * 2,
                                   readout=self.readout)
-        loss0 = float(torch.nn.functional.cross_entropy(val_two_way, y_val))
+        weights = torch.ones(len(y), dtype=torch.float32)
+        if cfg.balance == "dataset":
+            if groups is None:
+                raise CalibtuneError("balance: dataset needs each training answer's dataset")
+            weights = torch.from_numpy(balanced_weights(y, groups)).float()
+        w_train, w_val = weights[idx_train], weights[idx_val]
+
+        def weighted_ce(logits: torch.Tensor, target: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+            losses = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+            return (losses * w.to(losses.device)).sum() / w.sum()
+
+        loss0 = float(weighted_ce(val_two_way, y_val, w_val))
         below = None if self.readout is None else list(range(self.readout))  # the layers the read-out sees
         if below is not None and cfg.layers == "top_half":
             below = below[len(below) // 2:]
@@ -183,7 +195,7 @@ class LoraPromptEstimator:
             ids, mask, last = _pad(items, self.lm.tokenizer.pad_token_id, self.lm.device)
             hidden = final_hidden(self.lm, ids, mask, self.readout)
             logits = two_way_logits(self.lm.model, hidden[torch.arange(len(items)), last], tokens)
-            loss = torch.nn.functional.cross_entropy(logits, y_train[batch].to(logits.device))
+            loss = weighted_ce(logits, y_train[batch].to(logits.device), w_train[batch])
             if cfg.kl_weight > 0:
                 rows, cols = _answer_positions(items)
                 adapted = lm_head_logits(self.lm.model, hidden[rows, cols])
@@ -202,9 +214,9 @@ class LoraPromptEstimator:
             with torch.no_grad():
                 for batch in length_batches([len(s.ids) for s in val_seqs], cfg.batch_size * 2, None):
                     logits = query_logits(self.lm, [val_seqs[i] for i in batch], tokens, self.readout)
-                    total += float(torch.nn.functional.cross_entropy(logits, y_val[batch], reduction="sum"))
+                    total += float(weighted_ce(logits, y_val[batch], w_val[batch]) * w_val[batch].sum())
             self.lm.model.train()
-            return total / len(val_seqs)
+            return total / float(w_val.sum())
 
         self.log = train_loop(params, len(train_seqs), step_loss, val_loss, lambda: lora_state(self._peft),
                               lambda s: load_lora_state(self._peft, s), cfg, self.seed,

@@ -39,6 +39,9 @@ class AdapterConfig(Settings):
     patience: int = Field(4, ge=1, description="validations without improvement before stopping")
     max_grad_norm: float = Field(1.0, gt=0)
     val_fraction: float = Field(0.2, gt=0, lt=1)
+    balance: Literal["none", "dataset"] = Field("none", description="dataset: weight the training answers so "
+                                                "that every dataset has as much weight on right answers as on "
+                                                "wrong ones (its identity then tells nothing)")
 
 
 def study_adapter_config(ctx: CellContext) -> AdapterConfig:

@@ -39,7 +39,7 @@ def make_cell(ctx: CellContext) -> CellScores:
     est = LoraHeadEstimator(lm, settings, seed=ctx.study.seed, meta=ctx.meta(len(train)))
     probe = starting_probe(ctx, settings, est.layer, train, y_train) if settings.init_from_probe else None
     scores = fit_and_score(ctx, est, seqs, y_train, answer_sequences(lm, *ctx.prompts(ctx.inputs.eval)),
-                           probe=probe)
+                           probe=probe, groups=[q.dataset for q in train])
     log = est.log
     ctx.log(f"LoRA {ctx.estimator_model} on {ctx.answering_model}: layer {est.layer}, {log.steps} steps, best "
             f"validation loss {log.best_val_loss:.4f} at step {log.best_step}, {log.seconds:.0f} s")

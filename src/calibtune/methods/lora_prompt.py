@@ -56,7 +56,7 @@ def train_cell(ctx: CellContext, readout: int | None, label: str) -> CellScores:
         # the zero-shot query of this (E, T) is still to come and asks the same: one base-model pass reads both
         zs_seqs, tokens = query_sequences(ctx, zero_shot)
         readings.read(lm, zs_seqs, tokens, answers=False, batch_size=settings.batch_size * 2)
-    scores = fit_and_score(ctx, est, seqs, y_train, eval_seqs, base=readings)
+    scores = fit_and_score(ctx, est, seqs, y_train, eval_seqs, base=readings, groups=[q.dataset for q in train])
     log = est.log
     at = "" if readout is None else f"read out after layer {readout}, "
     ctx.log(f"{label} {ctx.estimator_model} on {ctx.answering_model}: {at}{log.steps} steps, best validation "

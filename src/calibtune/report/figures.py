@@ -129,3 +129,33 @@ def plot_subject_auroc(subjects: pd.DataFrame, png: Path, models: Sequence[str] 
         ax.invert_yaxis()
     axes[0].legend(fontsize=7, frameon=False, loc="lower right")
     return save_figure(fig, png)
+
+
+def plot_data_scale(scale: pd.DataFrame, png: Path, models: Sequence[str]) -> Path:
+    """AUROC and ECE against the number of training answers (log scale), a line per method and cell with its
+    bootstrap interval as a band: the paper's data-scale figure."""
+    fig = Figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
+    order = {m: i for i, m in enumerate(models)}
+    groups = sorted(scale.groupby(["method", "model", "trained_on"], sort=False),
+                    key=lambda g: (g[0][0], order.get(g[0][1], 99), order.get(g[0][2], 99)))
+    several = scale[["model", "trained_on"]].drop_duplicates().shape[0] > 1
+    for i, ((method, e, t), rows) in enumerate(groups):
+        rows = rows.sort_values("train_size")
+        label = method_label(method) + (f" ({short_model_name(e)} on {short_model_name(t)})" if several else "")
+        colour, style = OKABE_ITO[i % len(OKABE_ITO)], LINE_STYLES[(i // len(OKABE_ITO)) % len(LINE_STYLES)]
+        for ax, metric in zip(axes, ("auroc", "ece")):
+            ax.plot(rows.train_size, rows[metric], marker="o", color=colour, linestyle=style, label=label)
+            if f"{metric}_low" in rows:
+                ax.fill_between(rows.train_size, rows[f"{metric}_low"], rows[f"{metric}_high"], color=colour,
+                                alpha=0.15, linewidth=0)
+    for ax, title in zip(axes, ("AUROC (higher is better)", "ECE (lower is better)")):
+        ax.set_xscale("log")
+        ax.set_xlabel("training answers")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
+    axes[1].legend(fontsize=8, loc="upper right")
+    fig.suptitle("Data scale: the same evaluation questions, estimators trained on more answers", fontsize=11)
+    fig.tight_layout()
+    return save_figure(fig, png)

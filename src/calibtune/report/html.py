@@ -19,7 +19,8 @@ from calibtune.report.labels import method_label, metric_label
 
 METRIC_COLUMNS = ("auroc", "ece", "ece_top_label", "brier", "nll", "accuracy")
 EXTRA_METRIC_COLUMNS = ("auprc", "auprc_incorrect", "ece_equal_mass", "mce", "aurc", "acc_at_50", "acc_at_80", "ece_ts")
-FIGURE_TITLES = (("risk_coverage", "Risk-coverage curves"), ("reliability_", "Reliability diagrams"),
+FIGURE_TITLES = (("data_scale", "AUROC and ECE against the number of training answers"),
+                 ("risk_coverage", "Risk-coverage curves"), ("reliability_", "Reliability diagrams"),
                  ("subjects_auroc", "AUROC per subject"))
 KEY_COLUMNS = ("method", "model", "trained_on")
 
@@ -149,6 +150,19 @@ def _paired_table(paired: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _data_scale_table(rows: list[dict]) -> str:
+    """AUROC and ECE with intervals at each number of training answers."""
+    headers = ["Method", "Model", "Trained on", "Training answers", "AUROC", "ECE"]
+    lines = ["<table>", "<thead><tr>" + "".join(f"<th>{h}</th>" for h in headers) + "</tr></thead>", "<tbody>"]
+    for row in sorted(rows, key=lambda r: (r["method"], r["model"], r["trained_on"], r["train_size"])):
+        cells = [escape(method_label(row["method"])), escape(row["model"]), escape(row["trained_on"])]
+        text = "".join(f"<td>{c}</td>" for c in cells) + f'<td class="num">{int(row["train_size"])}</td>'
+        text += "".join(f'<td class="num">{_with_interval(row, m)}</td>' for m in ("auroc", "ece"))
+        lines.append(f"<tr>{text}</tr>")
+    lines += ["</tbody>", "</table>"]
+    return "\n".join(lines)
+
+
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         return {}
@@ -223,6 +237,11 @@ def write_report(run_dir: Path) -> Path:
               "<h2>Every method and cell</h2>",
               f'<p class="note">Brackets: {_level(info)} bootstrap intervals over the evaluation questions.</p>',
               f'<div class="wide">{_metrics_table(metrics)}</div>']
+    if info.get("data_scale"):
+        parts += ["<h2>Data scale</h2>",
+                  '<p class="note">The same evaluation questions; each row an estimator trained on the first '
+                  "n answers of one seeded shuffle of the training answers (the tables above: the largest n).</p>",
+                  _data_scale_table(info["data_scale"])]
     if info.get("paired"):
         parts += ["<h2>Paired differences</h2>",
                   '<p class="note">Paired bootstrap on the same questions; bold where the interval excludes 0.</p>',
