@@ -18,10 +18,11 @@ import time
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from calibtune.bundled import cache_dir
 from calibtune.config import load_config
 from calibtune.estimators.lora_prompt import LoraPromptEstimator, encode_queries
 from calibtune.methods.lora_prompt import LoraPromptConfig
-from calibtune.models import cache_dir, load_model
+from calibtune.models import load_model
 from calibtune.prompts import DEFAULT_QUERY, format_prompt
 from calibtune.questions import study_questions
 from calibtune.stages.answers import graded_answers

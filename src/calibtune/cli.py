@@ -29,17 +29,24 @@ def run(
     seed: Annotated[Optional[int], typer.Option("--seed", help="Replace the config's seed.")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = None,
     dtype: Annotated[Optional[str], typer.Option("--dtype", help="auto (bf16 where fast, else fp32), bfloat16, float32, float16.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (stages, FLOPs, memory, time estimates) without loading any model.")] = False,
 ) -> None:
     """Run a whole cross-model study and write its run folder (scores, metrics, heatmap, report)."""
     from calibtune.config import load_config
-    from calibtune.progress import console
-    from calibtune.study import Study
 
     cfg = load_config(config)
     overrides = {k: v for k, v in {"models": model, "batch_size": batch_size, "seed": seed,
                                    "device": device, "dtype": dtype}.items() if v is not None}
     if overrides:
         cfg = cfg.model_validate({**cfg.model_dump(), **overrides})
+    if dry_run:
+        from calibtune.plan import dry_run as plan
+
+        typer.echo(plan(cfg, quick))
+        return
+    from calibtune.progress import console
+    from calibtune.study import Study
+
     out = output_path or Path("runs") / (cfg.name + ("-quick" if quick else ""))
     study = Study(cfg, out, quick=quick, log=lambda msg: console.print(msg, highlight=False))
     metrics = study.run()
@@ -91,7 +98,7 @@ def _markdown_metrics(metrics, paired: list[dict]) -> str:
 @_friendly
 def models(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
     """List the bundled models (installed? converted?) and other models in the cache."""
-    from calibtune.models import cache_dir, list_models
+    from calibtune.bundled import cache_dir, list_models
 
     rows = list_models()
     if as_json:

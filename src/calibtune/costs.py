@@ -28,16 +28,21 @@ class ModelShape:
 
     @classmethod
     def of(cls, config: Any) -> ModelShape:
-        """The shape of a transformers config (the text part of a multimodal one)."""
-        text = config.get_text_config() if hasattr(config, "get_text_config") else config
-        heads = int(text.num_attention_heads)
-        hidden = int(text.hidden_size)
-        head_dim = int(getattr(text, "head_dim", None) or hidden // heads)
-        intermediate = int(getattr(text, "intermediate_size", None) or 4 * hidden)
-        gated = getattr(text, "model_type", "") not in ("gpt2", "gpt_neox", "opt", "falcon", "phi")
-        return cls(layers=int(text.num_hidden_layers), hidden=hidden, intermediate=intermediate, heads=heads,
-                   kv_heads=int(getattr(text, "num_key_value_heads", None) or heads), head_dim=head_dim,
-                   vocab=int(text.vocab_size), gated_mlp=gated)
+        """The shape of a transformers config, or of a ``config.json`` read as a dict (the text part of a
+        multimodal one)."""
+        if isinstance(config, dict):
+            values = config.get("text_config", config)
+        else:
+            text = config.get_text_config() if hasattr(config, "get_text_config") else config
+            values = text.to_dict() if hasattr(text, "to_dict") else vars(text)
+        heads = int(values["num_attention_heads"])
+        hidden = int(values["hidden_size"])
+        head_dim = int(values.get("head_dim") or hidden // heads)
+        intermediate = int(values.get("intermediate_size") or 4 * hidden)
+        gated = values.get("model_type", "") not in ("gpt2", "gpt_neox", "opt", "falcon", "phi")
+        return cls(layers=int(values["num_hidden_layers"]), hidden=hidden, intermediate=intermediate, heads=heads,
+                   kv_heads=int(values.get("num_key_value_heads") or heads), head_dim=head_dim,
+                   vocab=int(values["vocab_size"]), gated_mlp=gated)
 
     @property
     def layer_weights(self) -> int:

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from calibtune.bundled import cache_dir
 from calibtune.config import StudyConfig, dump_config, method_settings
 from calibtune.methods import METHODS, CellContext, Method
-from calibtune.models import LoadedModel, cache_dir, load_model, model_slugs
+from calibtune.models import LoadedModel, load_model, model_slugs
 from calibtune.questions import StudyInputs, study_questions, training_subsets
 from calibtune.records import Answer, answers_to_table
 from calibtune.results import write_results

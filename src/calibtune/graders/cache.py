@@ -31,7 +31,7 @@ class JudgementCache:
     @classmethod
     def default(cls) -> JudgementCache:
         """The cache at ``<calibtune cache dir>/judgements.jsonl``."""
-        from calibtune.models import cache_dir
+        from calibtune.bundled import cache_dir
 
         return cls(cache_dir() / "judgements.jsonl")
 

@@ -1,0 +1,266 @@
+"""``calibtune run --dry-run``: what a study will do and cost, before any model is loaded.
+
+The plan counts the stages, questions and cells the study would run, the FLOPs of each stage
+(``calibtune.costs``, from each model's shape), the memory a device needs (weights,
+activations of one pass, the adapters' training state) and the time each stage would take
+on a few GPU types and on this machine. A model's shape comes from its ``config.json``
+(a local folder, a bundled model's converted folder, or the local hub cache) or, for the
+paper's models, from the table below: no network, no weights. Token counts come from the
+model's tokenizer where one is on this machine, else from 4 characters per token.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from calibtune.config import StudyConfig, method_settings
+from calibtune.costs import ModelShape, sequence_flops, training_flops, tree_flops
+from calibtune.errors import CalibtuneError
+from calibtune.methods import METHODS
+from calibtune.prompts import format_prompt
+from calibtune.questions import StudyInputs, study_questions, training_subsets
+
+# Published configs of models a study may name by hub id before they are downloaded.
+KNOWN_CONFIGS: dict[str, dict] = {
+    "mistralai/Mistral-7B-v0.1": dict(num_hidden_layers=32, hidden_size=4096, intermediate_size=14336,
+                                      num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                                      vocab_size=32000, tie_word_embeddings=False, model_type="mistral"),
+    "meta-llama/Llama-2-7b-hf": dict(num_hidden_layers=32, hidden_size=4096, intermediate_size=11008,
+                                     num_attention_heads=32, num_key_value_heads=32, head_dim=128, vocab_size=32000,
+                                     tie_word_embeddings=False, model_type="llama"),
+    "smollm2-135m": dict(num_hidden_layers=30, hidden_size=576, intermediate_size=1536, num_attention_heads=9,
+                         num_key_value_heads=3, head_dim=64, vocab_size=49152, tie_word_embeddings=True,
+                         model_type="llama"),
+    "gemma3-270m": dict(num_hidden_layers=18, hidden_size=640, intermediate_size=2048, num_attention_heads=4,
+                        num_key_value_heads=1, head_dim=256, vocab_size=262144, tie_word_embeddings=True,
+                        model_type="gemma3_text"),
+}
+KNOWN_CONFIGS["mistralai/Mistral-7B-Instruct-v0.2"] = KNOWN_CONFIGS["mistralai/Mistral-7B-v0.1"]
+KNOWN_CONFIGS["meta-llama/Llama-2-7b-chat-hf"] = KNOWN_CONFIGS["meta-llama/Llama-2-7b-hf"]
+
+# Dense bf16 matmul rate of each GPU (the vendors' figures) and the share of it assumed reached.
+GPUS = {"A100 80GB": 312e12, "H100 SXM": 989e12, "L4": 121e12}
+UTILISATION = {"inference": 0.40, "training": 0.30}
+CHARS_PER_TOKEN = 4
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the plan knows of one model: its shape, weights and how it counts tokens."""
+
+    name: str
+    shape: ModelShape
+    parameters: int
+    tokenizer: object | None  # None: 4 characters per token
+
+    def tokens(self, text: str, special: bool = True) -> int:
+        """Tokens of a text (estimated when no tokenizer is at hand)."""
+        if self.tokenizer is None:
+            return max(1, round(len(text) / CHARS_PER_TOKEN)) + int(special)
+        return len(self.tokenizer(text, add_special_tokens=special)["input_ids"])
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """One stage of the plan: what it runs, its FLOPs, and whether it trains."""
+
+    stage: str
+    model: str
+    items: str
+    flops: float
+    training: bool = False
+
+
+def _local_config(name: str) -> dict | None:
+    from calibtune.bundled import BUNDLED, converted_dir
+
+    folder = Path(name).expanduser()
+    if name in BUNDLED:
+        folder = converted_dir(BUNDLED[name])
+    if folder.is_dir() and (folder / "config.json").is_file():
+        return json.loads((folder / "config.json").read_text())
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(name, "config.json")
+        if isinstance(cached, str):
+            return json.loads(Path(cached).read_text())
+    except Exception:  # not a hub id, or no hub cache
+        pass
+    return None
+
+
+def _local_tokenizer(name: str):
+    """The model's tokenizer when its files are on this machine (no network), else None."""
+    from calibtune.bundled import BUNDLED, converted_dir
+
+    folder = converted_dir(BUNDLED[name]) if name in BUNDLED else Path(name).expanduser()
+    if not (folder / "tokenizer_config.json").is_file():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            if not isinstance(try_to_load_from_cache(name, "tokenizer_config.json"), str):
+                return None
+        except Exception:  # not a hub id
+            return None
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(folder) if folder.is_dir() else name, local_files_only=True)
+    except Exception:  # unreadable: estimate
+        return None
+
+
+def model_info(name: str) -> ModelInfo:
+    """Shape, parameter count and tokenizer of a model, from local files or the known configs."""
+    config = _local_config(name) or KNOWN_CONFIGS.get(name)
+    if config is None:
+        raise CalibtuneError(f"cannot plan model '{name}' without its config.json: give a local folder, put the "
+                             f"model in the hub cache, or name a known model ({', '.join(KNOWN_CONFIGS)})")
+    text = config.get("text_config", config)
+    shape = ModelShape.of(text)
+    embedding = shape.vocab * shape.hidden
+    parameters = shape.block_weights + embedding * (1 if text.get("tie_word_embeddings", True) else 2)
+    return ModelInfo(name, shape, parameters, _local_tokenizer(name))
+
+
+def plan_stages(config: StudyConfig, inputs: StudyInputs, infos: dict[str, ModelInfo], quick: bool) -> list[StagePlan]:
+    """The stages of the study with their FLOPs."""
+    stages: list[StagePlan] = []
+    questions = inputs.all
+    prompt_tokens: dict[str, list[int]] = {}
+    for name, info in infos.items():
+        contexts = [info.tokens(format_prompt(q, config.prompt)) for q in questions]
+        prompt_tokens[name] = contexts
+        if config.task == "multiple_choice":
+            options = [[info.tokens(config.option_prefix + c, special=False) for c in q.choices] for q in questions]
+            flops = sum(tree_flops(info.shape, c, o) for c, o in zip(contexts, options))
+        else:
+            new = config.open_ended.max_new_tokens
+            flops = sum(sequence_flops(info.shape, c + new) + new * info.shape.head_flops for c in contexts)
+        stages.append(StagePlan("answers", name, f"{len(questions)} questions", flops))
+    for part in training_subsets(inputs, config.train_sizes, config.seed, quick):
+        stages += _cell_stages(config, part, infos, prompt_tokens, quick)
+    return stages
+
+
+ADAPTER_METHODS = ("lora", "lora_prompt", "lora_prompt_readout")
+QUERY_TOKENS = 24  # the uncertainty query after the answer
+
+
+def _cell_stages(config: StudyConfig, inputs: StudyInputs, infos: dict[str, ModelInfo],
+                 prompt_tokens: dict[str, list[int]], quick: bool) -> list[StagePlan]:
+    """Features and cells of every (method, E, T), for one training set."""
+    stages = []
+    size = f" ({len(inputs.train)} training answers)" if config.train_sizes else ""
+    n_all = len(inputs.all)
+    reads_features = any("features" in METHODS[m].study_settings for m in config.methods)
+    for e, info in infos.items():
+        lengths = [c + 4 for c in prompt_tokens[e]]  # the prompt and a short answer
+        mean_len = sum(lengths) / len(lengths)
+        if reads_features:  # E's own cloze answers give their features in the answering pass
+            others = [t for t in infos if t != e or config.task != "multiple_choice"]
+            flops = len(others) * sum(sequence_flops(info.shape, n) for n in lengths)
+            if flops:
+                stages.append(StagePlan("features", e, f"{len(others)} x {n_all} answers", flops))
+        for method in config.methods:
+            m = METHODS[method]
+            settings = method_settings(config, method)
+            cells = len(infos) if m.scope == "matrix" else 1
+            if method in ADAPTER_METHODS:
+                cap = settings.max_train_examples
+                train = len(inputs.train) if cap is None else min(cap, len(inputs.train))
+                steps = max(1, round(settings.epochs * train * (1 - settings.val_fraction) / settings.batch_size))
+                steps = min(steps, settings.max_steps or steps, config.quick.adapter_steps if quick else steps)
+                seq = round(mean_len) + (QUERY_TOKENS if method != "lora" else 0)
+                step = training_flops(settings.batch_size * sequence_flops(info.shape, seq))
+                reads = (len(inputs.eval) + train) * sequence_flops(info.shape, seq)  # base pass, predictions
+                stages.append(StagePlan(f"{method}{size}", e, f"{cells} cells, {steps} steps each",
+                                        cells * (steps * step + reads), training=True))
+            elif method == "zero_shot":
+                n = len(inputs.eval) + min(config.zero_shot_calibration, len(inputs.train))
+                flops = cells * n * sequence_flops(info.shape, round(mean_len) + QUERY_TOKENS)
+                stages.append(StagePlan(f"{method}{size}", e, f"{cells} cells", flops))
+    return stages
+
+
+def memory_per_device(info: ModelInfo, config: StudyConfig, bytes_per_value: int) -> dict[str, float]:
+    """GiB a device holds: the weights, one inference pass's activations, and the adapters' training state."""
+    shape = info.shape
+    weights = info.parameters * bytes_per_value
+    logits = 512 * shape.vocab * 4  # one chunk of the head's fp32 log-softmax
+    inference = config.token_budget * shape.hidden * bytes_per_value * (shape.layers + 8) + logits
+    settings = method_settings(config, "lora_prompt")
+    per_layer = 2 * settings.r * (shape.hidden + shape.heads * shape.head_dim)  # q_proj and v_proj adapters
+    adapters = shape.layers * per_layer
+    adapter_state = adapters * (4 + 4 + 8)  # fp32 weights, gradients, AdamW moments
+    tokens = settings.batch_size * 128
+    activations = tokens * shape.layers * (16 * shape.hidden + 2 * shape.intermediate) * bytes_per_value
+    gib = 2**30
+    return {"weights": weights / gib, "inference": inference / gib, "adapter_state": adapter_state / gib,
+            "training_activations": activations / gib}
+
+
+def cpu_rate() -> float:
+    """This machine's fp32 matmul rate, measured now with numpy (a third of a second; torch is not imported,
+    so the plan stays fast). On a CPU with fast bf16 the study's passes can run faster than this rate."""
+    import numpy as np
+
+    n = 1024
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    a @ a
+    best, end = 0.0, time.perf_counter() + 0.3
+    while time.perf_counter() < end:
+        start = time.perf_counter()
+        a @ a
+        best = max(best, 2 * n**3 / (time.perf_counter() - start))
+    return best
+
+
+def dry_run(config: StudyConfig, quick: bool = False) -> str:
+    """The plan of a study as text: stages, counts, FLOPs, memory and time estimates."""
+    inputs = study_questions(config, quick)
+    infos = {name: model_info(name) for name in config.models}
+    stages = plan_stages(config, inputs, infos, quick)
+    machine = cpu_rate()
+    lines = [f"study {config.name}: {len(inputs.train)} training and {len(inputs.eval)} evaluation questions, "
+             f"{len(config.models)} models, methods {', '.join(config.methods)}"]
+    for name, info in infos.items():
+        counted = "its tokenizer" if info.tokenizer is not None else f"{CHARS_PER_TOKEN} characters per token"
+        lines.append(f"  {name}: {info.shape.layers} layers, hidden {info.shape.hidden}, "
+                     f"{info.parameters / 1e9:.2f}B parameters; tokens counted by {counted}")
+    header = f"{'stage':34} {'model':28} {'work':34} {'PFLOP':>8}" + "".join(f" {g:>10}" for g in GPUS)
+    lines += ["", header + f" {'this CPU':>10}"]
+    total = {g: 0.0 for g in [*GPUS, "cpu"]}
+    for stage in stages:
+        kind = "training" if stage.training else "inference"
+        times = {g: stage.flops / (rate * UTILISATION[kind]) for g, rate in GPUS.items()}
+        times["cpu"] = stage.flops / (machine * UTILISATION[kind])
+        for g, t in times.items():
+            total[g] += t
+        lines.append(f"{stage.stage:34.34} {stage.model:28.28} {stage.items:34.34} {stage.flops / 1e15:8.3f}"
+                     + "".join(f" {_duration(times[g]):>10}" for g in [*GPUS, "cpu"]))
+    lines.append(f"{'total':98}" + "".join(f" {_duration(total[g]):>10}" for g in [*GPUS, "cpu"]))
+    lines.append("")
+    rates = ", ".join(f"{g} {r / 1e12:.0f}" for g, r in GPUS.items())
+    lines.append(f"time = FLOPs / (rate x utilisation): bf16 dense rates {rates} TFLOP/s; this CPU "
+                 f"{machine / 1e9:.0f} GFLOP/s (fp32, measured now); utilisation assumed "
+                 f"{UTILISATION['inference']:.0%} for inference, {UTILISATION['training']:.0%} for training")
+    bytes_per_value = 4 if config.dtype in ("float32", "fp32") else 2  # auto: bf16 on the GPUs planned for
+    for name, info in infos.items():
+        mem = memory_per_device(info, config, bytes_per_value)
+        lines.append(f"memory per device, {name}: weights {mem['weights']:.1f} GiB, a pass's activations "
+                     f"{mem['inference']:.1f} GiB, adapter training state {mem['adapter_state']:.2f} GiB and "
+                     f"activations {mem['training_activations']:.1f} GiB ({bytes_per_value}-byte values)")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
