@@ -30,10 +30,18 @@ def run(
     device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = None,
     dtype: Annotated[Optional[str], typer.Option("--dtype", help="auto (bf16 where fast, else fp32), bfloat16, float32, float16.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (stages, FLOPs, memory, time estimates) without loading any model.")] = False,
+    num_processes: Annotated[int, typer.Option("--num-processes", min=1, help="Run the study in N processes on this machine (torchrun): shards and cells are dealt out; the same scores as one process.")] = 1,
 ) -> None:
     """Run a whole cross-model study and write its run folder (scores, metrics, heatmap, report)."""
     from calibtune.config import load_config
+    from calibtune.distributed import launched, relaunch
 
+    if num_processes > 1 and not launched():
+        argv = [a for a in sys.argv[1:] if not a.startswith("--num-processes")]
+        if "--num-processes" in sys.argv:  # "--num-processes N": drop its value too
+            value = sys.argv.index("--num-processes") + 1
+            argv = [a for i, a in enumerate(sys.argv[1:], start=1) if i not in (value - 1, value)]
+        raise typer.Exit(relaunch(num_processes, argv))
     cfg = load_config(config)
     overrides = {k: v for k, v in {"models": model, "batch_size": batch_size, "seed": seed,
                                    "device": device, "dtype": dtype}.items() if v is not None}
@@ -50,6 +58,8 @@ def run(
     out = output_path or Path("runs") / (cfg.name + ("-quick" if quick else ""))
     study = Study(cfg, out, quick=quick, log=lambda msg: console.print(msg, highlight=False))
     metrics = study.run()
+    if metrics is None:  # a process of several: the main one reports
+        return
     _print_metrics(metrics)
     console.print(f"run folder: {out}  (open {out / 'report.html'})  in {study.timings['total']:.0f} s")
 

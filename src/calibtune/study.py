@@ -9,6 +9,7 @@ its work in the artifact store, so a rerun skips it, and a fully cached study lo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ import pandas as pd
 
 from calibtune.bundled import cache_dir
 from calibtune.config import StudyConfig, dump_config, method_settings
+from calibtune.distributed import Ranks
 from calibtune.methods import METHODS, CellContext, Method
 from calibtune.models import LoadedModel, load_model, model_slugs
 from calibtune.questions import StudyInputs, study_questions, training_subsets
@@ -27,7 +29,7 @@ from calibtune.results import write_results
 from calibtune.stages.answers import graded_answers
 from calibtune.stages.base import Runtime
 from calibtune.stages.cells import cell_key, run_cell
-from calibtune.stages.features import probe_features
+from calibtune.stages.features import probe_features, study_reads_features
 from calibtune.store import ArtifactStore, run_folder_lock
 
 
@@ -42,28 +44,36 @@ class Study:
     log: Callable[[str], None] = print
     timings: dict[str, float] = field(default_factory=dict)
 
-    def run(self) -> pd.DataFrame:
-        """The whole study; returns the metrics table and writes the run folder.
+    def run(self) -> pd.DataFrame | None:
+        """The whole study; returns the metrics table and writes the run folder (the main process of several
+        returns it; the others return None once their shards and cells are stored).
 
         The run folder is locked while the study runs (a second study on it is refused),
         and the store is marked in use (``calibtune cache prune`` waits for it).
         """
-        with run_folder_lock(self.output), self.store.in_use():
-            return self._run()
+        ranks = Ranks.current()
+        lock = run_folder_lock(self.output) if ranks.main else contextlib.nullcontext()
+        with lock, self.store.in_use():
+            return self._run(ranks)
 
-    def _run(self) -> pd.DataFrame:
+    def _run(self, ranks: Ranks) -> pd.DataFrame | None:
         cfg, start = self.config, time.perf_counter()
-        (self.output / "config.yaml").write_text(dump_config(cfg))
+        if ranks.main:
+            (self.output / "config.yaml").write_text(dump_config(cfg))
         inputs = study_questions(cfg, self.quick)
-        self.log(f"{len(inputs.train)} training and {len(inputs.eval)} evaluation questions, "
+        self.log(f"{ranks.tag()}{len(inputs.train)} training and {len(inputs.eval)} evaluation questions, "
                  f"{len(cfg.models)} models")
-        rt = Runtime(self.store, self.log, ModelPool(cfg.dtype, cfg.device, self.timings), self.timings)
+        rt = Runtime(self.store, self.log, ModelPool(cfg.dtype, cfg.device, self.timings), self.timings, ranks)
         grader = _Lazy(lambda: _study_grader(cfg))
         answers = {t: graded_answers(rt, cfg, inputs, t, grader() if cfg.task == "open_ended" else None)
                    for t in cfg.models}
-        self._write_answers(answers, inputs)
+        if ranks.main:
+            self._write_answers(answers, inputs)
         features = {(e, t): _Lazy(lambda e=e, t=t: probe_features(rt, cfg, e, t, answers[t], inputs))
                     for e in cfg.models for t in cfg.models}
+        if ranks.count > 1 and study_reads_features(cfg):
+            for lazy in features.values():  # every process takes part in every features stage, in one order
+                lazy()
         slugs = model_slugs(cfg.models)
         shared: dict[str, dict] = {e: {} for e in cfg.models}  # what one cell's passes over E leave for another
 
@@ -71,20 +81,28 @@ class Study:
             return name in cfg.methods and not self.store.has(
                 "cell", cell_key(cfg, METHODS[name], e, answers[t], part, self.quick))
 
-        cells = []
-        subsets = training_subsets(inputs, cfg.train_sizes, cfg.seed, self.quick)
-        for part in subsets:  # one study, or one per training size of a data-scale study
+        plan = [(part, method, e, t) for part in training_subsets(inputs, cfg.train_sizes, cfg.seed, self.quick)
+                for method, e, t in plan_cells(cfg)]  # one study, or one per training size of a data-scale study
+
+        def cell(part: StudyInputs, method: Method, e: str, t: str) -> pd.DataFrame:
+            context = CellContext(
+                study=cfg, settings=method_settings(cfg, method.name), estimator_model=e, answering_model=t,
+                inputs=part, answers=answers[t], load_model=rt.models.get, probe_features=features[e, t],
+                grader=grader, log=self.log, quick=self.quick, shared=shared[e],
+                pending=lambda name: pending(name, e, t, part))
             size = f"__n{len(part.train)}" if cfg.train_sizes else ""
-            for method, e, t in plan_cells(cfg):
-                context = CellContext(
-                    study=cfg, settings=method_settings(cfg, method.name), estimator_model=e, answering_model=t,
-                    inputs=part, answers=answers[t], load_model=rt.models.get, probe_features=features[e, t],
-                    grader=grader, log=self.log, quick=self.quick, shared=shared[e],
-                    pending=lambda name, e=e, t=t, part=part: pending(name, e, t, part))
-                folder = self.output / "estimators" / method.name / f"{slugs[e]}__on__{slugs[t]}{size}"
-                rows = run_cell(rt, cfg, method, context, self.quick, folder)
-                cells.append(rows.assign(train_size=len(part.train)) if cfg.train_sizes else rows)
-        table = pd.concat(cells, ignore_index=True)
+            folder = self.output / "estimators" / method.name / f"{slugs[e]}__on__{slugs[t]}{size}"
+            rows = run_cell(rt, cfg, method, context, self.quick, folder)
+            return rows.assign(train_size=len(part.train)) if cfg.train_sizes else rows
+
+        if ranks.count > 1:  # each process computes and stores its cells; the main one then collects them all
+            for position, (part, method, e, t) in enumerate(plan):
+                if method.needs_model and ranks.owns(position):
+                    cell(part, method, e, t)
+            ranks.wait()
+            if not ranks.main:
+                return None
+        table = pd.concat([cell(*item) for item in plan], ignore_index=True)
         table.to_parquet(self.output / "scores.parquet", index=False)
         metrics = write_results(self.output, cfg, table, _facts(cfg, answers, inputs))
         self.timings["total"] = time.perf_counter() - start

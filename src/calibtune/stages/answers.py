@@ -93,16 +93,16 @@ def graded_answers(rt: Runtime, config: StudyConfig, inputs: StudyInputs, model:
     stage = answers_stage(config, inputs, model)
     questions = inputs.all
     plan = stage.shards([q.seen(with_choices=config.task == "multiple_choice") for q in questions])
-    missing = [(key, part) for key, part in plan if not rt.store.has("answers", key)]
+    missing, mine = rt.my_missing("answers", plan)
     rt.report_shards(f"answers of {model}", plan, missing)
     # The Probe reads the model's own answers as the answering pass does: that pass keeps the features.
     features = features_stage(config, model) if _shares_features(config) else None
-    if missing:
+    if mine:
         lm = rt.models.get(model)
         verb = "answer " if config.task == "multiple_choice" else "generate"
-        with rt.timed(f"answer {model}"), progress_bar(f"{verb} {model}",
-                                                       sum(len(questions[p]) for _, p in missing)) as advance:
-            for key, part in missing:
+        with rt.timed(f"answer {model}"), progress_bar(f"{rt.ranks.tag()}{verb} {model}",
+                                                       sum(len(questions[p]) for _, p in mine)) as advance:
+            for key, part in mine:
                 answers, feats = stage.answer(lm, questions[part], advance, features.layers if features else None)
                 rt.store.put_table("answers", key, answers_to_table(answers), meta={"settings": stage.settings()})
                 if feats is not None:
@@ -111,12 +111,17 @@ def graded_answers(rt: Runtime, config: StudyConfig, inputs: StudyInputs, model:
                                                         size=len(questions[part]))
                     rt.store.put_arrays("features", feature_key, {"features": feats},
                                         meta={"settings": features.settings(), "from": "answering pass"})
+    rt.ranks.wait()  # every shard is in the store
     answers = [a for key, _ in plan for a in answers_from_table(rt.store.get_table("answers", key))]
     if config.task == "open_ended":
         _check_empty(rt, config, model, answers)
     with rt.timed(f"grade {model}"):
         cache = JudgementCache.default() if hasattr(grader, "grade_batch") else None
+        if cache is not None and not rt.ranks.main:
+            rt.ranks.wait()  # the main process asks the judge; the others then read its verdicts from the cache
         graded = _grade(answers, questions, grader, cache)
+        if cache is not None and rt.ranks.main:
+            rt.ranks.wait()
     by_id = {a.question_id: a for a in graded}
     undecided = count_undecided(graded)
     if undecided:

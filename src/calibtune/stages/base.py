@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from calibtune.distributed import Ranks
 from calibtune.store import ArtifactStore, artifact_key
 
 SHARD_SIZE = 256  # questions or texts per stored shard of a model pass
@@ -79,12 +80,20 @@ class ModelStage(Stage):
 
 @dataclass
 class Runtime:
-    """What every stage of a study shares: the store, the log, the clock and the model pool."""
+    """What every stage of a study shares: the store, the log, the clock, the model pool and the processes."""
 
     store: ArtifactStore
     log: Callable[[str], None]
     models: Any  # calibtune.study.ModelPool
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    ranks: Ranks = dataclasses.field(default_factory=Ranks)
+
+    def my_missing(self, stage: str, plan: Sequence[tuple[str, slice]]) -> tuple[list, list]:
+        """The shards of ``plan`` not in the store, and those of them this process computes (by their position
+        in the plan, so that every process deals them out the same way)."""
+        missing = [(k, part) for k, part in plan if not self.store.has(stage, k)]
+        absent = {k for k, _ in missing}
+        return missing, [(k, part) for i, (k, part) in enumerate(plan) if k in absent and self.ranks.owns(i)]
 
     @contextmanager
     def timed(self, label: str) -> Iterator[None]:

@@ -66,17 +66,18 @@ def probe_features(rt: Runtime, config: StudyConfig, model: str, answering_model
     questions = inputs.all
     contents = stage.shard_contents(config, questions, answers)
     plan = stage.shards(contents)
-    missing = [(key, part) for key, part in plan if not rt.store.has("features", key)]
+    missing, mine = rt.my_missing("features", plan)
     rt.report_shards(f"features of {answering_model}'s answers read by {model}", plan, missing)
-    if missing:
+    if mine:
         lm = rt.models.get(model)
-        with rt.timed(f"features {model}"), progress_bar(f"features {model}",
-                                                         sum(len(questions[p]) for _, p in missing)) as advance:
-            for key, part in missing:
+        with rt.timed(f"features {model}"), progress_bar(f"{rt.ranks.tag()}features {model}",
+                                                         sum(len(questions[p]) for _, p in mine)) as advance:
+            for key, part in mine:
                 prompts, texts = zip(*[(c[1], c[2]) for c in contents[part]])
                 feats = extract_features(lm, prompts, texts, stage.layers, token=stage.token,
                                          token_budget=stage.token_budget, max_rows=stage.batch_size,
                                          progress=advance)
                 rt.store.put_arrays("features", key, {"features": feats}, meta={"settings": stage.settings()})
+    rt.ranks.wait()  # the shards the other processes computed are in the store
     feats = np.concatenate([rt.store.get_arrays("features", key)["features"] for key, _ in plan])
     return FeatureTable(feats, {q.id: i for i, q in enumerate(questions)}, stage.layers)

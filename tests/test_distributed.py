@@ -1,0 +1,75 @@
+"""A study in several processes (torchrun on this CPU, gloo): the same scores as one process, and a killed rank
+resumes with any number of processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import psutil
+
+from calibtune.store import ArtifactStore, list_artifacts
+from conftest import write_questions
+
+
+def _config(tmp_path, tiny_models, n_train: int = 48) -> str:
+    train = write_questions(tmp_path / "train.jsonl", n=n_train, options=3)
+    heldout = write_questions(tmp_path / "heldout.jsonl", n=24, options=3)
+    path = tmp_path / "study.yaml"
+    path.write_text(f"name: dist\nmodels: ['{tiny_models['llama']}', '{tiny_models['gemma']}']\ndtype: float32\n"
+                    f"batch_size: 8\ntrain: [{{dataset: '{train}'}}]\neval: [{{dataset: '{heldout}'}}]\n"
+                    "methods: [probe, lora_prompt, zero_shot, option_confidence]\n"
+                    "probe: {max_epochs: 5, patience: 2}\nlora_prompt: {max_steps: 3, eval_every: 2, batch_size: 4}\n"
+                    "zero_shot_calibration: 10\n")
+    return str(path)
+
+
+def _run(config: str, out, cache, processes: int = 1, wait: bool = True):
+    env = {**os.environ, "CALIBTUNE_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "calibtune", "run", config, "-o", str(out), "--num-processes", str(processes)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    if not wait:
+        return proc
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output[-3000:]
+    return output
+
+
+def test_two_processes_give_the_scores_of_one(tmp_path, tiny_models):
+    config = _config(tmp_path, tiny_models)
+    _run(config, tmp_path / "one", tmp_path / "cache-one", 1)
+    output = _run(config, tmp_path / "two", tmp_path / "cache-two", 2)
+    assert "rank 1/2: " in output  # both processes worked
+    one = pd.read_parquet(tmp_path / "one" / "scores.parquet")
+    two = pd.read_parquet(tmp_path / "two" / "scores.parquet")
+    pd.testing.assert_frame_equal(one, two)  # exactly: every artifact is computed by one process the same way
+    assert sorted(p.name for p in (tmp_path / "two" / "estimators" / "lora_prompt").iterdir()) == sorted(
+        p.name for p in (tmp_path / "one" / "estimators" / "lora_prompt").iterdir())
+
+
+def test_a_killed_rank_resumes_with_one_process(tmp_path, tiny_models):
+    from calibtune.stages import base
+
+    config = _config(tmp_path, tiny_models, n_train=600)  # 3 answer shards per model
+    cache = tmp_path / "cache"
+    store = ArtifactStore(cache / "store")
+    proc = _run(config, tmp_path / "killed", cache, 2, wait=False)
+    deadline = time.time() + 300
+    while time.time() < deadline and not [a for a in list_artifacts(store) if a.stage == "answers" and a.complete]:
+        time.sleep(0.1)
+    ranks = [p for p in psutil.Process(proc.pid).children(recursive=True) if "calibtune" in " ".join(p.cmdline())]
+    victim = next(p for p in ranks if p.environ().get("RANK") == "1")
+    victim.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    done = [a for a in list_artifacts(store) if a.complete]
+    assert done and len([a for a in done if a.stage == "answers"]) < 2 * -(-624 // base.SHARD_SIZE)
+    _run(config, tmp_path / "killed", cache, 1)  # resumed by a single process
+    _run(config, tmp_path / "clean", tmp_path / "cache-clean", 1)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "killed" / "scores.parquet"),
+                                  pd.read_parquet(tmp_path / "clean" / "scores.parquet"))
