@@ -334,3 +334,16 @@ def test_lora_prompt_trains_with_dataset_balance(tiny_models):
     est.release()
     with pytest.raises(CalibtuneError, match="needs each training answer's dataset"):
         LoraPromptEstimator(lm, cfg).fit(seqs, labels)
+
+
+def test_an_epoch_is_a_permutation_grouped_by_length():
+    from calibtune.estimators.adapters import epoch_order
+
+    lengths = list(np.random.default_rng(0).integers(5, 80, 300))
+    order = epoch_order(np.random.default_rng(1), 300, 4, lengths)
+    assert sorted(order.tolist()) == list(range(300))  # every example once
+    spread = np.mean([np.ptp([lengths[i] for i in order[k:k + 4]]) for k in range(0, 300, 4)])
+    plain = np.random.default_rng(1).permutation(300)
+    random_spread = np.mean([np.ptp([lengths[i] for i in plain[k:k + 4]]) for k in range(0, 300, 4)])
+    assert spread < random_spread / 4  # batches of like lengths: little padding
+    assert np.array_equal(epoch_order(np.random.default_rng(1), 300, 4, None), plain)

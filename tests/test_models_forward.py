@@ -162,3 +162,15 @@ def test_contexts_longer_than_the_sliding_window_fall_back(tiny_models):
     out = tree_pass(lm, [Tree(tuple(c), tuple(opt_ids)) for c in ctx_ids])
     np.testing.assert_allclose(out.logprobs[0], [_hand_logprob(lm, long_context, o) for o in (" Paris", " dog")],
                                atol=1e-4)
+
+
+def test_each_process_of_a_launch_takes_the_gpu_of_its_local_rank(monkeypatch):
+    from calibtune.models import choose_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert choose_device("auto") == torch.device("cuda", 3)
+    monkeypatch.delenv("LOCAL_RANK")
+    assert choose_device("auto") == torch.device("cuda", 0)
+    assert choose_device("cpu") == torch.device("cpu")

@@ -40,9 +40,12 @@ class LoadedModel:
 
 
 def choose_device(device: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when available, else the CPU."""
+    """``auto`` picks CUDA when available (under a distributed launcher, the GPU of the process's local rank),
+    else the CPU."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+        return torch.device("cpu")
     try:
         return torch.device(device)
     except RuntimeError as exc:

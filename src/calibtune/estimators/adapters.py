@@ -230,13 +230,16 @@ def train_loop(
     description: str,
     checkpoint: Path | None = None,
     initial_val_loss: float | None = None,
+    lengths: Sequence[int] | None = None,
 ) -> TrainLog:
     """Train ``params`` on mini-batches of example indices; keep the state with the best validation loss.
 
     ``step_loss(indices)`` returns the loss of one batch (with gradients); ``val_loss()``
     the validation loss. The first validation is at step 0, before any update (its loss is
     ``initial_val_loss`` when the caller already knows it), so when training does not help,
-    early stopping keeps the untrained state. With ``checkpoint``, the whole training state
+    early stopping keeps the untrained state. With ``lengths`` (of the training sequences), each
+    epoch's shuffled order is grouped by length (``epoch_order``), so a batch pads little. With
+    ``checkpoint``, the whole training state
     (weights, best weights, optimizer, scheduler, random state, data order) is saved there at
     every validation, and a later call with the same folder resumes from it: the result is
     the same as an uninterrupted run. Deterministic for a given seed.
@@ -281,7 +284,7 @@ def train_loop(
         task = bar.add_task(description, total=total, completed=first - 1, loss="-")
         for step in range(first, total + 1):
             if len(order) < settings.batch_size:
-                order = np.concatenate([order, rng.permutation(n_train)])
+                order = np.concatenate([order, epoch_order(rng, n_train, settings.batch_size, lengths)])
             batch, order = order[: settings.batch_size], order[settings.batch_size :]
             opt.zero_grad(set_to_none=True)
             loss = step_loss(batch)
@@ -311,6 +314,22 @@ def train_loop(
         set_state(best_state)
     log.seconds += time.perf_counter() - start
     return log
+
+
+LENGTH_GROUP = 16  # batches whose sequences are sorted together by length
+
+
+def epoch_order(rng: np.random.Generator, n: int, batch_size: int, lengths: Sequence[int] | None) -> np.ndarray:
+    """One epoch's order of training examples: a random permutation, and, given the sequences' lengths, each run
+    of ``LENGTH_GROUP`` batches sorted by length and the batches shuffled again (transformers' group-by-length
+    sampler does the same), so that a batch holds sequences of about one length and pads little."""
+    order = rng.permutation(n)
+    if lengths is None:
+        return order
+    size = batch_size * LENGTH_GROUP
+    groups = [sorted(order[i:i + size], key=lambda k: -lengths[k]) for i in range(0, n, size)]
+    batches = [g[i:i + batch_size] for g in groups for i in range(0, len(g), batch_size)]
+    return np.concatenate([batches[i] for i in rng.permutation(len(batches))]).astype(np.int64)
 
 
 def save_adapters(peft_model, folder: Path) -> None:

@@ -163,7 +163,8 @@ class LoraHeadEstimator:
         self.head.train()
         self.log = train_loop(params, len(train_seqs), step_loss, val_loss, get_state, set_state, cfg, self.seed,
                               f"train LoRA {self.meta.get('estimator_model', self.lm.name)} on "
-                              f"{self.meta.get('trained_on', '?')}", checkpoint)
+                              f"{self.meta.get('trained_on', '?')}", checkpoint,
+                              lengths=[len(s.ids) for s in train_seqs])
         self.lm.model.eval()
         self.head.eval()
         return self

@@ -221,7 +221,8 @@ class LoraPromptEstimator:
         self.log = train_loop(params, len(train_seqs), step_loss, val_loss, lambda: lora_state(self._peft),
                               lambda s: load_lora_state(self._peft, s), cfg, self.seed,
                               f"train LoRA + Prompt {self.meta.get('estimator_model', self.lm.name)} on "
-                              f"{self.meta.get('trained_on', '?')}", checkpoint, initial_val_loss=loss0)
+                              f"{self.meta.get('trained_on', '?')}", checkpoint, initial_val_loss=loss0,
+                              lengths=[len(s.ids) for s in train_seqs])
         base.drop_answers()  # the divergence's target is needed while training only
         self.lm.model.eval()
         return self
