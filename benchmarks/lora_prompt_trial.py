@@ -1,0 +1,99 @@
+"""The recorded trial behind LoRA + Prompt's default settings: each variant trained on the same answers, scored
+on the same held-out questions.
+
+    .venv/bin/python benchmarks/lora_prompt_trial.py E T VARIANTS.json [--train N] [--out results.jsonl]
+
+E is the estimator model, T the answering model; answers come from (and go to) the artifact store,
+so run a study with the same questions first. VARIANTS.json is a list of objects, each a set of
+LoRA + Prompt settings over the default study's (e.g. ``{"learning_rate": 0.001, "kl_weight": 0.1}``;
+``"readout_layer": "auto"`` trains the mid-layer read-out). For each variant it prints and appends one
+JSON line: the settings, the evaluation AUROC with its 95% bootstrap interval, ECE, the validation-loss
+curve, the step kept and the training time. The default study's evaluation questions are the held-out set;
+its training questions (or a seeded sample of ``--train`` of them) are trained on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+
+from calibtune.bootstrap import bootstrap_intervals
+from calibtune.bundled import cache_dir
+from calibtune.config import load_config
+from calibtune.estimators.lora_prompt import LoraPromptEstimator, encode_queries
+from calibtune.features import extract_features
+from calibtune.methods.lora_prompt import LoraPromptConfig
+from calibtune.models import load_model
+from calibtune.prompts import format_prompt
+from calibtune.questions import study_questions
+from calibtune.stages.answers import graded_answers
+from calibtune.stages.base import Runtime
+from calibtune.store import ArtifactStore
+from calibtune.study import ModelPool
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("estimator")
+    parser.add_argument("answering")
+    parser.add_argument("variants", type=Path)
+    parser.add_argument("--config", type=Path, default=None, help="study config (default: the default study)")
+    parser.add_argument("--train", type=int, default=None, help="a seeded sample of this many training answers")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/lora_prompt_trial.jsonl"))
+    args = parser.parse_args()
+    cfg = load_config(args.config)
+    timings: dict[str, float] = {}
+    rt = Runtime(ArtifactStore(cache_dir() / "store"), print, ModelPool(cfg.dtype, cfg.device, timings), timings)
+    inputs = study_questions(cfg)
+    answers = graded_answers(rt, cfg, inputs, args.answering, None)
+    train = list(inputs.train)
+    if args.train and args.train < len(train):
+        train = random.Random(f"{cfg.seed}-trial").sample(train, args.train)
+    lm = load_model(args.estimator, dtype=cfg.dtype)
+
+    def prompts(questions):
+        return [format_prompt(q, cfg.prompt) for q in questions], [cfg.option_prefix + answers[q.id].text
+                                                                   for q in questions]
+
+    y_train = np.array([answers[q.id].label for q in train])
+    y_eval = np.array([answers[q.id].label for q in inputs.eval])
+    probe_layer = None
+    for variant in json.loads(args.variants.read_text()):
+        readout = variant.pop("readout_layer", None)
+        settings = LoraPromptConfig.model_validate({**cfg.lora_prompt.model_dump(), "max_train_examples": None,
+                                                    **variant})
+        if readout == "auto":
+            if probe_layer is None:
+                from calibtune.estimators.probe import ProbeEstimator
+                from calibtune.features import candidate_layers
+                from calibtune.methods.probe import ProbeConfig
+
+                layers = candidate_layers(lm.num_layers)
+                x = extract_features(lm, *prompts(train), layers)
+                probe_layer = ProbeEstimator(ProbeConfig(), layers=tuple(layers), seed=cfg.seed).fit(x, y_train).layer_
+            readout = probe_layer
+        seqs = encode_queries(lm.tokenizer, *prompts(train), settings.query)
+        start = time.perf_counter()
+        est = LoraPromptEstimator(lm, settings, seed=cfg.seed, readout=readout).fit(
+            seqs, y_train, groups=[q.dataset for q in train])
+        fit_s = time.perf_counter() - start
+        p = est.predict_proba(encode_queries(lm.tokenizer, *prompts(inputs.eval), settings.query))
+        est.release()
+        metrics = bootstrap_intervals(p, y_eval, ["auroc", "ece"], n_resamples=1000, seed=cfg.seed)
+        record = {"estimator": args.estimator, "answering": args.answering, "n_train": len(train),
+                  "variant": {**variant, "readout_layer": readout}, "auroc": [round(v, 4) for v in metrics["auroc"]],
+                  "ece": round(metrics["ece"][0], 4), "distinct_p": int(len(np.unique(p))), "fit_s": round(fit_s),
+                  "steps": est.log.steps, "best_step": est.log.best_step,
+                  "val_loss": [(s, round(v, 4)) for s, v in est.log.val_loss]}
+        print(json.dumps(record), flush=True)
+        with open(args.out, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+if __name__ == "__main__":
+    main()
