@@ -98,9 +98,9 @@ def test_changing_any_setting_of_a_method_changes_its_cells_and_no_others():
             moved = {m for m in METHODS if after[m] != before[m]}
             assert moved == {name}, (name, field_name, moved)
             checked += 1
-    # probe 9, its last-layer twin 8 (its layer is fixed), LoRA 20, LoRA + Prompt 20 and its read-out twin 21,
+    # probe 9, its last-layer twin 8 (its layer is fixed), LoRA 22, LoRA + Prompt 22 and its read-out twin 23,
     # zero-shot 2, verbalized 2, sampling 3
-    assert checked == 85
+    assert checked == 91
 
 
 @pytest.mark.parametrize("setting, value, expected", [

@@ -254,14 +254,15 @@ def train_loop(
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
-    from transformers import get_cosine_schedule_with_warmup
+    from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
     steps_per_epoch = max(1, math.ceil(n_train / settings.batch_size))
     total = max(1, int(round(settings.epochs * steps_per_epoch)))
     if settings.max_steps:
         total = min(total, settings.max_steps)
     opt = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    sched = get_cosine_schedule_with_warmup(opt, int(settings.warmup_fraction * total), total)
+    schedule = get_linear_schedule_with_warmup if settings.schedule == "linear" else get_cosine_schedule_with_warmup
+    sched = schedule(opt, int(settings.warmup_fraction * total), total)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     log = TrainLog()

@@ -35,6 +35,7 @@ class AdapterConfig(Settings):
     max_steps: int | None = Field(None, ge=1)
     max_train_examples: int | None = Field(800, ge=2, description="a seeded sample of the training answers")
     warmup_fraction: float = Field(0.05, ge=0, lt=1)
+    schedule: Literal["cosine", "linear"] = Field("cosine", description="learning-rate decay after the warm-up")
     eval_every: int = Field(20, ge=1, description="steps between validations")
     patience: int = Field(4, ge=1, description="validations without improvement before stopping")
     max_grad_norm: float = Field(1.0, gt=0)
