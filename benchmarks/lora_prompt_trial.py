@@ -62,20 +62,24 @@ def main() -> None:
 
     y_train = np.array([answers[q.id].label for q in train])
     y_eval = np.array([answers[q.id].label for q in inputs.eval])
-    probe_layer = None
+    # the Probe on the same answers: the bar to reach, and the layer that readout_layer "auto" reads
+    from calibtune.estimators.probe import ProbeEstimator
+    from calibtune.features import candidate_layers
+    from calibtune.methods.probe import ProbeConfig
+
+    layers = candidate_layers(lm.num_layers)
+    start = time.perf_counter()
+    probe = ProbeEstimator(ProbeConfig(), layers=tuple(layers), seed=cfg.seed).fit(
+        extract_features(lm, *prompts(train), layers), y_train)
+    p_probe = probe.predict_proba(extract_features(lm, *prompts(inputs.eval), layers))[:, 1]
+    probe_layer = probe.layer_
+    record(args, {"method": "probe", "layer": probe_layer}, p_probe, y_eval, cfg.seed, len(train),
+           {"fit_s": round(time.perf_counter() - start)})
     for variant in json.loads(args.variants.read_text()):
         readout = variant.pop("readout_layer", None)
         settings = LoraPromptConfig.model_validate({**cfg.lora_prompt.model_dump(), "max_train_examples": None,
                                                     **variant})
         if readout == "auto":
-            if probe_layer is None:
-                from calibtune.estimators.probe import ProbeEstimator
-                from calibtune.features import candidate_layers
-                from calibtune.methods.probe import ProbeConfig
-
-                layers = candidate_layers(lm.num_layers)
-                x = extract_features(lm, *prompts(train), layers)
-                probe_layer = ProbeEstimator(ProbeConfig(), layers=tuple(layers), seed=cfg.seed).fit(x, y_train).layer_
             readout = probe_layer
         seqs = encode_queries(lm.tokenizer, *prompts(train), settings.query)
         start = time.perf_counter()
@@ -84,15 +88,20 @@ def main() -> None:
         fit_s = time.perf_counter() - start
         p = est.predict_proba(encode_queries(lm.tokenizer, *prompts(inputs.eval), settings.query))
         est.release()
-        metrics = bootstrap_intervals(p, y_eval, ["auroc", "ece"], n_resamples=1000, seed=cfg.seed)
-        record = {"estimator": args.estimator, "answering": args.answering, "n_train": len(train),
-                  "variant": {**variant, "readout_layer": readout}, "auroc": [round(v, 4) for v in metrics["auroc"]],
-                  "ece": round(metrics["ece"][0], 4), "distinct_p": int(len(np.unique(p))), "fit_s": round(fit_s),
-                  "steps": est.log.steps, "best_step": est.log.best_step,
-                  "val_loss": [(s, round(v, 4)) for s, v in est.log.val_loss]}
-        print(json.dumps(record), flush=True)
-        with open(args.out, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        record(args, {**variant, "readout_layer": readout}, p, y_eval, cfg.seed, len(train),
+               {"fit_s": round(fit_s), "steps": est.log.steps, "best_step": est.log.best_step,
+                "val_loss": [(s, round(v, 4)) for s, v in est.log.val_loss]})
+
+
+def record(args, variant: dict, p: np.ndarray, y: np.ndarray, seed: int, n_train: int, extra: dict) -> None:
+    """Print one trial line (AUROC with its 95% interval, ECE before temperature scaling) and append it."""
+    metrics = bootstrap_intervals(p, y, ["auroc", "ece"], n_resamples=1000, seed=seed)
+    line = {"estimator": args.estimator, "answering": args.answering, "n_train": n_train, "variant": variant,
+            "auroc": [round(v, 4) for v in metrics["auroc"]], "ece": round(metrics["ece"][0], 4),
+            "distinct_p": int(len(np.unique(p))), **extra}
+    print(json.dumps(line), flush=True)
+    with open(args.out, "a") as handle:
+        handle.write(json.dumps(line) + "\n")
 
 
 if __name__ == "__main__":

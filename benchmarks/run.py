@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
@@ -186,7 +187,9 @@ def bench_training(name, lm, fp32, shape, questions, sizes, peak) -> list[dict]:
     steps = sizes["train_steps"]
     rows = []
     rng = np.random.default_rng(0)
-    pool = questions[1000:1400]
+    # as many questions as the steps take, and the validation share that training holds out
+    batch = max(study.lora_prompt.batch_size, study.lora.batch_size)
+    pool = questions[1000:1000 + math.ceil(steps * batch / (1 - study.lora_prompt.val_fraction))]
     labels = rng.integers(0, 2, len(pool))
     prompts = [format_prompt(q) for q in pool]
     answers = [" " + q.choices[q.gold if y else (q.gold + 1) % len(q.choices)] for q, y in zip(pool, labels)]
@@ -197,7 +200,7 @@ def bench_training(name, lm, fp32, shape, questions, sizes, peak) -> list[dict]:
     est = LoraPromptEstimator(lm, cfg)
     _, _, memory = timed(lambda: est.fit(seqs, labels))
     est.release()
-    seconds = est.log.seconds
+    seconds = est.log.step_seconds
     seen = [seqs[i] for i in range(len(seqs))][: steps * cfg.batch_size]
     forward = sum(sequence_flops(shape, len(s.ids)) + (s.answer[1] - s.answer[0]) * shape.head_flops for s in seen)
     tokens = sum(len(s.ids) for s in seen)
@@ -216,7 +219,7 @@ def bench_training(name, lm, fp32, shape, questions, sizes, peak) -> list[dict]:
     _, _, memory = timed(lambda: est.fit(h_seqs, labels))
     layer = est.layer
     est.release()
-    seconds = est.log.seconds
+    seconds = est.log.step_seconds
     seen = h_seqs[: steps * head_cfg.batch_size]
     forward = sum(sequence_flops(shape, len(s.ids), layers=layer) for s in seen)
     _, naive_s, _ = timed(lambda: naive.train_lora_head(fp32, answer_sequences(fp32, prompts, answers), labels,
@@ -232,14 +235,15 @@ def scaling(name: str) -> list[dict]:
     lm = load_model(name)
     questions = load_questions("arc_easy", split="test")
     out = []
-    for n in (200, 400, 800):
+    for n in (100, 200, 400):
         _, seconds, _ = timed(lambda n=n: cloze_answers(lm, questions[:n], ClozeSettings(), progress=lambda k: None))
         out.append({"model": name, "questions": n, "seconds": seconds, "ms_per_question": 1000 * seconds / n})
     return out
 
 
 def cached_rerun() -> dict:
-    """The quick study twice on one store: the second run takes everything from the cache and loads no model."""
+    """The quick study twice on one store: the second run takes everything from the cache and loads no model.
+    The first run's stage times are set against the dry run's estimates (``calibtune.plan``) for this CPU."""
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "CALIBTUNE_CACHE": tmp}
         models = Path(os.environ.get("CALIBTUNE_CACHE") or Path.home() / ".cache" / "calibtune") / "models"
@@ -251,7 +255,28 @@ def cached_rerun() -> dict:
             subprocess.run([sys.executable, "-m", "calibtune", "run", "--quick", "-o", str(Path(tmp) / "run")],
                            env=env, check=True, capture_output=True)
             times.append(time.perf_counter() - start)
-    return {"first_run_s": times[0], "cached_rerun_s": times[1]}
+            if len(times) == 1:
+                timings = json.loads((Path(tmp) / "run" / "timings.json").read_text())
+    return {"first_run_s": times[0], "cached_rerun_s": times[1], "plan": plan_against_run(timings)}
+
+
+def plan_against_run(timings: dict[str, float]) -> list[dict]:
+    """Each stage of the quick study's dry run: the estimated seconds on this CPU against the measured ones."""
+    from calibtune.config import load_config
+    from calibtune.plan import UTILISATION, cpu_rate, model_info, plan_stages
+    from calibtune.questions import study_questions
+
+    cfg = load_config(None)
+    rate = cpu_rate()
+    infos = {name: model_info(name) for name in cfg.models}
+    out = []
+    for stage in plan_stages(cfg, study_questions(cfg, True), infos, True):
+        prefix = {"answers": f"answer {stage.model}", "features": f"features {stage.model}"}.get(
+            stage.stage, f"{stage.stage} {stage.model} on ")
+        measured = sum(v for k, v in timings.items() if k == prefix or k.startswith(prefix))
+        estimated = stage.flops / (rate * UTILISATION["training" if stage.training else "inference"])
+        out.append({"stage": stage.stage, "model": stage.model, "estimated_s": estimated, "measured_s": measured})
+    return out
 
 
 def main() -> None:
@@ -292,6 +317,13 @@ def main() -> None:
         result["cached"] = cached_rerun()
         print(f"quick study: first run {result['cached']['first_run_s']:.0f} s, fully cached rerun "
               f"{result['cached']['cached_rerun_s']:.1f} s")
+        for p in result["cached"]["plan"]:
+            print(f"dry run against the quick study: {p['stage']} {p['model']}: estimated {p['estimated_s']:.0f} s, "
+                  f"measured {p['measured_s']:.0f} s")
+        estimated = sum(p["estimated_s"] for p in result["cached"]["plan"])
+        measured = sum(p["measured_s"] for p in result["cached"]["plan"])
+        print(f"dry run against the quick study, all stages: estimated {estimated:.0f} s, measured {measured:.0f} s "
+              f"(measured / estimated {measured / estimated:.2f})")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))
     print(f"written to {args.json}")

@@ -188,3 +188,22 @@ def test_method_config_models_are_strict_and_validated():
     with pytest.raises(ValueError):
         METHODS["lora_prompt"].config(learning_rate=0)
     assert replace(METHODS["probe"], label="x").label == "x"  # a frozen record
+
+
+def test_quick_adapters_train_on_as_many_answers_as_their_steps_take():
+    from calibtune.methods.adapters import adapter_training_set, study_adapter_config
+    from calibtune.methods.base import CellContext
+    from calibtune.questions import StudyInputs
+
+    cfg = StudyConfig.model_validate({"models": ["m"], "train": [{"dataset": "arc_easy"}],
+                                      "eval": [{"dataset": "sciq"}], "quick": {"adapter_steps": 3},
+                                      "lora_prompt": {"batch_size": 4, "val_fraction": 0.25}})
+    train = [Question(id=f"q{i}", dataset="d", split="train", text=f"q{i}?", choices=("a", "b"), gold=0)
+             for i in range(100)]
+    ctx = CellContext(cfg, cfg.lora_prompt, "m", "m", StudyInputs(train, []), {}, None, None, None, quick=True)
+    settings = study_adapter_config(ctx)
+    chosen = adapter_training_set(ctx, settings)
+    assert settings.max_steps == 3 and len(chosen) == 16  # 3 steps of 4, and a quarter held out: ceil(12 / 0.75)
+    assert len(set(q.id for q in chosen)) == 16
+    full = adapter_training_set(replace(ctx, quick=False), cfg.lora_prompt)
+    assert len(full) == min(100, cfg.lora_prompt.max_train_examples)

@@ -96,11 +96,12 @@ class ReportSettings(_Strict):
 
 
 class QuickSettings(_Strict):
-    """How ``--quick`` shrinks the study: at most this many questions per selection."""
+    """How ``--quick`` shrinks the study: at most this many questions per selection, and adapters trained for
+    a few steps on as many answers as those steps take."""
 
     train_per_set: int = 40
     eval_per_set: int = 40
-    adapter_steps: int = 8
+    adapter_steps: int = 4
 
 
 class _StudySettings(_Strict):

@@ -12,6 +12,7 @@ model's tokenizer where one is on this machine, else from 4 characters per token
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,6 +173,8 @@ def _cell_stages(config: StudyConfig, inputs: StudyInputs, infos: dict[str, Mode
             cells = len(infos) if m.scope == "matrix" else 1
             if method in ADAPTER_METHODS:
                 cap = settings.max_train_examples
+                if quick:  # as many answers as the few steps take (``adapter_training_set``)
+                    cap = math.ceil(config.quick.adapter_steps * settings.batch_size / (1 - settings.val_fraction))
                 train = len(inputs.train) if cap is None else min(cap, len(inputs.train))
                 steps = max(1, round(settings.epochs * train * (1 - settings.val_fraction) / settings.batch_size))
                 steps = min(steps, settings.max_steps or steps, config.quick.adapter_steps if quick else steps)

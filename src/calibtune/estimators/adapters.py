@@ -34,6 +34,7 @@ class TrainLog:
     train_loss: list[float] = field(default_factory=list)
     val_loss: list[tuple[int, float]] = field(default_factory=list)
     seconds: float = 0.0
+    step_seconds: float = 0.0  # of ``seconds``, the time in training steps (validations excluded)
 
 
 def linear_module_names(model) -> list[str]:
@@ -287,6 +288,7 @@ def train_loop(
             if len(order) < settings.batch_size:
                 order = np.concatenate([order, epoch_order(rng, n_train, settings.batch_size, lengths)])
             batch, order = order[: settings.batch_size], order[settings.batch_size :]
+            step_start = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             loss = step_loss(batch)
             loss.backward()
@@ -294,6 +296,7 @@ def train_loop(
             opt.step()
             sched.step()
             value = float(loss.detach())
+            log.step_seconds += time.perf_counter() - step_start
             log.train_loss.append(value)
             running = value if running is None else 0.9 * running + 0.1 * value
             bar.update(task, advance=1, loss=f"{running:.3f}")

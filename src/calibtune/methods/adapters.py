@@ -3,6 +3,7 @@ chooses their training answers."""
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from typing import Literal
@@ -55,9 +56,12 @@ def study_adapter_config(ctx: CellContext) -> AdapterConfig:
 
 
 def adapter_training_set(ctx: CellContext, settings: AdapterConfig) -> list[Question]:
-    """The (seeded sample of) training questions that an adapter method trains on."""
+    """The (seeded sample of) training questions that an adapter method trains on; under ``--quick``, as many
+    as its few steps take and the validation share beside them, so no answer is read for nothing."""
     train = list(ctx.inputs.train)
-    cap = ctx.study.quick.train_per_set * len(ctx.study.train) if ctx.quick else settings.max_train_examples
+    cap = settings.max_train_examples
+    if ctx.quick:
+        cap = math.ceil(ctx.study.quick.adapter_steps * settings.batch_size / (1 - settings.val_fraction))
     if cap is None or cap >= len(train):
         return train
     return random.Random(f"{ctx.study.seed}-adapters").sample(train, cap)
