@@ -55,3 +55,23 @@ def test_the_paper_study_is_planned_offline_without_loading_a_model(tmp_path):
     assert "meta-llama/Llama-2-7b-hf: 32 layers, hidden 4096, 6.74B parameters" in out
     assert "lora_prompt" in out and "5000 steps each" in out and "H100 SXM" in out
     assert "weights 13.5 GiB" in out  # 7.24B bf16 values
+
+
+def test_the_plan_counts_no_pass_the_study_shares_or_stops_early():
+    from calibtune.config import StudyConfig
+    from calibtune.plan import model_info, plan_stages
+    from calibtune.questions import StudyInputs
+    from calibtune.records import Question
+
+    questions = [Question(id=f"q{i}", dataset="d", split="train", text="Why is the sky blue?", choices=("a", "b"),
+                          gold=0) for i in range(20)]
+    inputs = StudyInputs(questions[:16], questions[16:])
+    infos = {"smollm2-135m": model_info("smollm2-135m")}
+    base = {"models": ["smollm2-135m"], "train": [{"dataset": "arc_easy"}], "eval": [{"dataset": "sciq"}]}
+    shared = StudyConfig.model_validate({**base, "methods": ["lora_prompt", "lora_prompt_readout", "zero_shot"],
+                                         "lora_prompt_readout": {"readout_layer": 10}})
+    by = {s.stage: s.flops for s in plan_stages(shared, inputs, infos, False)}
+    assert by["zero_shot"] == 0  # its P(correct) comes from LoRA + Prompt's base pass
+    assert abs(by["lora_prompt_readout"] / by["lora_prompt"] - 10 / 30) < 0.02  # 10 of SmolLM2's 30 layers
+    alone = StudyConfig.model_validate({**base, "methods": ["zero_shot"]})
+    assert [s.flops > 0 for s in plan_stages(alone, inputs, infos, False) if s.stage == "zero_shot"] == [True]

@@ -179,11 +179,20 @@ def _cell_stages(config: StudyConfig, inputs: StudyInputs, infos: dict[str, Mode
                 steps = max(1, round(settings.epochs * train * (1 - settings.val_fraction) / settings.batch_size))
                 steps = min(steps, settings.max_steps or steps, config.quick.adapter_steps if quick else steps)
                 seq = round(mean_len) + (QUERY_TOKENS if method != "lora" else 0)
-                step = training_flops(settings.batch_size * sequence_flops(info.shape, seq))
-                reads = (len(inputs.eval) + train) * sequence_flops(info.shape, seq)  # base pass, predictions
+                depth = None  # the passes of a read-out at a layer, and of LoRA's head, stop there
+                if method in ("lora", "lora_prompt_readout"):
+                    layer = getattr(settings, "readout_layer", getattr(settings, "layer", -1))
+                    depth = info.shape.layers // 2 if layer in ("auto", -1) else int(layer)
+                step = training_flops(settings.batch_size * sequence_flops(info.shape, seq, depth))
+                reads = (len(inputs.eval) + train) * sequence_flops(info.shape, seq, depth)  # base pass, predictions
                 stages.append(StagePlan(f"{method}{size}", e, f"{cells} cells, {steps} steps each",
                                         cells * (steps * step + reads), training=True))
             elif method == "zero_shot":
+                if "lora_prompt" in config.methods and (settings.query, settings.options) == (
+                        config.lora_prompt.query, config.lora_prompt.options):
+                    stages.append(StagePlan(f"{method}{size}", e, f"{cells} cells, from LoRA + Prompt's base pass",
+                                            0.0))
+                    continue
                 n = len(inputs.eval) + min(config.zero_shot_calibration, len(inputs.train))
                 flops = cells * n * sequence_flops(info.shape, round(mean_len) + QUERY_TOKENS)
                 stages.append(StagePlan(f"{method}{size}", e, f"{cells} cells", flops))
