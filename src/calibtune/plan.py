@@ -12,7 +12,6 @@ model's tokenizer where one is on this machine, else from 4 characters per token
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from calibtune.config import StudyConfig, method_settings
 from calibtune.costs import ModelShape, sequence_flops, training_flops, tree_flops
 from calibtune.errors import CalibtuneError
 from calibtune.methods import METHODS
+from calibtune.methods.adapters import quick_training_size
 from calibtune.prompts import format_prompt
 from calibtune.questions import StudyInputs, study_questions, training_subsets
 
@@ -173,8 +173,8 @@ def _cell_stages(config: StudyConfig, inputs: StudyInputs, infos: dict[str, Mode
             cells = len(infos) if m.scope == "matrix" else 1
             if method in ADAPTER_METHODS:
                 cap = settings.max_train_examples
-                if quick:  # as many answers as the few steps take (``adapter_training_set``)
-                    cap = math.ceil(config.quick.adapter_steps * settings.batch_size / (1 - settings.val_fraction))
+                if quick:
+                    cap = quick_training_size(config.quick.adapter_steps, settings)
                 train = len(inputs.train) if cap is None else min(cap, len(inputs.train))
                 steps = max(1, round(settings.epochs * train * (1 - settings.val_fraction) / settings.batch_size))
                 steps = min(steps, settings.max_steps or steps, config.quick.adapter_steps if quick else steps)

@@ -55,13 +55,18 @@ def study_adapter_config(ctx: CellContext) -> AdapterConfig:
     return settings
 
 
+def quick_training_size(steps: int, settings: AdapterConfig) -> int:
+    """How many training answers ``steps`` steps take under ``--quick``, with the validation share beside them."""
+    return math.ceil(steps * settings.batch_size / (1 - settings.val_fraction))
+
+
 def adapter_training_set(ctx: CellContext, settings: AdapterConfig) -> list[Question]:
     """The (seeded sample of) training questions that an adapter method trains on; under ``--quick``, as many
     as its few steps take and the validation share beside them, so no answer is read for nothing."""
     train = list(ctx.inputs.train)
     cap = settings.max_train_examples
     if ctx.quick:
-        cap = math.ceil(ctx.study.quick.adapter_steps * settings.batch_size / (1 - settings.val_fraction))
+        cap = quick_training_size(ctx.study.quick.adapter_steps, settings)
     if cap is None or cap >= len(train):
         return train
     return random.Random(f"{ctx.study.seed}-adapters").sample(train, cap)
