@@ -43,6 +43,7 @@ from calibtune.data import load_questions  # noqa: E402
 from calibtune.features import answer_trees, candidate_layers, extract_features  # noqa: E402
 from calibtune.generate import GenerationSettings, encode_prompts, generate_answers  # noqa: E402
 from calibtune.models import choose_dtype, load_model  # noqa: E402
+from calibtune.plan import save_benchmark_record  # noqa: E402
 from calibtune.prompts import DEFAULT_QUERY, format_prompt  # noqa: E402
 
 SIZES = {"quick": {"cloze": 96, "naive_cloze": 6, "features": 96, "naive_features": 6, "generate": 32,
@@ -263,18 +264,18 @@ def cached_rerun() -> dict:
 def plan_against_run(timings: dict[str, float]) -> list[dict]:
     """Each stage of the quick study's dry run: the estimated seconds on this CPU against the measured ones."""
     from calibtune.config import load_config
-    from calibtune.plan import UTILISATION, cpu_rate, model_info, plan_stages
+    from calibtune.plan import machine_rate, model_info, plan_stages
     from calibtune.questions import study_questions
 
     cfg = load_config(None)
-    rate = cpu_rate()
+    rate = machine_rate(cfg.dtype)
     infos = {name: model_info(name) for name in cfg.models}
     out = []
     for stage in plan_stages(cfg, study_questions(cfg, True), infos, True):
         prefix = {"answers": f"answer {stage.model}", "features": f"features {stage.model}"}.get(
             stage.stage, f"{stage.stage} {stage.model} on ")
         measured = sum(v for k, v in timings.items() if k == prefix or k.startswith(prefix))
-        estimated = stage.flops / (rate * UTILISATION["training" if stage.training else "inference"])
+        estimated = stage.flops / (rate.flops * rate.utilisation["training" if stage.training else "inference"])
         out.append({"stage": stage.stage, "model": stage.model, "estimated_s": estimated, "measured_s": measured})
     return out
 
@@ -309,6 +310,8 @@ def main() -> None:
                   f"({r['speedup_vs_v01']:.2f}x); same choice as the fp32 naive scores on "
                   f"{100 * r['naive_choice_agreement']:.0f}% of {sizes['naive_cloze']} questions")
     result = {"commit": commit, "quick": args.quick, "machine": machine, "rows": rows}
+    if not machine["cuda"]:  # before the cached rerun below, whose plan is checked against these rates
+        print(f"rates for the dry run written to {save_benchmark_record(str(dtype), peak, rows, commit)}")
     if not args.quick:
         result["scaling"] = [s for name in args.models for s in scaling(name)]
         for s in result["scaling"]:

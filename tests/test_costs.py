@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import torch
 
 from calibtune.costs import ModelShape, sequence_flops, training_flops, tree_flops
 from calibtune.models import load_model
+from calibtune.plan import UTILISATION, machine_rate, save_benchmark_record
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma", "qwen"])
@@ -75,3 +77,20 @@ def test_the_plan_counts_no_pass_the_study_shares_or_stops_early():
     assert abs(by["lora_prompt_readout"] / by["lora_prompt"] - 10 / 30) < 0.02  # 10 of SmolLM2's 30 layers
     alone = StudyConfig.model_validate({**base, "methods": ["zero_shot"]})
     assert [s.flops > 0 for s in plan_stages(alone, inputs, infos, False) if s.stage == "zero_shot"] == [True]
+
+
+def test_the_plan_takes_this_cpus_rates_from_the_last_benchmark_on_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("CALIBTUNE_CACHE", str(tmp_path))
+    rows = [{"pass": "cloze scoring", "mfu": 0.5}, {"pass": "feature extraction", "mfu": 0.3},
+            {"pass": "generation", "mfu": 0.1}, {"pass": "LoRA + Prompt training", "mfu": 0.4},
+            {"pass": "LoRA training", "mfu": 0.2}]
+    record = save_benchmark_record("torch.bfloat16", 2e12, rows, "abc1234")
+    rate = machine_rate("auto")
+    assert rate.flops == 2e12
+    assert rate.utilisation == pytest.approx({"inference": 0.4, "training": 0.3})  # generation is not cloze
+    assert "bfloat16 matmul 2000 GFLOP/s" in rate.source and "abc1234" in rate.source
+    assert machine_rate("bf16").flops == 2e12
+    assert machine_rate("float32").utilisation == UTILISATION  # an fp32 study is not planned at bf16's rate
+    data = json.loads(record.read_text())
+    record.write_text(json.dumps({**data, "cpu": "another CPU, 64 cores"}))
+    assert machine_rate("auto").utilisation == UTILISATION

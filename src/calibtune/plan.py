@@ -12,10 +12,13 @@ model's tokenizer where one is on this machine, else from 4 characters per token
 from __future__ import annotations
 
 import json
+import os
+import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from calibtune.bundled import cache_dir
 from calibtune.config import StudyConfig, method_settings
 from calibtune.costs import ModelShape, sequence_flops, training_flops, tree_flops
 from calibtune.errors import CalibtuneError
@@ -216,9 +219,74 @@ def memory_per_device(info: ModelInfo, config: StudyConfig, bytes_per_value: int
             "training_activations": activations / gib}
 
 
-def cpu_rate() -> float:
+@dataclass(frozen=True)
+class MachineRate:
+    """How fast this machine runs the study's passes: a matmul rate, the utilisation each kind of pass reaches,
+    and where both come from."""
+
+    flops: float
+    utilisation: dict[str, float]
+    source: str
+
+
+BENCHMARK_RECORD = "benchmark.json"
+INFERENCE_PASSES = ("cloze scoring", "feature extraction")
+TRAINING_PASSES = ("LoRA + Prompt training", "LoRA training")
+
+
+def cpu_identity() -> str:
+    """This CPU's model name and core count, read without torch (the benchmark record is kept per CPU)."""
+    name = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name or platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+def save_benchmark_record(dtype: str, matmul_flops: float, rows: list[dict], commit: str) -> Path:
+    """Keep the benchmark's matmul rate and mean utilisation per kind of pass in the cache, for the dry run."""
+    utilisation = {kind: sum(r["mfu"] for r in rows if r["pass"] in passes) / n
+                   for kind, passes in (("inference", INFERENCE_PASSES), ("training", TRAINING_PASSES))
+                   if (n := sum(r["pass"] in passes for r in rows))}
+    path = cache_dir() / BENCHMARK_RECORD
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"cpu": cpu_identity(), "dtype": dtype.removeprefix("torch."),
+                                "matmul_flops": matmul_flops, "utilisation": utilisation, "commit": commit},
+                               indent=2))
+    return path
+
+
+def machine_rate(dtype: str = "auto") -> MachineRate:
+    """The rate the plan divides this CPU's FLOPs by. The last ``benchmarks/run.py`` on this CPU recorded the
+    measured matmul rate in the dtype ``auto`` chose and the utilisation the passes reached; without such a
+    record (or for another dtype), an fp32 matmul measured now with numpy and the assumed utilisations."""
+    try:
+        record = json.loads((cache_dir() / BENCHMARK_RECORD).read_text())
+    except (OSError, ValueError):
+        record = None
+    wanted = {"auto": record and record.get("dtype"), "fp32": "float32", "bf16": "bfloat16",
+              "fp16": "float16"}.get(dtype, dtype)
+    if (record and record.get("cpu") == cpu_identity() and record.get("dtype") == wanted
+            and set(record.get("utilisation", {})) == set(UTILISATION)):
+        return MachineRate(record["matmul_flops"], record["utilisation"],
+                           f"{record['dtype']} matmul {record['matmul_flops'] / 1e9:.0f} "
+                           f"GFLOP/s and utilisation {record['utilisation']['inference']:.0%} for inference, "
+                           f"{record['utilisation']['training']:.0%} for training, from benchmarks/run.py "
+                           f"at {record['commit']}")
+    rate = _numpy_fp32_rate()
+    return MachineRate(rate, UTILISATION,
+                       f"fp32 matmul {rate / 1e9:.0f} GFLOP/s (numpy, measured now) at the "
+                       f"assumed utilisation; run benchmarks/run.py --quick once to plan from this CPU's "
+                       f"measured rates (a CPU with fast bf16 runs the study well above this estimate)")
+
+
+def _numpy_fp32_rate() -> float:
     """This machine's fp32 matmul rate, measured now with numpy (a third of a second; torch is not imported,
-    so the plan stays fast). On a CPU with fast bf16 the study's passes can run faster than this rate."""
+    so the plan stays fast)."""
     import numpy as np
 
     n = 1024
@@ -237,7 +305,7 @@ def dry_run(config: StudyConfig, quick: bool = False) -> str:
     inputs = study_questions(config, quick)
     infos = {name: model_info(name) for name in config.models}
     stages = plan_stages(config, inputs, infos, quick)
-    machine = cpu_rate()
+    machine = machine_rate(config.dtype)
     lines = [f"study {config.name}: {len(inputs.train)} training and {len(inputs.eval)} evaluation questions, "
              f"{len(config.models)} models, methods {', '.join(config.methods)}"]
     for name, info in infos.items():
@@ -250,7 +318,7 @@ def dry_run(config: StudyConfig, quick: bool = False) -> str:
     for stage in stages:
         kind = "training" if stage.training else "inference"
         times = {g: stage.flops / (rate * UTILISATION[kind]) for g, rate in GPUS.items()}
-        times["cpu"] = stage.flops / (machine * UTILISATION[kind])
+        times["cpu"] = stage.flops / (machine.flops * machine.utilisation[kind])
         for g, t in times.items():
             total[g] += t
         lines.append(f"{stage.stage:34.34} {stage.model:28.28} {stage.items:34.34} {stage.flops / 1e15:8.3f}"
@@ -258,9 +326,9 @@ def dry_run(config: StudyConfig, quick: bool = False) -> str:
     lines.append(f"{'total':98}" + "".join(f" {_duration(total[g]):>10}" for g in [*GPUS, "cpu"]))
     lines.append("")
     rates = ", ".join(f"{g} {r / 1e12:.0f}" for g, r in GPUS.items())
-    lines.append(f"time = FLOPs / (rate x utilisation): bf16 dense rates {rates} TFLOP/s; this CPU "
-                 f"{machine / 1e9:.0f} GFLOP/s (fp32, measured now); utilisation assumed "
-                 f"{UTILISATION['inference']:.0%} for inference, {UTILISATION['training']:.0%} for training")
+    lines.append(f"time = FLOPs / (rate x utilisation): GPUs at bf16 dense rates {rates} TFLOP/s and utilisation "
+                 f"assumed {UTILISATION['inference']:.0%} for inference, {UTILISATION['training']:.0%} for "
+                 f"training; this CPU at {machine.source}")
     bytes_per_value = 4 if config.dtype in ("float32", "fp32") else 2  # auto: bf16 on the GPUs planned for
     for name, info in infos.items():
         mem = memory_per_device(info, config, bytes_per_value)
