@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from calibtune.bundled import BUNDLED, cache_dir, ensure_converted, quiet_transformers, sha256_of
+from calibtune.config import DTYPE_NAMES
 from calibtune.errors import CalibtuneError, first_line
 
 
@@ -54,12 +55,10 @@ def choose_device(device: str = "auto") -> torch.device:
 
 def choose_dtype(dtype: str = "auto", device: torch.device | None = None) -> torch.dtype:
     """Resolve a dtype name; ``auto`` means bf16 where the hardware runs it fast, else fp32."""
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
     if dtype != "auto":
-        if dtype not in names:
-            raise CalibtuneError(f"unknown dtype '{dtype}': use auto, {', '.join(sorted(names))}")
-        return names[dtype]
+        if dtype not in DTYPE_NAMES:
+            raise CalibtuneError(f"unknown dtype '{dtype}': use auto, {', '.join(sorted(DTYPE_NAMES))}")
+        return getattr(torch, DTYPE_NAMES[dtype])
     device = device or choose_device()
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32

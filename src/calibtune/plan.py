@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from calibtune.bundled import cache_dir
-from calibtune.config import StudyConfig, method_settings
+from calibtune.config import DTYPE_NAMES, StudyConfig, method_settings
 from calibtune.costs import ModelShape, sequence_flops, training_flops, tree_flops
 from calibtune.errors import CalibtuneError
 from calibtune.methods import METHODS
@@ -268,8 +268,7 @@ def machine_rate(dtype: str = "auto") -> MachineRate:
         record = json.loads((cache_dir() / BENCHMARK_RECORD).read_text())
     except (OSError, ValueError):
         record = None
-    wanted = {"auto": record and record.get("dtype"), "fp32": "float32", "bf16": "bfloat16",
-              "fp16": "float16"}.get(dtype, dtype)
+    wanted = record and record.get("dtype") if dtype == "auto" else DTYPE_NAMES.get(dtype, dtype)
     if (record and record.get("cpu") == cpu_identity() and record.get("dtype") == wanted
             and set(record.get("utilisation", {})) == set(UTILISATION)):
         return MachineRate(record["matmul_flops"], record["utilisation"],
@@ -329,7 +328,7 @@ def dry_run(config: StudyConfig, quick: bool = False) -> str:
     lines.append(f"time = FLOPs / (rate x utilisation): GPUs at bf16 dense rates {rates} TFLOP/s and utilisation "
                  f"assumed {UTILISATION['inference']:.0%} for inference, {UTILISATION['training']:.0%} for "
                  f"training; this CPU at {machine.source}")
-    bytes_per_value = 4 if config.dtype in ("float32", "fp32") else 2  # auto: bf16 on the GPUs planned for
+    bytes_per_value = 4 if DTYPE_NAMES.get(config.dtype) == "float32" else 2  # auto: bf16 on the GPUs planned for
     for name, info in infos.items():
         mem = memory_per_device(info, config, bytes_per_value)
         lines.append(f"memory per device, {name}: weights {mem['weights']:.1f} GiB, a pass's activations "
