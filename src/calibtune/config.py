@@ -23,11 +23,6 @@ from calibtune.settings import suggest as _suggest
 GRADER_NAMES = ("exact", "contains", "numeric", "judge")
 
 
-# dtype names a config may use, and the torch dtype each means (by its torch name; no torch import here).
-DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-               "float16": "float16", "fp16": "float16"}
-
-
 class Selection(_Strict):
     """A slice of one question set: ``questions[start:stop]``, then an optional seeded sample; or a named mix
     of sets (``mix: paper``, ``size``: at most this many questions, an equal share of each set)."""

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from calibtune.bundled import BUNDLED, cache_dir, ensure_converted, quiet_transformers, sha256_of
-from calibtune.config import DTYPE_NAMES
 from calibtune.errors import CalibtuneError, first_line
+from calibtune.settings import DTYPE_NAMES
 
 
 @dataclass(frozen=True)

@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from calibtune.bundled import cache_dir
-from calibtune.config import DTYPE_NAMES, StudyConfig, method_settings
+from calibtune.config import StudyConfig, method_settings
 from calibtune.costs import ModelShape, sequence_flops, training_flops, tree_flops
 from calibtune.errors import CalibtuneError
 from calibtune.methods import METHODS
 from calibtune.methods.adapters import quick_training_size
 from calibtune.prompts import format_prompt
 from calibtune.questions import StudyInputs, study_questions, training_subsets
+from calibtune.settings import DTYPE_NAMES
 
 # Published configs of models a study may name by hub id before they are downloaded.
 KNOWN_CONFIGS: dict[str, dict] = {

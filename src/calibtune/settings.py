@@ -12,6 +12,10 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict
 
+# dtype names a config may use, and the torch dtype each means (by its torch name; no torch import here).
+DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+               "float16": "float16", "fp16": "float16"}
+
 
 class Settings(BaseModel):
     """A strict, frozen pydantic model."""
