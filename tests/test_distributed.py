@@ -3,6 +3,7 @@ resumes with any number of processes."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import time
 
 import pandas as pd
 import psutil
+import pytest
 
 from calibtune.store import ArtifactStore, list_artifacts
 from conftest import write_questions
@@ -73,3 +75,43 @@ def test_a_killed_rank_resumes_with_one_process(tmp_path, tiny_models):
     _run(config, tmp_path / "clean", tmp_path / "cache-clean", 1)
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "killed" / "scores.parquet"),
                                   pd.read_parquet(tmp_path / "clean" / "scores.parquet"))
+
+
+def test_cell_processes_leave_no_process_idle():
+    from calibtune.study import cell_processes
+
+    assert cell_processes("auto", 2, 8) == 1  # more cells than processes: one process per cell
+    assert cell_processes("auto", 8, 3) == 2  # 8 processes, 3 cells: 4 groups of 2
+    assert cell_processes("auto", 2, 1) == 2
+    assert cell_processes("auto", 4, 0) == 4
+    assert cell_processes(3, 2, 8) == 2  # never more than there are processes
+
+
+def test_two_processes_train_each_adapter_cell_together_as_one_would(tmp_path, tiny_models):
+    """Data-parallel adapter training (each process takes half of every batch, the gradients summed before each
+    step) gives the single process's estimator: P(correct) within 1e-5 (fp32; only the order of the sums
+    differs). Dropout is off: with it, each process draws its own masks."""
+    train = write_questions(tmp_path / "train.jsonl", n=48, options=3)
+    heldout = write_questions(tmp_path / "heldout.jsonl", n=24, options=3)
+    config = tmp_path / "study.yaml"
+    config.write_text(f"name: ddp\nmodels: ['{tiny_models['llama']}']\ndtype: float32\nbatch_size: 8\n"
+                      f"train: [{{dataset: '{train}'}}]\neval: [{{dataset: '{heldout}'}}]\n"
+                      "methods: [lora_prompt, lora]\ncell_processes: 2\n"
+                      "lora_prompt: {max_steps: 4, eval_every: 2, batch_size: 4, dropout: 0.0, learning_rate: 0.001}\n"
+                      "lora: {max_steps: 4, eval_every: 2, batch_size: 4, dropout: 0.0, head_dropout: 0.0, "
+                      "learning_rate: 0.001}\n")
+    _run(str(config), tmp_path / "one", tmp_path / "cache-one", 1)
+    output = _run(str(config), tmp_path / "two", tmp_path / "cache-two", 2)
+    assert "2 adapter cells to train, 1 at a time, each by 2 processes together" in output
+    one = pd.read_parquet(tmp_path / "one" / "scores.parquet")
+    two = pd.read_parquet(tmp_path / "two" / "scores.parquet")
+    pd.testing.assert_frame_equal(one, two, check_exact=False, atol=1e-5, rtol=0)
+    for method, saved in (("lora_prompt", "lora_prompt.json"), ("lora", "lora.json")):
+        logs = [json.loads(next((tmp_path / run / "estimators" / method).iterdir()).joinpath(saved).read_text())
+                ["train_log"] for run in ("one", "two")]
+        assert logs[0]["steps"] == logs[1]["steps"] == 4
+        # the losses after the first step, and the held-out losses at steps 2 and 4, depend on the summed
+        # gradients of the steps before; the held-out loss is summed over the two processes' shares
+        assert logs[0]["train_loss"] == pytest.approx(logs[1]["train_loss"], abs=1e-5)
+        assert len(set(logs[0]["train_loss"])) == 4
+        assert [v for _, v in logs[0]["val_loss"]] == pytest.approx([v for _, v in logs[1]["val_loss"]], abs=1e-5)

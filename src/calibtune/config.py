@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
@@ -130,6 +130,10 @@ class _StudySettings(_Strict):
     zero_shot_calibration: int = Field(200, ge=0, description="training answers used to fit the temperature of "
                                        "methods that hold none out (zero-shot query, verbalized, sampling)")
     temperature_scaling: bool = True
+    cell_processes: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto", description="in a run of several processes, how many train one adapter cell together "
+        "(data-parallel); auto: one each while there are at least as many cells to train as processes, "
+        "else as many as leave none idle")
     open_ended: OpenEndedSettings = OpenEndedSettings()
     report: ReportSettings = ReportSettings()
     quick: QuickSettings = QuickSettings()

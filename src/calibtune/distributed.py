@@ -9,8 +9,15 @@ atomically, and is read by everyone after a barrier; the main process alone writ
 run folder. A crash loses at most the shards and cells in flight: a rerun, with any
 number of processes, takes the rest from the store and gives the same scores.
 
-Processes, their indices and the barrier come from accelerate (torch.distributed
-underneath: gloo on the CPU, NCCL between GPUs); nothing here is home-made.
+A cell that trains adapters can also run across a *group* of processes, data-parallel
+(``DataParallel``): every member holds the same adapters, takes its share of each batch,
+and the gradients are summed over the group before each step (an all-reduce, as
+DistributedDataParallel does), so every member takes the same step the single process
+would. When a study has fewer training cells still to compute than processes, the
+processes form groups (``cell_processes``); otherwise every process trains its own cells.
+
+Processes, their indices, the barrier and the collectives come from accelerate and
+torch.distributed (gloo on the CPU, NCCL between GPUs); nothing here is home-made.
 """
 
 from __future__ import annotations
@@ -19,7 +26,9 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import numpy as np
 
 T = TypeVar("T")
 
@@ -70,9 +79,99 @@ class Ranks:
         if self.count > 1:
             self._state.wait_for_everyone()
 
+    def groups(self, size: int) -> tuple[int, DataParallel]:
+        """Split the processes into groups of ``size`` consecutive ranks (ranks left over join none): the
+        number of groups, and this process's group (``index`` -1 when it is in none). Every process must call
+        this, with the same ``size``: making a group is itself a collective."""
+        size = max(1, min(size, self.count))
+        n_groups = self.count // size
+        if size == 1:
+            return n_groups, DataParallel(group_index=self.index if self.index < n_groups else -1)
+        import torch.distributed as dist
+
+        mine = DataParallel(group_index=-1)
+        for g in range(n_groups):
+            members = list(range(g * size, (g + 1) * size))
+            handle = dist.new_group(members)
+            if self.index in members:
+                mine = DataParallel(members.index(self.index), size, handle, g)
+        return n_groups, mine
+
     def tag(self) -> str:
         """``rank r/N: `` in logs of a run with several processes."""
         return f"rank {self.index}/{self.count}: " if self.count > 1 else ""
+
+
+@dataclass(frozen=True)
+class DataParallel:
+    """This process's place in a group of processes that trains one estimator together (one process by default).
+
+    ``shard`` gives a member its share of a batch (positions ``index``, ``index + size``, ...);
+    ``reduce`` sums gradients and loss values over the group; ``gather`` puts per-item results
+    computed in shards back in order. ``group_index`` numbers the study's groups (-1: in none).
+    """
+
+    index: int = 0
+    size: int = 1
+    group: Any = None  # the torch.distributed process group, None for one process
+    group_index: int = 0
+
+    @property
+    def leader(self) -> bool:
+        """The member that writes what the group computes (the store's artifact, training checkpoints)."""
+        return self.index == 0
+
+    def shard(self, items: np.ndarray) -> np.ndarray:
+        """This member's share of ``items``."""
+        return np.asarray(items)[self.index::self.size]
+
+    def reduce(self, params: Sequence, values: Sequence[float] = ()) -> list[float]:
+        """Sum the gradients of ``params`` (a missing gradient counts as zero) and ``values`` over the group, in
+        one all-reduce; returns the summed values. A no-op for one process."""
+        if self.size == 1:
+            return list(values)
+        import torch
+        import torch.distributed as dist
+
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1).float() for g in grads]
+                         + [torch.tensor(list(values), dtype=torch.float32, device=grads[0].device)])
+        dist.all_reduce(flat, group=self.group)
+        at = 0
+        for p, g in zip(params, grads):
+            n = g.numel()
+            p.grad = flat[at:at + n].view_as(g).to(g.dtype)
+            at += n
+        return flat[at:].tolist()
+
+    def total(self, *values: float) -> list[float]:
+        """``values`` summed over the group."""
+        if self.size == 1:
+            return list(values)
+        import torch
+        import torch.distributed as dist
+
+        flat = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(flat, group=self.group)
+        return flat.tolist()
+
+    def gather(self, positions: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+        """Every member's ``values`` (at ``positions`` of ``n`` items) put together, on every member."""
+        if self.size == 1:
+            out = np.zeros(n, dtype=np.asarray(values).dtype)
+            out[positions] = values
+            return out
+        import torch.distributed as dist
+
+        parts: list = [None] * self.size
+        dist.all_gather_object(parts, (np.asarray(positions), np.asarray(values)), group=self.group)
+        out = np.zeros(n, dtype=np.asarray(values).dtype)
+        for where, got in parts:
+            out[where] = got
+        return out
+
+
+ONE_PROCESS = DataParallel()
 
 
 def relaunch(num_processes: int, argv: Sequence[str]) -> int:

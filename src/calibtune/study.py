@@ -20,7 +20,7 @@ import pandas as pd
 
 from calibtune.bundled import cache_dir
 from calibtune.config import StudyConfig, dump_config, method_settings
-from calibtune.distributed import Ranks
+from calibtune.distributed import ONE_PROCESS, DataParallel, Ranks
 from calibtune.methods import METHODS, CellContext, Method
 from calibtune.models import LoadedModel, load_model, model_slugs
 from calibtune.questions import StudyInputs, study_questions, training_subsets
@@ -84,20 +84,31 @@ class Study:
         plan = [(part, method, e, t) for part in training_subsets(inputs, cfg.train_sizes, cfg.seed, self.quick)
                 for method, e, t in plan_cells(cfg)]  # one study, or one per training size of a data-scale study
 
-        def cell(part: StudyInputs, method: Method, e: str, t: str) -> pd.DataFrame:
+        def cell(part: StudyInputs, method: Method, e: str, t: str,
+                 parallel: DataParallel = ONE_PROCESS) -> pd.DataFrame:
             context = CellContext(
                 study=cfg, settings=method_settings(cfg, method.name), estimator_model=e, answering_model=t,
                 inputs=part, answers=answers[t], load_model=rt.models.get, probe_features=features[e, t],
                 grader=grader, log=self.log, quick=self.quick, shared=shared[e],
-                pending=lambda name: pending(name, e, t, part))
+                pending=lambda name: pending(name, e, t, part), parallel=parallel)
             size = f"__n{len(part.train)}" if cfg.train_sizes else ""
             folder = self.output / "estimators" / method.name / f"{slugs[e]}__on__{slugs[t]}{size}"
             rows = run_cell(rt, cfg, method, context, self.quick, folder)
             return rows.assign(train_size=len(part.train)) if cfg.train_sizes else rows
 
         if ranks.count > 1:  # each process computes and stores its cells; the main one then collects them all
-            for position, (part, method, e, t) in enumerate(plan):
-                if method.needs_model and ranks.owns(position):
+            ranks.wait()  # every process sees the same cells still to compute
+            training = [item for item in plan if item[1].data_parallel and pending(item[1].name, item[2], item[3],
+                                                                                   item[0])]
+            n_groups, parallel = ranks.groups(cell_processes(cfg.cell_processes, ranks.count, len(training)))
+            if parallel.size > 1:
+                self.log(f"{ranks.tag()}{len(training)} adapter cells to train, {n_groups} at a time, each by "
+                         f"{parallel.size} processes together")
+            for position, (part, method, e, t) in enumerate(training):  # a group trains each of its cells together
+                if position % n_groups == parallel.group_index:
+                    cell(part, method, e, t, parallel)
+            for position, (part, method, e, t) in enumerate(plan):  # then the other cells, one process each
+                if method.needs_model and not method.data_parallel and ranks.owns(position):
                     cell(part, method, e, t)
             ranks.wait()
             if not ranks.main:
@@ -136,6 +147,14 @@ def plan_cells(config: StudyConfig) -> Iterator[tuple[Method, str, str]]:
             if method.scope == "matrix":
                 for t in config.models:
                     yield method, e, t
+
+
+def cell_processes(setting: int | str, processes: int, cells: int) -> int:
+    """How many processes train one adapter cell together: the setting, or for ``auto`` one while there are at
+    least as many cells to train as processes, else as many as leave none idle (8 processes, 3 cells: 2)."""
+    if setting != "auto":
+        return max(1, min(int(setting), processes))
+    return max(1, processes // max(1, cells))
 
 
 class ModelPool:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from calibtune.distributed import ONE_PROCESS, DataParallel
 from calibtune.errors import CalibtuneError
 from calibtune.methods.adapters import AdapterConfig
 from calibtune.models import LoadedModel
@@ -232,6 +233,7 @@ def train_loop(
     checkpoint: Path | None = None,
     initial_val_loss: float | None = None,
     lengths: Sequence[int] | None = None,
+    parallel: DataParallel = ONE_PROCESS,
 ) -> TrainLog:
     """Train ``params`` on mini-batches of example indices; keep the state with the best validation loss.
 
@@ -244,6 +246,12 @@ def train_loop(
     (weights, best weights, optimizer, scheduler, random state, data order) is saved there at
     every validation, and a later call with the same folder resumes from it: the result is
     the same as an uninterrupted run. Deterministic for a given seed.
+
+    With ``parallel`` (a group of processes training together), every member draws the same
+    batches; ``step_loss`` computes the member's share of a batch (``parallel.shard``),
+    normalised as the whole batch's loss, and the gradients are summed over the group before
+    the step, so each member takes the step one process would. The leader alone saves
+    checkpoints; every member resumes from them.
     """
     import time
 
@@ -264,8 +272,8 @@ def train_loop(
     opt = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     schedule = get_linear_schedule_with_warmup if settings.schedule == "linear" else get_cosine_schedule_with_warmup
     sched = schedule(opt, int(settings.warmup_fraction * total), total)
-    rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)  # the batches: the same on every member of a group
+    torch.manual_seed(seed + parallel.index)  # dropout: each member's own
     log = TrainLog()
     start = time.perf_counter()
     best_state, since, order, first, running = None, 0, np.array([], dtype=np.int64), 1, None
@@ -291,11 +299,12 @@ def train_loop(
             step_start = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             loss = step_loss(batch)
-            loss.backward()
+            if loss.requires_grad:  # a member with no share of the batch has nothing to differentiate
+                loss.backward()
+            (value,) = parallel.reduce(params, [float(loss.detach())])
             torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
             opt.step()
             sched.step()
-            value = float(loss.detach())
             log.step_seconds += time.perf_counter() - step_start
             log.train_loss.append(value)
             running = value if running is None else 0.9 * running + 0.1 * value
@@ -311,7 +320,7 @@ def train_loop(
                     since += 1
                     if since >= settings.patience:
                         break
-                if checkpoint is not None and step < total:
+                if checkpoint is not None and step < total and parallel.leader:
                     save_checkpoint(checkpoint, get_state(), best_state, opt, sched, rng,
                                     _Progress(step, since, order.tolist(), running, log, best_state is not None))
     if best_state is not None:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from calibtune.distributed import ONE_PROCESS, DataParallel
 from calibtune.errors import CalibtuneError, first_line
 from calibtune.estimators.adapters import (
     TrainLog,
@@ -88,13 +89,15 @@ class LoraHeadEstimator:
         return states[torch.arange(len(seqs)), mask.sum(dim=1) - 1].float()
 
     def fit(self, seqs: Sequence[Encoded], labels: np.ndarray, checkpoint: Path | None = None,
-            probe=None, groups: Sequence[str] | None = None) -> LoraHeadEstimator:
+            probe=None, groups: Sequence[str] | None = None,
+            parallel: DataParallel = ONE_PROCESS) -> LoraHeadEstimator:
         """Train adapters and head jointly; a stratified ``val_fraction`` is held out for early stopping.
 
         ``probe`` (a fitted ``ProbeEstimator`` on this layer, with the same hidden size) is where the head
         starts: its standardisation and weights. ``groups`` (each answer's dataset) weight the loss when the
         config balances by dataset. With ``checkpoint`` (a folder), training saves its state there and
-        resumes from it after a crash.
+        resumes from it after a crash. With ``parallel``, the processes of a group train together, each on
+        its share of every batch and of the held-out answers.
         """
         cfg = self.config
         y = np.asarray(labels).astype(np.float32)
@@ -135,22 +138,26 @@ class LoraHeadEstimator:
             weights = balanced_weights(y, groups)
         w_train, w_val = torch.from_numpy(weights[idx_train]).float(), weights[idx_val]
 
-        def step_loss(batch: np.ndarray) -> torch.Tensor:
+        def step_loss(whole: np.ndarray) -> torch.Tensor:
+            batch = parallel.shard(whole)  # this process's share, normalised as over the whole batch
+            if len(batch) == 0:
+                return torch.zeros(())
             logits = self.head(self._features([train_seqs[i] for i in batch])).squeeze(-1)
             w = w_train[batch].to(logits.device)
             losses = torch.nn.functional.binary_cross_entropy_with_logits(logits, y_train[batch].to(logits.device),
                                                                           reduction="none")
-            return (losses * w).sum() / w.sum()
+            return (losses * w).sum() / w_train[whole].sum().to(logits.device)
 
         def val_loss() -> float:
             self.lm.model.eval()
             self.head.eval()
-            p = self._predict(val_seqs)
+            mine = parallel.shard(np.arange(len(val_seqs)))
+            p = np.clip(self._predict([val_seqs[i] for i in mine]), 1e-7, 1 - 1e-7)
             self.lm.model.train()
             self.head.train()
-            p = np.clip(p, 1e-7, 1 - 1e-7)
-            losses = -(y_val.numpy() * np.log(p) + (1 - y_val.numpy()) * np.log(1 - p))
-            return float(np.sum(losses * w_val) / np.sum(w_val))
+            y = y_val.numpy()[mine]
+            (total,) = parallel.total(float(np.sum(-(y * np.log(p) + (1 - y) * np.log(1 - p)) * w_val[mine])))
+            return total / float(np.sum(w_val))
 
         def get_state() -> dict:
             return {"lora": lora_state(self._peft), "head": {k: v.clone() for k, v in self.head.state_dict().items()}}
@@ -164,7 +171,7 @@ class LoraHeadEstimator:
         self.log = train_loop(params, len(train_seqs), step_loss, val_loss, get_state, set_state, cfg, self.seed,
                               f"train LoRA {self.meta.get('estimator_model', self.lm.name)} on "
                               f"{self.meta.get('trained_on', '?')}", checkpoint,
-                              lengths=[len(s.ids) for s in train_seqs])
+                              lengths=[len(s.ids) for s in train_seqs], parallel=parallel)
         self.lm.model.eval()
         self.head.eval()
         return self

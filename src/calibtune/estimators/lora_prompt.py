@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from calibtune.distributed import ONE_PROCESS, DataParallel
 from calibtune.errors import CalibtuneError, first_line
 from calibtune.estimators.adapters import (
     TrainLog,
@@ -143,14 +144,16 @@ class LoraPromptEstimator:
         return option_token_ids(self.lm.tokenizer, self.config.query, self.config.options)
 
     def fit(self, seqs: Sequence[QueryEncoded], labels: np.ndarray, checkpoint: Path | None = None,
-            base: BaseReadings | None = None, groups: Sequence[str] | None = None) -> LoraPromptEstimator:
+            base: BaseReadings | None = None, groups: Sequence[str] | None = None,
+            parallel: DataParallel = ONE_PROCESS) -> LoraPromptEstimator:
         """Train adapters on graded answers; a stratified ``val_fraction`` is held out for early stopping.
 
         One pass of the base model over the training and held-out sequences gives the divergence's
         target and the untrained model's validation loss (step 0); ``base`` keeps those readings for
         other users of the same base model (the zero-shot query). ``groups`` (each answer's dataset)
         weight the loss when the config balances by dataset. With ``checkpoint`` (a folder), training
-        saves its state there and resumes from it after a crash.
+        saves its state there and resumes from it after a crash. With ``parallel``, the processes of a
+        group train these adapters together, each on its share of every batch and of the held-out answers.
         """
         cfg = self.config
         if cfg.divergence not in DIVERGENCES:
@@ -190,12 +193,17 @@ class LoraPromptEstimator:
         params = [p for p in self._peft.parameters() if p.requires_grad]
         y_train = torch.from_numpy(y[idx_train])
 
-        def step_loss(batch: np.ndarray) -> torch.Tensor:
+        def step_loss(whole: np.ndarray) -> torch.Tensor:
+            # this process's share of the batch, each term normalised as over the whole batch
+            batch = parallel.shard(whole)
+            if len(batch) == 0:
+                return torch.zeros(())
             items = [train_seqs[i] for i in batch]
             ids, mask, last = _pad(items, self.lm.tokenizer.pad_token_id, self.lm.device)
             hidden = final_hidden(self.lm, ids, mask, self.readout)
             logits = two_way_logits(self.lm.model, hidden[torch.arange(len(items)), last], tokens)
-            loss = weighted_ce(logits, y_train[batch].to(logits.device), w_train[batch])
+            share = float(w_train[batch].sum() / w_train[whole].sum())
+            loss = weighted_ce(logits, y_train[batch].to(logits.device), w_train[batch]) * share
             if cfg.kl_weight > 0:
                 rows, cols = _answer_positions(items)
                 adapted = lm_head_logits(self.lm.model, hidden[rows, cols])
@@ -205,24 +213,28 @@ class LoraPromptEstimator:
                     with torch.no_grad(), self._peft.disable_adapter():
                         base_hidden = final_hidden(self.lm, ids, mask, self.readout)
                         target = lm_head_logits(self.lm.model, base_hidden[rows, cols])
-                loss = loss + cfg.kl_weight * divergence(adapted, target, cfg.divergence)
+                rows_share = len(rows) / len(_answer_positions([train_seqs[i] for i in whole])[0])
+                loss = loss + cfg.kl_weight * divergence(adapted, target, cfg.divergence) * rows_share
             return loss
 
         def val_loss() -> float:
             self.lm.model.eval()
             total = 0.0
+            mine = parallel.shard(np.arange(len(val_seqs)))
             with torch.no_grad():
-                for batch in length_batches([len(s.ids) for s in val_seqs], cfg.batch_size * 2, None):
+                for batch in length_batches([len(val_seqs[i].ids) for i in mine], cfg.batch_size * 2, None):
+                    batch = mine[batch]
                     logits = query_logits(self.lm, [val_seqs[i] for i in batch], tokens, self.readout)
                     total += float(weighted_ce(logits, y_val[batch], w_val[batch]) * w_val[batch].sum())
             self.lm.model.train()
+            (total,) = parallel.total(total)
             return total / float(w_val.sum())
 
         self.log = train_loop(params, len(train_seqs), step_loss, val_loss, lambda: lora_state(self._peft),
                               lambda s: load_lora_state(self._peft, s), cfg, self.seed,
                               f"train LoRA + Prompt {self.meta.get('estimator_model', self.lm.name)} on "
                               f"{self.meta.get('trained_on', '?')}", checkpoint, initial_val_loss=loss0,
-                              lengths=[len(s.ids) for s in train_seqs])
+                              lengths=[len(s.ids) for s in train_seqs], parallel=parallel)
         base.drop_answers()  # the divergence's target is needed while training only
         self.lm.model.eval()
         return self

@@ -75,12 +75,17 @@ def adapter_training_set(ctx: CellContext, settings: AdapterConfig) -> list[Ques
 def fit_and_score(ctx: CellContext, estimator, seqs: Sequence, labels: np.ndarray, eval_seqs: Sequence,
                   **fit_options) -> CellScores:
     """Train an adapter estimator on T's answers (``seqs``, ``labels``), save it, and score T's evaluation
-    answers and the answers it held out (those calibrate its temperature); the adapters come off after."""
+    answers and the answers it held out (those calibrate its temperature); the adapters come off after.
+    A group of processes (``ctx.parallel``) trains together and scores a share each; its leader saves."""
+    parallel = ctx.parallel
     try:
-        estimator.fit(seqs, labels, ctx.checkpoint, **fit_options)
-        estimator.save(ctx.out)
+        estimator.fit(seqs, labels, ctx.checkpoint, parallel=parallel, **fit_options)
+        if parallel.leader:
+            estimator.save(ctx.out)
         val = estimator.val_indices
-        p_all = estimator.predict_proba(list(eval_seqs) + [seqs[i] for i in val])
+        scored = list(eval_seqs) + [seqs[i] for i in val]
+        mine = parallel.shard(np.arange(len(scored)))  # a group scores its share each, then puts them together
+        p_all = parallel.gather(mine, estimator.predict_proba([scored[i] for i in mine]), len(scored))
     finally:
         estimator.release()
     n = len(eval_seqs)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from calibtune.distributed import ONE_PROCESS, DataParallel
 from calibtune.records import Answer, Question
 from calibtune.settings import Settings
 
@@ -82,6 +83,7 @@ class CellContext:
     pending: Callable[[str], bool] = lambda method: False  # whether that method's cell of (E, T) is still to compute
     out: Path | None = None  # where the method saves its estimator (set for cells that are stored)
     checkpoint: Path | None = None  # where adapter training keeps its resumable state
+    parallel: DataParallel = ONE_PROCESS  # the processes that train this cell's estimator together
 
     def model(self) -> LoadedModel:
         """The estimator model E, loaded (once) by the study."""
@@ -142,6 +144,7 @@ class Method:
     - ``study_settings``: the study-level settings its cells depend on besides the ones
       every cell depends on (prompt, answer separator, batch size, seed, temperature scaling).
     - ``needs_model``: False when a cell is computed from the answers alone (cheap, not cached).
+    - ``data_parallel``: True when a cell trains across a group of processes (``CellContext.parallel``).
     - ``may_leave_out``: True when a NaN P(correct) means "no estimate" (an unparseable reply),
       which leaves the answer out of the cell; any other method's non-finite P(correct) is an error.
     - ``saved_file``/``load``: the JSON a saved estimator writes, and how ``ask`` loads one.
@@ -155,6 +158,7 @@ class Method:
     tasks: frozenset[str] = TASKS
     study_settings: tuple[str, ...] = ()
     needs_model: bool = True
+    data_parallel: bool = False
     may_leave_out: bool = False
     saved_file: str | None = None
     load: LoadEstimator | None = field(default=None, compare=False)

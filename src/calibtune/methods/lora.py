@@ -72,4 +72,4 @@ def load(folder: Path, info: dict, lm: LoadedModel) -> AnswerEstimator:
 
 
 METHOD = Method(name="lora", label="LoRA", make_cell=make_cell, config=LoraHeadConfig, saved_file="lora.json",
-                load=load, study_settings=("features",))
+                load=load, study_settings=("features",), data_parallel=True)

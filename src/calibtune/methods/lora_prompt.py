@@ -72,4 +72,4 @@ def load(folder: Path, info: dict, lm: LoadedModel) -> AnswerEstimator:
 
 
 METHOD = Method(name="lora_prompt", label="LoRA + Prompt", make_cell=make_cell, config=LoraPromptConfig,
-                saved_file="lora_prompt.json", load=load)
+                saved_file="lora_prompt.json", load=load, data_parallel=True)

@@ -48,4 +48,4 @@ def make_cell(ctx: CellContext) -> CellScores:
 
 
 METHOD = Method(name="lora_prompt_readout", label=LABEL, make_cell=make_cell, config=LoraPromptReadoutConfig,
-                study_settings=("features",))
+                study_settings=("features",), data_parallel=True)

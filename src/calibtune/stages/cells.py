@@ -118,7 +118,9 @@ def run_cell(rt: Runtime, config: StudyConfig, method: Method, context: CellCont
     """One cell's score rows: from the store when the same cell was computed before, else computed and stored.
 
     The cell is computed first (into a scratch folder), then written; a cell trained
-    before is copied into ``estimator_folder`` either way.
+    before is copied into ``estimator_folder`` either way. Of a group of processes that
+    computes the cell together (``context.parallel``), the leader alone writes; the others
+    return the rows they computed.
     """
     e, t = context.estimator_model, context.answering_model
     evaluation = context.inputs.eval
@@ -132,6 +134,10 @@ def run_cell(rt: Runtime, config: StudyConfig, method: Method, context: CellCont
         return compute()
     stage = cell_stage(config, method, e, quick)
     key = cell_key(config, method, e, context.answers, context.inputs, quick)
+    if not context.parallel.leader:
+        with rt.store.scratch() as scratch:
+            context.out, context.checkpoint = scratch / "estimator", rt.store.root / "checkpoints" / key
+            return compute()
     if rt.store.has("cell", key):
         rt.log(f"{method.label} {e} on {t}: from the cache ({key[:12]})")
     else:
