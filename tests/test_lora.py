@@ -14,8 +14,9 @@ from sklearn.metrics import log_loss, roc_auc_score
 from calibtune.calibration import TemperatureScaler
 from calibtune.errors import CalibtuneError
 from calibtune.estimators.adapters import attach_lora
+from calibtune.estimators.divergence import divergence
 from calibtune.estimators.lora_head import LoraHeadEstimator
-from calibtune.estimators.lora_prompt import LoraPromptEstimator, divergence, encode_queries, query_p_correct
+from calibtune.estimators.lora_prompt import LoraPromptEstimator, encode_queries, query_p_correct
 from calibtune.estimators.query import option_token_ids
 from calibtune.forward import encode_texts, lm_head_logits
 from calibtune.methods.lora import LoraHeadConfig

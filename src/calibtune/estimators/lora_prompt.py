@@ -34,14 +34,13 @@ from calibtune.estimators.adapters import (
     train_loop,
 )
 from calibtune.estimators.base import check_estimator_model
+from calibtune.estimators.divergence import DIVERGENCES, divergence
 from calibtune.estimators.query import option_token_ids, p_yes, two_way_logits
 from calibtune.estimators.splits import balanced_weights, validation_split
 from calibtune.forward import check_lengths, decoder_up_to, finish_logits, length_batches, lm_head_logits, pad_ids
 from calibtune.methods.lora_prompt import LoraPromptConfig
 from calibtune.models import LoadedModel
 from calibtune.progress import progress_bar
-
-DIVERGENCES = ("js", "forward_kl", "reverse_kl")
 
 # The base model's answer-token logits are computed once before training and kept in memory
 # when they fit in this many bytes; otherwise each step recomputes them with the adapter disabled.
@@ -100,23 +99,6 @@ def query_p_correct(lm: LoadedModel, seqs: Sequence[QueryEncoded], token_ids: Se
             out[batch] = p_yes(query_logits(lm, [seqs[i] for i in batch], token_ids, readout))
             advance(len(batch))
     return out
-
-
-def divergence(adapted_logits: torch.Tensor, base_logits: torch.Tensor, kind: str) -> torch.Tensor:
-    """Mean divergence between next-token distributions (rows), from logits.
-
-    ``js``: Jensen-Shannon; ``forward_kl``: KL(base || adapted); ``reverse_kl``: KL(adapted || base).
-    """
-    log_q = torch.log_softmax(adapted_logits.float(), dim=-1)
-    log_p = torch.log_softmax(base_logits.float(), dim=-1)
-    if kind == "forward_kl":
-        return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
-    if kind == "reverse_kl":
-        return (log_q.exp() * (log_q - log_p)).sum(-1).mean()
-    if kind == "js":
-        log_m = torch.logsumexp(torch.stack([log_p, log_q]), dim=0) - np.log(2.0)
-        return 0.5 * ((log_p.exp() * (log_p - log_m)).sum(-1) + (log_q.exp() * (log_q - log_m)).sum(-1)).mean()
-    raise CalibtuneError(f"unknown divergence '{kind}': use one of {', '.join(DIVERGENCES)}")
 
 
 @dataclass
