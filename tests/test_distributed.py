@@ -17,16 +17,17 @@ import pytest
 from calibtune.store import ArtifactStore, list_artifacts
 from conftest import write_questions
 
+METHODS = ("methods: [probe, lora_prompt, zero_shot, option_confidence]\n"
+           "probe: {max_epochs: 5, patience: 2}\nlora_prompt: {max_steps: 3, eval_every: 2, batch_size: 4}\n"
+           "zero_shot_calibration: 10\n")
 
-def _config(tmp_path, tiny_models, n_train: int = 48) -> str:
+
+def _config(tmp_path, tiny_models, n_train: int = 48, models=("llama", "gemma"), methods: str = METHODS) -> str:
     train = write_questions(tmp_path / "train.jsonl", n=n_train, options=3)
     heldout = write_questions(tmp_path / "heldout.jsonl", n=24, options=3)
     path = tmp_path / "study.yaml"
-    path.write_text(f"name: dist\nmodels: ['{tiny_models['llama']}', '{tiny_models['gemma']}']\ndtype: float32\n"
-                    f"batch_size: 8\ntrain: [{{dataset: '{train}'}}]\neval: [{{dataset: '{heldout}'}}]\n"
-                    "methods: [probe, lora_prompt, zero_shot, option_confidence]\n"
-                    "probe: {max_epochs: 5, patience: 2}\nlora_prompt: {max_steps: 3, eval_every: 2, batch_size: 4}\n"
-                    "zero_shot_calibration: 10\n")
+    path.write_text(f"name: dist\nmodels: {[str(tiny_models[m]) for m in models]}\ndtype: float32\n"
+                    f"batch_size: 8\ntrain: [{{dataset: '{train}'}}]\neval: [{{dataset: '{heldout}'}}]\n" + methods)
     return str(path)
 
 
@@ -91,17 +92,12 @@ def test_two_processes_train_each_adapter_cell_together_as_one_would(tmp_path, t
     """Data-parallel adapter training (each process takes half of every batch, the gradients summed before each
     step) gives the single process's estimator: P(correct) within 1e-5 (fp32; only the order of the sums
     differs). Dropout is off: with it, each process draws its own masks."""
-    train = write_questions(tmp_path / "train.jsonl", n=48, options=3)
-    heldout = write_questions(tmp_path / "heldout.jsonl", n=24, options=3)
-    config = tmp_path / "study.yaml"
-    config.write_text(f"name: ddp\nmodels: ['{tiny_models['llama']}']\ndtype: float32\nbatch_size: 8\n"
-                      f"train: [{{dataset: '{train}'}}]\neval: [{{dataset: '{heldout}'}}]\n"
-                      "methods: [lora_prompt, lora]\ncell_processes: 2\n"
-                      "lora_prompt: {max_steps: 4, eval_every: 2, batch_size: 4, dropout: 0.0, learning_rate: 0.001}\n"
-                      "lora: {max_steps: 4, eval_every: 2, batch_size: 4, dropout: 0.0, head_dropout: 0.0, "
-                      "learning_rate: 0.001}\n")
-    _run(str(config), tmp_path / "one", tmp_path / "cache-one", 1)
-    output = _run(str(config), tmp_path / "two", tmp_path / "cache-two", 2)
+    config = _config(tmp_path, tiny_models, models=("llama",), methods=(
+        "methods: [lora_prompt, lora]\ncell_processes: 2\n"
+        "lora_prompt: {max_steps: 4, eval_every: 2, batch_size: 4, dropout: 0.0, learning_rate: 0.001}\n"
+        "lora: {max_steps: 4, eval_every: 2, batch_size: 4, dropout: 0.0, head_dropout: 0.0, learning_rate: 0.001}\n"))
+    _run(config, tmp_path / "one", tmp_path / "cache-one", 1)
+    output = _run(config, tmp_path / "two", tmp_path / "cache-two", 2)
     assert "2 adapter cells to train, 1 at a time, each by 2 processes together" in output
     one = pd.read_parquet(tmp_path / "one" / "scores.parquet")
     two = pd.read_parquet(tmp_path / "two" / "scores.parquet")

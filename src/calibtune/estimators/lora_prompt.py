@@ -162,9 +162,11 @@ class LoraPromptEstimator:
             weights = torch.from_numpy(balanced_weights(y, groups)).float()
         w_train, w_val = weights[idx_train], weights[idx_val]
 
-        def weighted_ce(logits: torch.Tensor, target: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        def weighted_ce(logits: torch.Tensor, target: torch.Tensor, w: torch.Tensor,
+                        total: torch.Tensor | None = None) -> torch.Tensor:
+            """Weighted cross-entropy, divided by ``total`` weight (default: these answers' own)."""
             losses = torch.nn.functional.cross_entropy(logits, target, reduction="none")
-            return (losses * w.to(losses.device)).sum() / w.sum()
+            return (losses * w.to(losses.device)).sum() / (w.sum() if total is None else total)
 
         loss0 = float(weighted_ce(val_two_way, y_val, w_val))
         below = None if self.readout is None else list(range(self.readout))  # the layers the read-out sees
@@ -184,8 +186,7 @@ class LoraPromptEstimator:
             ids, mask, last = _pad(items, self.lm.tokenizer.pad_token_id, self.lm.device)
             hidden = final_hidden(self.lm, ids, mask, self.readout)
             logits = two_way_logits(self.lm.model, hidden[torch.arange(len(items)), last], tokens)
-            share = float(w_train[batch].sum() / w_train[whole].sum())
-            loss = weighted_ce(logits, y_train[batch].to(logits.device), w_train[batch]) * share
+            loss = weighted_ce(logits, y_train[batch].to(logits.device), w_train[batch], total=w_train[whole].sum())
             if cfg.kl_weight > 0:
                 rows, cols = _answer_positions(items)
                 adapted = lm_head_logits(self.lm.model, hidden[rows, cols])

@@ -134,14 +134,14 @@ def run_cell(rt: Runtime, config: StudyConfig, method: Method, context: CellCont
         return compute()
     stage = cell_stage(config, method, e, quick)
     key = cell_key(config, method, e, context.answers, context.inputs, quick)
+    checkpoint = rt.store.root / "checkpoints" / key
     if not context.parallel.leader:
         with rt.store.scratch() as scratch:
-            context.out, context.checkpoint = scratch / "estimator", rt.store.root / "checkpoints" / key
+            context.out, context.checkpoint = scratch / "estimator", checkpoint
             return compute()
     if rt.store.has("cell", key):
         rt.log(f"{method.label} {e} on {t}: from the cache ({key[:12]})")
     else:
-        checkpoint = rt.store.root / "checkpoints" / key
         with rt.timed(f"{method.name} {e} on {t}"), rt.store.scratch() as scratch:
             context.out, context.checkpoint = scratch / "estimator", checkpoint
             table = compute()
