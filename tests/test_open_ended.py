@@ -41,6 +41,13 @@ def test_generation_stops_at_a_newline_and_keeps_token_logprobs(tiny_models):
     alone = generate_answers(lm, ids[:1], GenerationSettings(max_new_tokens=12))
     assert alone[0].text == cut[0].text and alone[0].token_ids == cut[0].token_ids
     np.testing.assert_allclose(alone[0].token_logprobs, cut[0].token_logprobs, atol=1e-4)
+    # each kept log-probability is the model's own, read again by one teacher-forced pass
+    for prompt, answer in zip(ids, long):
+        full = torch.tensor([list(prompt) + list(answer.token_ids)])
+        with torch.no_grad():
+            logp = lm.model(input_ids=full).logits[0].float().log_softmax(-1)
+        steps = torch.arange(len(prompt) - 1, full.shape[1] - 1)
+        np.testing.assert_allclose(answer.token_logprobs, logp[steps, full[0, steps + 1]].numpy(), atol=1e-4)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma"])
