@@ -57,6 +57,33 @@ def test_the_paper_study_is_planned_offline_without_loading_a_model(tmp_path):
     assert "meta-llama/Llama-2-7b-hf: 32 layers, hidden 4096, 6.74B parameters" in out
     assert "lora_prompt" in out and "5000 steps each" in out and "H100 SXM" in out
     assert "weights 13.5 GiB" in out  # 7.24B bf16 values
+    # with processes, the plan says how the study deals them out (and launches nothing)
+    code = code.replace("'--dry-run']", "'--dry-run', '--num-processes', '16']")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=__file__.rsplit("/tests/", 1)[0], timeout=120).stdout
+    assert out.strip().endswith("exit 0 False"), out
+    assert "4 adapter cells trained 4 at a time, each by a group of 4 processes together" in out
+
+
+def test_the_process_plan_divides_each_stage_by_the_processes_that_share_it():
+    from calibtune.config import StudyConfig
+    from calibtune.plan import GPUS, UTILISATION, StagePlan, _duration, process_plan
+
+    config = StudyConfig.model_validate({"models": ["smollm2-135m"], "train": [{"dataset": "arc_easy"}],
+                                         "eval": [{"dataset": "sciq"}]})
+    stages = [StagePlan("answers", "m", "100 questions", 4e15), StagePlan("lora_prompt", "m", "3 cells, 9 steps each",
+                                                                          6e15, training=True)]
+    rate = GPUS["L4"]
+    one = 4e15 / (rate * UTILISATION["inference"]) + 6e15 / (rate * UTILISATION["training"])
+    text = "\n".join(process_plan(config, stages, 8, {g: one for g in GPUS}))
+    infer, train = 4e15 / (rate * UTILISATION["inference"]), 6e15 / (rate * UTILISATION["training"])
+    # 8 processes, 3 cells: groups of 2, all 3 cells at once (one group idle), each split 2 ways
+    assert "3 adapter cells trained 4 at a time, each by a group of 2 processes together" in text
+    assert f"L4 {_duration(infer / 8 + train / 3 / 2)}" in text
+    fixed = config.model_copy(update={"cell_processes": 1})
+    text = "\n".join(process_plan(fixed, stages, 8, {g: one for g in GPUS}))
+    assert "3 adapter cells dealt one per process" in text
+    assert f"L4 {_duration(infer / 8 + train / 3)}" in text  # one process per cell: all 3 at once, none split
 
 
 def test_the_plan_counts_no_pass_the_study_shares_or_stops_early():

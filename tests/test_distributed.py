@@ -79,7 +79,7 @@ def test_a_killed_rank_resumes_with_one_process(tmp_path, tiny_models):
 
 
 def test_cell_processes_leave_no_process_idle():
-    from calibtune.study import cell_processes
+    from calibtune.config import cell_processes
 
     assert cell_processes("auto", 2, 8) == 1  # more cells than processes: one process per cell
     assert cell_processes("auto", 8, 3) == 2  # 8 processes, 3 cells: 4 groups of 2

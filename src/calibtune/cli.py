@@ -36,7 +36,7 @@ def run(
     from calibtune.config import load_config
     from calibtune.distributed import launched, relaunch
 
-    if num_processes > 1 and not launched():
+    if num_processes > 1 and not launched() and not dry_run:
         argv = [a for a in sys.argv[1:] if not a.startswith("--num-processes")]
         if "--num-processes" in sys.argv:  # "--num-processes N": drop its value too
             value = sys.argv.index("--num-processes") + 1
@@ -50,7 +50,7 @@ def run(
     if dry_run:
         from calibtune.plan import dry_run as plan
 
-        typer.echo(plan(cfg, quick))
+        typer.echo(plan(cfg, quick, processes=num_processes))
         return
     from calibtune.progress import console
     from calibtune.study import Study

@@ -253,3 +253,11 @@ def load_config(path: Path | None) -> StudyConfig:
 def dump_config(config: StudyConfig) -> str:
     """The resolved config as YAML (every default written out)."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def cell_processes(setting: int | str, processes: int, cells: int) -> int:
+    """How many processes train one adapter cell together: the setting, or for ``auto`` one while there are at
+    least as many cells to train as processes, else as many as leave none idle (8 processes, 3 cells: 2)."""
+    if setting != "auto":
+        return max(1, min(int(setting), processes))
+    return max(1, processes // max(1, cells))

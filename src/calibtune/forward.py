@@ -24,14 +24,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from calibtune.costs import HEAD_CHUNK
 from calibtune.errors import CalibtuneError
 from calibtune.models import LoadedModel, context_limit
 
 Progress = Callable[[int], None]
 DEFAULT_TOKEN_BUDGET = 4096  # tokens per forward pass, padding included
-# LM-head rows per chunk (Gemma's 262k-word head: 256 MiB of fp32 logits). Larger chunks, and a log-softmax
-# copy of each, made Gemma's cloze pass 2x slower once the process had trained adapters (measured).
-HEAD_CHUNK = 256
 
 
 def check_lengths(lm: LoadedModel, lengths: Sequence[int], names: Sequence[str] | None = None,

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from calibtune.bundled import cache_dir
-from calibtune.config import StudyConfig, method_settings
-from calibtune.costs import ModelShape, sequence_flops, training_flops, tree_flops
+from calibtune.config import StudyConfig, cell_processes, method_settings
+from calibtune.costs import HEAD_CHUNK, ModelShape, sequence_flops, training_flops, tree_flops
 from calibtune.errors import CalibtuneError
 from calibtune.methods import METHODS
 from calibtune.methods.adapters import quick_training_size
@@ -207,7 +207,7 @@ def memory_per_device(info: ModelInfo, config: StudyConfig, bytes_per_value: int
     """GiB a device holds: the weights, one inference pass's activations, and the adapters' training state."""
     shape = info.shape
     weights = info.parameters * bytes_per_value
-    logits = 512 * shape.vocab * 4  # one chunk of the head's fp32 log-softmax
+    logits = HEAD_CHUNK * shape.vocab * 4  # one chunk of the head's fp32 logits
     inference = config.token_budget * shape.hidden * bytes_per_value * (shape.layers + 8) + logits
     settings = method_settings(config, "lora_prompt")
     per_layer = 2 * settings.r * (shape.hidden + shape.heads * shape.head_dim)  # q_proj and v_proj adapters
@@ -300,8 +300,9 @@ def _numpy_fp32_rate() -> float:
     return best
 
 
-def dry_run(config: StudyConfig, quick: bool = False) -> str:
-    """The plan of a study as text: stages, counts, FLOPs, memory and time estimates."""
+def dry_run(config: StudyConfig, quick: bool = False, processes: int = 1) -> str:
+    """The plan of a study as text: stages, counts, FLOPs, memory and time estimates; with ``processes``, how
+    the processes share the work (``process_plan``)."""
     inputs = study_questions(config, quick)
     infos = {name: model_info(name) for name in config.models}
     stages = plan_stages(config, inputs, infos, quick)
@@ -329,6 +330,8 @@ def dry_run(config: StudyConfig, quick: bool = False) -> str:
     lines.append(f"time = FLOPs / (rate x utilisation): GPUs at bf16 dense rates {rates} TFLOP/s and utilisation "
                  f"assumed {UTILISATION['inference']:.0%} for inference, {UTILISATION['training']:.0%} for "
                  f"training; this CPU at {machine.source}")
+    if processes > 1:
+        lines += process_plan(config, stages, processes, total)
     bytes_per_value = 4 if DTYPE_NAMES.get(config.dtype) == "float32" else 2  # auto: bf16 on the GPUs planned for
     for name, info in infos.items():
         mem = memory_per_device(info, config, bytes_per_value)
@@ -336,6 +339,34 @@ def dry_run(config: StudyConfig, quick: bool = False) -> str:
                      f"{mem['inference']:.1f} GiB, adapter training state {mem['adapter_state']:.2f} GiB and "
                      f"activations {mem['training_activations']:.1f} GiB ({bytes_per_value}-byte values)")
     return "\n".join(lines)
+
+
+def process_plan(config: StudyConfig, stages: list[StagePlan], processes: int, total: dict[str, float]) -> list[str]:
+    """How ``processes`` share the study, as the study deals it out: questions sharded across all of them;
+    adapter cells trained by groups of ``cell_processes`` (``study.cell_processes``); the other cells one per
+    process. GPU times assume one device per process and perfect sharding; processes on one CPU share its cores."""
+    cells = sum(int(s.items.split()[0]) for s in stages if s.training)
+    group = cell_processes(config.cell_processes, processes, cells)
+    groups = processes // group
+    lines = ["", f"with {processes} processes: every question stage sharded {processes} ways by global rank; "
+             + (f"{cells} adapter cells trained {groups} at a time, each by a group of {group} processes together "
+                f"(cell_processes: {config.cell_processes}), each member computing 1/{group} of every batch; "
+                if group > 1 else f"{cells} adapter cells dealt one per process (cell_processes: "
+                                  f"{config.cell_processes}); ")
+             + "the other cells one per process"]
+    def seconds(stage: StagePlan, rate: float) -> float:
+        return stage.flops / (rate * UTILISATION["training" if stage.training else "inference"])
+
+    # the cells are dealt to the groups in rounds, each cell split across its group's members
+    rounds = -(-cells // groups) if cells else 0
+    parallel = {g: sum(seconds(s, rate) / processes for s in stages if not s.training)
+                + sum(seconds(s, rate) for s in stages if s.training) / max(1, cells) * rounds / group
+                for g, rate in GPUS.items()}
+    lines.append(f"estimated total with {processes} processes, one GPU each: "
+                 + ", ".join(f"{g} {_duration(parallel[g])}" for g in GPUS)
+                 + f" (one process: {', '.join(_duration(total[g]) for g in GPUS)}); on this CPU the processes "
+                 "share its cores, so no faster than one")
+    return lines
 
 
 def _duration(seconds: float) -> str:

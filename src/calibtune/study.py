@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from calibtune.bundled import cache_dir
-from calibtune.config import StudyConfig, dump_config, method_settings
+from calibtune.config import StudyConfig, cell_processes, dump_config, method_settings
 from calibtune.distributed import ONE_PROCESS, DataParallel, Ranks
 from calibtune.methods import METHODS, CellContext, Method
 from calibtune.models import LoadedModel, load_model, model_slugs
@@ -147,14 +147,6 @@ def plan_cells(config: StudyConfig) -> Iterator[tuple[Method, str, str]]:
             if method.scope == "matrix":
                 for t in config.models:
                     yield method, e, t
-
-
-def cell_processes(setting: int | str, processes: int, cells: int) -> int:
-    """How many processes train one adapter cell together: the setting, or for ``auto`` one while there are at
-    least as many cells to train as processes, else as many as leave none idle (8 processes, 3 cells: 2)."""
-    if setting != "auto":
-        return max(1, min(int(setting), processes))
-    return max(1, processes // max(1, cells))
 
 
 class ModelPool:
