@@ -157,9 +157,23 @@ def token_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor) -> torch.
     """log p(target) at each row of ``hidden`` (final hidden states), the head run in chunks of rows;
     log p = logit - logsumexp(logits), with no log-softmax of the whole vocabulary made."""
     out = []
+    head = model.get_output_embeddings()
+    cap = getattr(model.config, "final_logit_softcapping", None)
     for start in range(0, hidden.shape[0], HEAD_CHUNK):
-        logits = lm_head_logits(model, hidden[start:start + HEAD_CHUNK])
-        out.append(logits.gather(1, targets[start:start + HEAD_CHUNK, None])[:, 0] - torch.logsumexp(logits, dim=-1))
+        rows = hidden[start:start + HEAD_CHUNK]
+        if torch.is_grad_enabled() and rows.requires_grad:
+            logits = lm_head_logits(model, rows)
+            out.append(logits.gather(1, targets[start:start + HEAD_CHUNK, None])[:, 0]
+                       - torch.logsumexp(logits, dim=-1))
+            continue
+        # no gradients: one fp32 buffer per chunk, worked in place (a vocabulary-wide temporary per step made
+        # Gemma's pass 2-3x slower once the process had trained adapters)
+        logits = head(rows).to(torch.float32, copy=True)
+        if cap:
+            logits.div_(cap).tanh_().mul_(cap)
+        picked = logits.gather(1, targets[start:start + HEAD_CHUNK, None])[:, 0]
+        top = logits.amax(dim=-1, keepdim=True)
+        out.append(picked - top[:, 0] - logits.sub_(top).exp_().sum(dim=-1).log())
     return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
 
 
