@@ -72,7 +72,7 @@ def test_the_process_plan_divides_each_stage_by_the_processes_that_share_it():
     config = StudyConfig.model_validate({"models": ["smollm2-135m"], "train": [{"dataset": "arc_easy"}],
                                          "eval": [{"dataset": "sciq"}]})
     stages = [StagePlan("answers", "m", "100 questions", 4e15), StagePlan("lora_prompt", "m", "3 cells, 9 steps each",
-                                                                          6e15, training=True)]
+                                                                          6e15, training=True, cells=3)]
     rate = GPUS["L4"]
     one = 4e15 / (rate * UTILISATION["inference"]) + 6e15 / (rate * UTILISATION["training"])
     text = "\n".join(process_plan(config, stages, 8, {g: one for g in GPUS}))

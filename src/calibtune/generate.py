@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from calibtune.forward import check_lengths, length_batches
+from calibtune.forward import check_lengths, chosen_logprobs, length_batches
 from calibtune.models import LoadedModel
 
 Progress = Callable[[int], None]
@@ -91,7 +91,7 @@ def _generate(lm: LoadedModel, prompt_ids: Sequence[Sequence[int]], settings: Ge
             result = lm.model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
         new = result.sequences[:, ids.shape[1]:]
         # log p of each chosen token, step by step: no [batch, steps, vocabulary] log-softmax copy
-        chosen = torch.stack([_chosen_logprob(step, new[:, j]) for j, step in enumerate(result.logits)], dim=1)
+        chosen = torch.stack([chosen_logprobs(step, new[:, j]) for j, step in enumerate(result.logits)], dim=1)
         for row in range(new.shape[0]):
             out[batch[row // k]].append(_cut(tok, new[row].tolist(), chosen[row].tolist(), settings.stop, eos))
         if progress:
@@ -100,12 +100,6 @@ def _generate(lm: LoadedModel, prompt_ids: Sequence[Sequence[int]], settings: Ge
 
 
 @functools.lru_cache(maxsize=4)  # a judge generates batch by batch: decode the vocabulary once per tokenizer
-def _chosen_logprob(logits: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
-    """log p(chosen) of each row of one generation step's logits."""
-    logits = logits.float()
-    return logits.gather(-1, chosen[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
-
-
 def stop_token_ids(tokenizer, stop: str) -> tuple[int, ...]:
     """Ids of the vocabulary tokens whose text contains ``stop`` (a stop string split across
     tokens is not among them; ``_cut`` still cuts the answer there)."""

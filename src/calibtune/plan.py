@@ -77,6 +77,7 @@ class StagePlan:
     items: str
     flops: float
     training: bool = False
+    cells: int = 0  # the cells it trains (adapter stages)
 
 
 def _local_config(name: str) -> dict | None:
@@ -190,7 +191,7 @@ def _cell_stages(config: StudyConfig, inputs: StudyInputs, infos: dict[str, Mode
                 step = training_flops(settings.batch_size * sequence_flops(info.shape, seq, depth))
                 reads = (len(inputs.eval) + train) * sequence_flops(info.shape, seq, depth)  # base pass, predictions
                 stages.append(StagePlan(f"{method}{size}", e, f"{cells} cells, {steps} steps each",
-                                        cells * (steps * step + reads), training=True))
+                                        cells * (steps * step + reads), training=True, cells=cells))
             elif method == "zero_shot":
                 if "lora_prompt" in config.methods and (settings.query, settings.options) == (
                         config.lora_prompt.query, config.lora_prompt.options):
@@ -343,9 +344,9 @@ def dry_run(config: StudyConfig, quick: bool = False, processes: int = 1) -> str
 
 def process_plan(config: StudyConfig, stages: list[StagePlan], processes: int, total: dict[str, float]) -> list[str]:
     """How ``processes`` share the study, as the study deals it out: questions sharded across all of them;
-    adapter cells trained by groups of ``cell_processes`` (``study.cell_processes``); the other cells one per
+    adapter cells trained by groups of ``cell_processes`` (``config.cell_processes``); the other cells one per
     process. GPU times assume one device per process and perfect sharding; processes on one CPU share its cores."""
-    cells = sum(int(s.items.split()[0]) for s in stages if s.training)
+    cells = sum(s.cells for s in stages)
     group = cell_processes(config.cell_processes, processes, cells)
     groups = processes // group
     lines = ["", f"with {processes} processes: every question stage sharded {processes} ways by global rank; "
