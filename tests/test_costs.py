@@ -121,3 +121,20 @@ def test_the_plan_takes_this_cpus_rates_from_the_last_benchmark_on_it(tmp_path, 
     data = json.loads(record.read_text())
     record.write_text(json.dumps({**data, "cpu": "another CPU, 64 cores"}))
     assert machine_rate("auto").utilisation == UTILISATION
+
+
+def test_the_plan_counts_the_weights_fsdp_leaves_on_a_device_while_training():
+    """With FSDP over 4 processes a device holds a quarter of the decoder layers' weights and one layer gathered
+    while it runs; the embeddings and LM head whole; a quarter of the adapters' training state."""
+    from calibtune.config import StudyConfig
+    from calibtune.plan import memory_per_device, model_info
+
+    config = StudyConfig.model_validate({"models": ["mistralai/Mistral-7B-v0.1"], "train": [{"dataset": "arc_easy"}],
+                                         "eval": [{"dataset": "sciq"}]})
+    info = model_info("mistralai/Mistral-7B-v0.1")
+    whole, four = memory_per_device(info, config, 2), memory_per_device(info, config, 2, shards=4)
+    assert whole["training_weights"] == whole["weights"]
+    blocks = info.shape.block_weights * 2 / 2**30
+    assert four["training_weights"] == pytest.approx(whole["weights"] - blocks * 3 / 4 + blocks / 32)
+    assert four["adapter_state"] == pytest.approx(whole["adapter_state"] / 4)
+    assert 4.0 < four["training_weights"] < 4.2  # of 13.5 GiB whole

@@ -9,7 +9,9 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import psutil
 import pytest
@@ -88,17 +90,20 @@ def test_cell_processes_leave_no_process_idle():
     assert cell_processes(3, 2, 8) == 2  # never more than there are processes
 
 
-def test_two_processes_train_each_adapter_cell_together_as_one_would(tmp_path, tiny_models):
+@pytest.mark.parametrize("sharding", ["replicate", "fsdp"])
+def test_two_processes_train_each_adapter_cell_together_as_one_would(tmp_path, tiny_models, sharding):
     """Data-parallel adapter training (each process takes half of every batch, the gradients summed before each
     step) gives the single process's estimator: P(correct) within 1e-5 (fp32; only the order of the sums
-    differs). Dropout is off: with it, each process draws its own masks."""
+    differs). Dropout is off: with it, each process draws its own masks. With FSDP each process also holds
+    half of every decoder layer's weights, gathered while the layer runs: the same numbers."""
     config = _config(tmp_path, tiny_models, models=("llama",), methods=(
-        "methods: [lora_prompt, lora]\ncell_processes: 2\n"
+        f"methods: [lora_prompt, lora]\ncell_processes: 2\nadapter_sharding: {sharding}\n"
         "lora_prompt: {max_steps: 4, eval_every: 2, batch_size: 4, dropout: 0.0, learning_rate: 0.001}\n"
         "lora: {max_steps: 4, eval_every: 2, batch_size: 4, dropout: 0.0, head_dropout: 0.0, learning_rate: 0.001}\n"))
     _run(config, tmp_path / "one", tmp_path / "cache-one", 1)
     output = _run(config, tmp_path / "two", tmp_path / "cache-two", 2)
-    assert "2 adapter cells to train, 1 at a time, each by 2 processes together" in output
+    how = ", the weights sharded (FSDP)" if sharding == "fsdp" else ""
+    assert f"2 adapter cells to train, 1 at a time, each by 2 processes together{how}\n" in output
     one = pd.read_parquet(tmp_path / "one" / "scores.parquet")
     two = pd.read_parquet(tmp_path / "two" / "scores.parquet")
     pd.testing.assert_frame_equal(one, two, check_exact=False, atol=1e-5, rtol=0)
@@ -111,3 +116,35 @@ def test_two_processes_train_each_adapter_cell_together_as_one_would(tmp_path, t
         assert logs[0]["train_loss"] == pytest.approx(logs[1]["train_loss"], abs=1e-5)
         assert len(set(logs[0]["train_loss"])) == 4
         assert [v for _, v in logs[0]["val_loss"]] == pytest.approx([v for _, v in logs[1]["val_loss"]], abs=1e-5)
+
+
+def test_fsdp_training_shards_the_weights_and_resumes_from_its_checkpoint(tmp_path, tiny_models):
+    """Two processes train LoRA + Prompt with FSDP: each holds half of the adapters (and of every decoder layer);
+    killed after the checkpoint at step 4, they resume to exactly the uninterrupted run's P(correct) and losses,
+    and both agree with one process to 1e-5 (fp32)."""
+    from calibtune.estimators.lora_prompt import LoraPromptEstimator, encode_queries
+    from calibtune.methods.lora_prompt import LoraPromptConfig
+    from calibtune.models import load_model
+
+    worker = Path(__file__).parent / "workers" / "fsdp_resume.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                          str(worker), str(tiny_models["llama"]), str(tmp_path)], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["expected_log"]["held"] == pytest.approx(0.5, abs=0.02)  # half the LoRA weights on each
+    assert result["resumed"] == result["expected"]
+    assert result["resumed_log"]["train_loss"] == result["expected_log"]["train_loss"]
+    assert result["resumed_log"]["val_loss"] == result["expected_log"]["val_loss"]
+
+    n = 48
+    prompts = [f"Question: What is the capital of France number {i}?\nAnswer:" for i in range(n)]
+    labels = np.array([i % 2 for i in range(n)])
+    answers = [" Paris" if y else " the lazy dog" for y in labels]
+    cfg = LoraPromptConfig(learning_rate=1e-2, batch_size=4, max_steps=8, eval_every=2, patience=10, dropout=0.0)
+    lm = load_model(str(tiny_models["llama"]), dtype="float32")
+    one = LoraPromptEstimator(lm, cfg).fit(encode_queries(lm.tokenizer, prompts, answers, cfg.query), labels)
+    np.testing.assert_allclose(one.predict_proba(encode_queries(lm.tokenizer, prompts, answers, cfg.query)),
+                               result["expected"], atol=1e-5, rtol=0)
+    assert one.log.train_loss == pytest.approx(result["expected_log"]["train_loss"], abs=1e-5)

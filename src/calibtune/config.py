@@ -134,6 +134,10 @@ class _StudySettings(_Strict):
         "auto", description="in a run of several processes, how many train one adapter cell together "
         "(data-parallel); auto: one each while there are at least as many cells to train as processes, "
         "else as many as leave none idle")
+    adapter_sharding: Literal["replicate", "fsdp"] = Field(
+        "replicate", description="how processes that train one adapter cell together hold the model: replicate "
+        "(a whole copy each, gradients all-reduced, as DDP) or fsdp (each decoder layer's weights sharded over "
+        "them, PyTorch FSDP, for a model whose training does not fit one device)")
     open_ended: OpenEndedSettings = OpenEndedSettings()
     report: ReportSettings = ReportSettings()
     quick: QuickSettings = QuickSettings()

@@ -15,6 +15,10 @@ and the gradients are summed over the group before each step (an all-reduce, as
 DistributedDataParallel does), so every member takes the same step the single process
 would. When a study has fewer training cells still to compute than processes, the
 processes form groups (``cell_processes``); otherwise every process trains its own cells.
+With ``adapter_sharding: fsdp`` a group also shards the model's weights: PyTorch's FSDP
+(``fully_shard``) splits every decoder layer's weights over the members, gathers a layer
+while it runs, and reduce-scatters the adapters' gradients, so a member holds 1/N of the
+layers; the embeddings, final norm and LM head stay whole on each member.
 
 Processes, their indices, the barrier and the collectives come from accelerate and
 torch.distributed (gloo on the CPU, NCCL between GPUs); nothing here is home-made.
@@ -79,10 +83,11 @@ class Ranks:
         if self.count > 1:
             self._state.wait_for_everyone()
 
-    def groups(self, size: int) -> tuple[int, DataParallel]:
+    def groups(self, size: int, sharded: bool = False) -> tuple[int, DataParallel]:
         """Split the processes into groups of ``size`` consecutive ranks (ranks left over join none): the
-        number of groups, and this process's group (``index`` -1 when it is in none). Every process must call
-        this, with the same ``size``: making a group is itself a collective."""
+        number of groups, and this process's group (``index`` -1 when it is in none); with ``sharded``, a group
+        of several shards the model's weights (FSDP). Every process must call this, with the same ``size``:
+        making a group is itself a collective."""
         size = max(1, min(size, self.count))
         n_groups = self.count // size
         if size == 1:
@@ -94,7 +99,7 @@ class Ranks:
             members = list(range(g * size, (g + 1) * size))
             handle = dist.new_group(members)
             if self.index in members:
-                mine = DataParallel(members.index(self.index), size, handle, g)
+                mine = DataParallel(members.index(self.index), size, handle, g, sharded)
         return n_groups, mine
 
     def tag(self) -> str:
@@ -106,15 +111,21 @@ class Ranks:
 class DataParallel:
     """This process's place in a group of processes that trains one estimator together (one process by default).
 
-    ``shard`` gives a member its share of a batch (positions ``index``, ``index + size``, ...);
-    ``reduce`` sums gradients and loss values over the group; ``gather`` puts per-item results
-    computed in shards back in order. ``group_index`` numbers the study's groups (-1: in none).
+    ``shard`` gives a member its share of a training batch (positions ``index``, ``index + size``, ...);
+    ``reduce`` sums gradients and loss values over the group. Passes without gradients (validation,
+    scoring) take ``share`` of their items, add up with ``total`` and put per-item results back in
+    order with ``gather``. ``group_index`` numbers the study's groups (-1: in none).
+
+    With ``sharded`` weights (FSDP, ``shard_decoder``) every member must run the same passes, since
+    each layer's forward gathers its weights from all members: ``share`` is then every item, and
+    ``total`` and ``gather`` have nothing to combine.
     """
 
     index: int = 0
     size: int = 1
     group: Any = None  # the torch.distributed process group, None for one process
     group_index: int = 0
+    sharded: bool = False  # the model's decoder layers are sharded over the group (FSDP)
 
     @property
     def leader(self) -> bool:
@@ -125,14 +136,26 @@ class DataParallel:
         """This member's share of ``items``."""
         return np.asarray(items)[self.index::self.size]
 
+    def share(self, items: np.ndarray) -> np.ndarray:
+        """This member's share of a pass without gradients: ``shard``, or every item when the weights are
+        sharded (every member runs every pass)."""
+        return np.asarray(items) if self.sharded else self.shard(items)
+
     def reduce(self, params: Sequence, values: Sequence[float] = ()) -> list[float]:
         """Sum the gradients of ``params`` (a missing gradient counts as zero) and ``values`` over the group, in
-        one all-reduce; returns the summed values. A no-op for one process."""
+        one all-reduce; returns the summed values. Gradients of sharded parameters (FSDP's, DTensors) are
+        summed by FSDP itself and left alone. A no-op for one process."""
         if self.size == 1:
             return list(values)
         import torch
         import torch.distributed as dist
+        from torch.distributed.tensor import DTensor
 
+        params = [p for p in params if not isinstance(p, DTensor)]
+        if not params:
+            flat = torch.tensor(list(values), dtype=torch.float32)
+            dist.all_reduce(flat, group=self.group)
+            return flat.tolist()
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         flat = torch.cat([g.reshape(-1).float() for g in grads]
                          + [torch.tensor(list(values), dtype=torch.float32, device=grads[0].device)])
@@ -145,8 +168,8 @@ class DataParallel:
         return flat[at:].tolist()
 
     def total(self, *values: float) -> list[float]:
-        """``values`` summed over the group."""
-        if self.size == 1:
+        """``values`` computed on each member's ``share`` summed over the group."""
+        if self.size == 1 or self.sharded:
             return list(values)
         import torch
         import torch.distributed as dist
@@ -156,8 +179,9 @@ class DataParallel:
         return flat.tolist()
 
     def gather(self, positions: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
-        """Every member's ``values`` (at ``positions`` of ``n`` items) put together, on every member."""
-        if self.size == 1:
+        """Every member's ``values`` (at ``positions`` of ``n`` items, its ``share``) put together, on every
+        member."""
+        if self.size == 1 or self.sharded:
             out = np.zeros(n, dtype=np.asarray(values).dtype)
             out[positions] = values
             return out
@@ -169,6 +193,68 @@ class DataParallel:
         for where, got in parts:
             out[where] = got
         return out
+
+
+    def shard_decoder(self, model) -> None:
+        """Shard the decoder's weights over the group with FSDP (``fully_shard``): each layer a unit, the decoder
+        (embeddings, final norm) the root; gradients summed, not averaged. Put adapters on first: FSDP manages
+        the parameters present when it wraps. The LM head stays outside, whole on every member (where the
+        embeddings are tied to it, it keeps its own copy; both are frozen). The model is marked ``sharded``:
+        it is spent for passes outside this group."""
+        from torch.distributed.device_mesh import DeviceMesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = DeviceMesh.from_group(self.group, next(model.parameters()).device.type)
+        decoder = model.get_decoder()
+        units = [*decoder.layers, decoder]
+        for unit in units:
+            fully_shard(unit, mesh=mesh)
+        for unit in units:
+            unit.set_force_sum_reduction_for_comms(True)  # gloo has no pre-multiplied sum
+            unit.set_gradient_divide_factor(1.0)  # each member's loss is its share of the whole batch's
+        model.calibtune_sharded = True
+
+
+def full_tensor(value):
+    """A whole tensor from a sharded one (a DTensor: a collective every member calls); others as they are."""
+    from torch.distributed.tensor import DTensor
+
+    return value.full_tensor() if isinstance(value, DTensor) else value
+
+
+def like(value, param):
+    """A whole ``value`` as ``param`` holds it: this member's shard when ``param`` is sharded (no communication:
+    every member has the whole value)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if not isinstance(param, DTensor):
+        return value
+    return distribute_tensor(value.to(param.dtype), param.device_mesh, param.placements, src_data_rank=None)
+
+
+def clip_grad_norm(params: Sequence, max_norm: float) -> None:
+    """``torch.nn.utils.clip_grad_norm_`` over parameters some of which FSDP shards (DTensors) and some not (a
+    head beside the adapters): the total norm of both kinds, each kind scaled by it."""
+    import torch
+    from torch.distributed.tensor import DTensor
+
+    sharded = [p for p in params if isinstance(p, DTensor) and p.grad is not None]
+    if not sharded:
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return
+    plain = [p for p in params if not isinstance(p, DTensor) and p.grad is not None]
+    norms = [full_tensor(torch.nn.utils.get_total_norm([p.grad for p in sharded]))]
+    if plain:
+        norms.append(torch.nn.utils.get_total_norm([p.grad for p in plain]))
+    total = torch.linalg.vector_norm(torch.stack([n.float().cpu() for n in norms]))
+    for kind in (sharded, plain):
+        if kind:
+            torch.nn.utils.clip_grads_with_norm_(kind, max_norm, total.to(kind[0].grad.device))
+
+
+def is_spent(model) -> bool:
+    """Whether ``model``'s weights were sharded over a group (``DataParallel.shard_decoder``): usable by it only."""
+    return bool(getattr(model, "calibtune_sharded", False))
 
 
 ONE_PROCESS = DataParallel()

@@ -204,21 +204,27 @@ def _cell_stages(config: StudyConfig, inputs: StudyInputs, infos: dict[str, Mode
     return stages
 
 
-def memory_per_device(info: ModelInfo, config: StudyConfig, bytes_per_value: int) -> dict[str, float]:
-    """GiB a device holds: the weights, one inference pass's activations, and the adapters' training state."""
+def memory_per_device(info: ModelInfo, config: StudyConfig, bytes_per_value: int,
+                      shards: int = 1) -> dict[str, float]:
+    """GiB a device holds: the weights, one inference pass's activations, and the adapters' training state (all
+    of it 1/``shards`` when FSDP shards the training over that many processes), and the weights while training:
+    the decoder layers' 1/``shards`` and one layer gathered, the rest whole."""
     shape = info.shape
     weights = info.parameters * bytes_per_value
+    layer = shape.block_weights / shape.layers
+    training_weights = (info.parameters - shape.block_weights + shape.block_weights / shards
+                        + (layer if shards > 1 else 0)) * bytes_per_value
     logits = HEAD_CHUNK * shape.vocab * 4  # one chunk of the head's fp32 logits
     inference = config.token_budget * shape.hidden * bytes_per_value * (shape.layers + 8) + logits
     settings = method_settings(config, "lora_prompt")
     per_layer = 2 * settings.r * (shape.hidden + shape.heads * shape.head_dim)  # q_proj and v_proj adapters
     adapters = shape.layers * per_layer
-    adapter_state = adapters * (4 + 4 + 8)  # fp32 weights, gradients, AdamW moments
+    adapter_state = adapters * (4 + 4 + 8) / shards  # fp32 weights, gradients, AdamW moments
     tokens = settings.batch_size * 128
     activations = tokens * shape.layers * (16 * shape.hidden + 2 * shape.intermediate) * bytes_per_value
     gib = 2**30
     return {"weights": weights / gib, "inference": inference / gib, "adapter_state": adapter_state / gib,
-            "training_activations": activations / gib}
+            "training_activations": activations / gib, "training_weights": training_weights / gib}
 
 
 @dataclass(frozen=True)
@@ -334,11 +340,16 @@ def dry_run(config: StudyConfig, quick: bool = False, processes: int = 1) -> str
     if processes > 1:
         lines += process_plan(config, stages, processes, total)
     bytes_per_value = 4 if DTYPE_NAMES.get(config.dtype) == "float32" else 2  # auto: bf16 on the GPUs planned for
+    cells = sum(s.cells for s in stages)
+    group = cell_processes(config.cell_processes, processes, cells) if processes > 1 else 1
+    shards = group if config.adapter_sharding == "fsdp" else 1
     for name, info in infos.items():
-        mem = memory_per_device(info, config, bytes_per_value)
+        mem = memory_per_device(info, config, bytes_per_value, shards)
+        sharded = (f"; while training, with FSDP over {shards} processes, weights {mem['training_weights']:.1f} "
+                   "GiB (the decoder layers sharded, the embeddings and LM head whole)" if shards > 1 else "")
         lines.append(f"memory per device, {name}: weights {mem['weights']:.1f} GiB, a pass's activations "
                      f"{mem['inference']:.1f} GiB, adapter training state {mem['adapter_state']:.2f} GiB and "
-                     f"activations {mem['training_activations']:.1f} GiB ({bytes_per_value}-byte values)")
+                     f"activations {mem['training_activations']:.1f} GiB ({bytes_per_value}-byte values){sharded}")
     return "\n".join(lines)
 
 

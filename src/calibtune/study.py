@@ -20,7 +20,7 @@ import pandas as pd
 
 from calibtune.bundled import cache_dir
 from calibtune.config import StudyConfig, cell_processes, dump_config, method_settings
-from calibtune.distributed import ONE_PROCESS, DataParallel, Ranks
+from calibtune.distributed import ONE_PROCESS, DataParallel, Ranks, is_spent
 from calibtune.methods import METHODS, CellContext, Method
 from calibtune.models import LoadedModel, load_model, model_slugs
 from calibtune.questions import StudyInputs, study_questions, training_subsets
@@ -100,10 +100,12 @@ class Study:
             ranks.wait()  # every process sees the same cells still to compute
             training = [item for item in plan if item[1].data_parallel and pending(item[1].name, item[2], item[3],
                                                                                    item[0])]
-            n_groups, parallel = ranks.groups(cell_processes(cfg.cell_processes, ranks.count, len(training)))
+            n_groups, parallel = ranks.groups(cell_processes(cfg.cell_processes, ranks.count, len(training)),
+                                              sharded=cfg.adapter_sharding == "fsdp")
             if parallel.size > 1:
+                how = ", the weights sharded (FSDP)" if parallel.sharded else ""
                 self.log(f"{ranks.tag()}{len(training)} adapter cells to train, {n_groups} at a time, each by "
-                         f"{parallel.size} processes together")
+                         f"{parallel.size} processes together{how}")
             for position, (part, method, e, t) in enumerate(training):  # a group trains each of its cells together
                 if position % n_groups == parallel.group_index:
                     cell(part, method, e, t, parallel)
@@ -150,7 +152,8 @@ def plan_cells(config: StudyConfig) -> Iterator[tuple[Method, str, str]]:
 
 
 class ModelPool:
-    """Loads models on first use and keeps the last one (one resident model: 7B models are large)."""
+    """Loads models on first use and keeps the last one (one resident model: 7B models are large); a model whose
+    weights a cell sharded over its group (FSDP) is loaded again."""
 
     def __init__(self, dtype: str, device: str, timings: dict[str, float]):
         self.dtype, self.device, self.timings = dtype, device, timings
@@ -159,7 +162,7 @@ class ModelPool:
 
     def get(self, name: str) -> LoadedModel:
         """The model ``name``, loaded now unless it is the one held."""
-        if self._name != name:
+        if self._name != name or (self._model is not None and is_spent(self._model.model)):
             self._model = None  # let the previous model go before the next one loads
             start = time.perf_counter()
             self._model = load_model(name, dtype=self.dtype, device=self.device)

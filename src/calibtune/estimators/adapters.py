@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from calibtune.distributed import ONE_PROCESS, DataParallel
+from calibtune.distributed import ONE_PROCESS, DataParallel, clip_grad_norm, full_tensor, is_spent, like
 from calibtune.errors import CalibtuneError
 from calibtune.methods.adapters import AdapterConfig
 from calibtune.models import LoadedModel
@@ -76,8 +76,10 @@ def target_modules(lm: LoadedModel, settings: AdapterConfig) -> list[str]:
     return list(settings.target_modules)
 
 
-def attach_lora(lm: LoadedModel, settings: AdapterConfig, seed: int, layers: Sequence[int] | None = None):
-    """Wrap the model with fresh LoRA adapters (peft), on ``layers`` only if given; returns the PeftModel."""
+def attach_lora(lm: LoadedModel, settings: AdapterConfig, seed: int, layers: Sequence[int] | None = None,
+                parallel: DataParallel = ONE_PROCESS):
+    """Wrap the model with fresh LoRA adapters (peft), on ``layers`` only if given; returns the PeftModel. A group
+    that shards the weights (``parallel.sharded``) shards them now, adapters included."""
     from peft import LoraConfig, get_peft_model
 
     if layers is None and settings.layers == "top_half":
@@ -99,17 +101,23 @@ def attach_lora(lm: LoadedModel, settings: AdapterConfig, seed: int, layers: Seq
         if "lora_" in name:
             param.data = param.data.float()
             param.requires_grad_(True)
+    if parallel.sharded:
+        if settings.batch_size < parallel.size:  # a member with no share of a batch would skip FSDP's collectives
+            raise CalibtuneError(f"adapter_sharding: fsdp needs batch_size ({settings.batch_size}) at least the "
+                                 f"number of processes that train a cell together ({parallel.size})")
+        parallel.shard_decoder(lm.model)
     return peft_model
 
 
 def detach_lora(peft_model) -> None:
-    """Remove the adapters, leaving the base model as it was."""
-    peft_model.unload()
+    """Remove the adapters, leaving the base model as it was (a model sharded by FSDP is spent: left as it is)."""
+    if not is_spent(peft_model.get_base_model()):
+        peft_model.unload()
 
 
 def lora_state(peft_model) -> dict[str, torch.Tensor]:
-    """A copy of the trainable adapter weights."""
-    return {k: v.detach().clone() for k, v in peft_model.named_parameters() if v.requires_grad}
+    """A copy of the trainable adapter weights, whole (gathered when FSDP shards them: every member calls this)."""
+    return {k: full_tensor(v.detach()).clone() for k, v in peft_model.named_parameters() if v.requires_grad}
 
 
 def load_lora_state(peft_model, state: dict[str, torch.Tensor]) -> None:
@@ -117,7 +125,7 @@ def load_lora_state(peft_model, state: dict[str, torch.Tensor]) -> None:
     params = dict(peft_model.named_parameters())
     with torch.no_grad():
         for k, v in state.items():
-            params[k].copy_(v)
+            params[k].copy_(like(v, params[k]))
 
 
 def _flatten(prefix: str, obj, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -156,8 +164,11 @@ class _Progress:
     has_best: bool
 
 
-def save_checkpoint(folder: Path, current: dict, best: dict | None, opt, sched, rng, progress: _Progress) -> None:
-    """Write a training checkpoint atomically: safetensors for tensors, JSON for the rest (no pickle)."""
+def save_checkpoint(folder: Path, current: dict, best: dict | None, opt, sched, rng, progress: _Progress,
+                    write: bool = True) -> None:
+    """Write a training checkpoint atomically: safetensors for tensors, JSON for the rest (no pickle). Optimizer
+    state sharded by FSDP is gathered whole first, so every member of such a group calls this, and the one
+    with ``write`` writes."""
     import json
     import os
     import shutil
@@ -171,7 +182,9 @@ def save_checkpoint(folder: Path, current: dict, best: dict | None, opt, sched, 
         _flatten("best/", best, tensors)
     for index, state in opt_state["state"].items():
         for key, value in state.items():
-            tensors[f"opt/{index}/{key}"] = value.detach().contiguous().clone()
+            tensors[f"opt/{index}/{key}"] = full_tensor(value.detach()).contiguous().clone()
+    if not write:
+        return
     tensors["rng/torch"] = torch.get_rng_state()
     if torch.cuda.is_available():  # dropout on a GPU draws from the CUDA generators
         for index, state in enumerate(torch.cuda.get_rng_state_all()):
@@ -204,6 +217,11 @@ def load_checkpoint(folder: Path, opt, sched, rng) -> tuple[dict, dict | None, _
             _, index, key = name.split("/")
             opt_state["state"].setdefault(int(index), {})[key] = value
     opt.load_state_dict(opt_state)
+    params = [p for group in opt.param_groups for p in group["params"]]
+    for param in params:  # FSDP's parameters keep their optimizer state sharded as they are
+        for key, value in opt.state.get(param, {}).items():
+            if torch.is_tensor(value) and value.shape == param.shape and value.dim() > 0:
+                opt.state[param][key] = like(value, param)
     sched.last_epoch = meta["scheduler"]["last_epoch"]
     sched._last_lr = [group["lr"] for group in opt.param_groups]
     rng.bit_generator.state = meta["numpy_rng"]
@@ -302,7 +320,7 @@ def train_loop(
             if loss.requires_grad:  # a member with no share of the batch has nothing to differentiate
                 loss.backward()
             (value,) = parallel.reduce(params, [float(loss.detach())])
-            torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+            clip_grad_norm(params, settings.max_grad_norm)
             opt.step()
             sched.step()
             log.step_seconds += time.perf_counter() - step_start
@@ -320,9 +338,10 @@ def train_loop(
                     since += 1
                     if since >= settings.patience:
                         break
-                if checkpoint is not None and step < total and parallel.leader:
+                if checkpoint is not None and step < total and (parallel.leader or parallel.sharded):
                     save_checkpoint(checkpoint, get_state(), best_state, opt, sched, rng,
-                                    _Progress(step, since, order.tolist(), running, log, best_state is not None))
+                                    _Progress(step, since, order.tolist(), running, log, best_state is not None),
+                                    write=parallel.leader)
     if best_state is not None:
         set_state(best_state)
     log.seconds += time.perf_counter() - start
@@ -346,8 +365,9 @@ def epoch_order(rng: np.random.Generator, n: int, batch_size: int, lengths: Sequ
 
 
 def save_adapters(peft_model, folder: Path) -> None:
-    """peft's own format: ``adapter_model.safetensors`` and ``adapter_config.json``."""
-    peft_model.save_pretrained(str(folder), safe_serialization=True)
+    """peft's own format: ``adapter_model.safetensors`` and ``adapter_config.json`` (adapters sharded by FSDP are
+    gathered whole: every member calls this)."""
+    peft_model.save_pretrained(str(folder), safe_serialization=True, state_dict=lora_state(peft_model))
 
 
 def load_adapters(lm: LoadedModel, folder: Path):

@@ -109,7 +109,7 @@ class LoraHeadEstimator:
         train_seqs, y_train = [seqs[i] for i in idx_train], torch.from_numpy(y[idx_train])
         val_seqs, y_val = [seqs[i] for i in idx_val], torch.from_numpy(y[idx_val])
         # Adapters above the head's layer cannot change its input: place them below only.
-        self._peft = attach_lora(self.lm, cfg, self.seed, layers=list(range(self.layer)))
+        self._peft = attach_lora(self.lm, cfg, self.seed, layers=list(range(self.layer)), parallel=parallel)
         torch.manual_seed(self.seed)
         hidden = self.lm.model.get_output_embeddings().weight.shape[1]
         self.head = _head(hidden, cfg).to(self.lm.device)
@@ -151,7 +151,7 @@ class LoraHeadEstimator:
         def val_loss() -> float:
             self.lm.model.eval()
             self.head.eval()
-            mine = parallel.shard(np.arange(len(val_seqs)))
+            mine = parallel.share(np.arange(len(val_seqs)))
             p = np.clip(self._predict([val_seqs[i] for i in mine]), 1e-7, 1 - 1e-7)
             self.lm.model.train()
             self.head.train()

@@ -172,7 +172,7 @@ class LoraPromptEstimator:
         below = None if self.readout is None else list(range(self.readout))  # the layers the read-out sees
         if below is not None and cfg.layers == "top_half":
             below = below[len(below) // 2:]
-        self._peft = attach_lora(self.lm, cfg, self.seed, layers=below)
+        self._peft = attach_lora(self.lm, cfg, self.seed, layers=below, parallel=parallel)
         self.lm.model.train()
         params = [p for p in self._peft.parameters() if p.requires_grad]
         y_train = torch.from_numpy(y[idx_train])
@@ -203,7 +203,7 @@ class LoraPromptEstimator:
         def val_loss() -> float:
             self.lm.model.eval()
             total = 0.0
-            mine = parallel.shard(np.arange(len(val_seqs)))
+            mine = parallel.share(np.arange(len(val_seqs)))
             with torch.no_grad():
                 for batch in length_batches([len(val_seqs[i].ids) for i in mine], cfg.batch_size * 2, None):
                     batch = mine[batch]

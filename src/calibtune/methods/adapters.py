@@ -80,11 +80,11 @@ def fit_and_score(ctx: CellContext, estimator, seqs: Sequence, labels: np.ndarra
     parallel = ctx.parallel
     try:
         estimator.fit(seqs, labels, ctx.checkpoint, parallel=parallel, **fit_options)
-        if parallel.leader:
+        if parallel.leader or parallel.sharded:  # sharded adapters are gathered by all (a non-leader: to scratch)
             estimator.save(ctx.out)
         val = estimator.val_indices
         scored = list(eval_seqs) + [seqs[i] for i in val]
-        mine = parallel.shard(np.arange(len(scored)))  # a group scores its share each, then puts them together
+        mine = parallel.share(np.arange(len(scored)))  # a group scores its share each, then puts them together
         p_all = parallel.gather(mine, estimator.predict_proba([scored[i] for i in mine]), len(scored))
     finally:
         estimator.release()
