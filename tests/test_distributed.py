@@ -96,17 +96,23 @@ def test_two_processes_train_each_adapter_cell_together_as_one_would(tmp_path, t
     step) gives the single process's estimator: P(correct) within 1e-5 (fp32; only the order of the sums
     differs). Dropout is off: with it, each process draws its own masks. With FSDP each process also holds
     half of every decoder layer's weights, gathered while the layer runs: the same numbers."""
-    config = _config(tmp_path, tiny_models, models=("llama",), methods=(
-        f"methods: [lora_prompt, lora]\ncell_processes: 2\nadapter_sharding: {sharding}\n"
+    # FSDP also on Gemma (embeddings tied to the head, soft-capped logits) and the read-out variant (the decoder
+    # cut below its sharded layers)
+    model, readout = ("gemma", "lora_prompt_readout, ") if sharding == "fsdp" else ("llama", "")
+    config = _config(tmp_path, tiny_models, models=(model,), methods=(
+        f"methods: [lora_prompt, {readout}lora]\ncell_processes: 2\nadapter_sharding: {sharding}\n"
         "lora_prompt: {max_steps: 4, eval_every: 2, batch_size: 4, dropout: 0.0, learning_rate: 0.001}\n"
+        "lora_prompt_readout: {max_steps: 4, eval_every: 2, batch_size: 4, dropout: 0.0, learning_rate: 0.001}\n"
         "lora: {max_steps: 4, eval_every: 2, batch_size: 4, dropout: 0.0, head_dropout: 0.0, learning_rate: 0.001}\n"))
     _run(config, tmp_path / "one", tmp_path / "cache-one", 1)
     output = _run(config, tmp_path / "two", tmp_path / "cache-two", 2)
     how = ", the weights sharded (FSDP)" if sharding == "fsdp" else ""
-    assert f"2 adapter cells to train, 1 at a time, each by 2 processes together{how}\n" in output
+    cells = 3 if sharding == "fsdp" else 2
+    assert f"{cells} adapter cells to train, 1 at a time, each by 2 processes together{how}\n" in output
     one = pd.read_parquet(tmp_path / "one" / "scores.parquet")
     two = pd.read_parquet(tmp_path / "two" / "scores.parquet")
     pd.testing.assert_frame_equal(one, two, check_exact=False, atol=1e-5, rtol=0)
+    assert sorted(one.method.unique()) == sorted(["lora_prompt", "lora"] + (["lora_prompt_readout"] if readout else []))
     for method, saved in (("lora_prompt", "lora_prompt.json"), ("lora", "lora.json")):
         logs = [json.loads(next((tmp_path / run / "estimators" / method).iterdir()).joinpath(saved).read_text())
                 ["train_log"] for run in ("one", "two")]
