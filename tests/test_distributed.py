@@ -88,6 +88,8 @@ def test_cell_processes_leave_no_process_idle():
     assert cell_processes("auto", 2, 1) == 2
     assert cell_processes("auto", 4, 0) == 4
     assert cell_processes(3, 2, 8) == 2  # never more than there are processes
+    assert cell_processes("auto", 8, 3, sharded=True) == 8  # FSDP: every process shards every cell's model
+    assert cell_processes(2, 8, 3, sharded=True) == 2
 
 
 @pytest.mark.parametrize("sharding", ["replicate", "fsdp"])

@@ -133,7 +133,7 @@ class _StudySettings(_Strict):
     cell_processes: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         "auto", description="in a run of several processes, how many train one adapter cell together "
         "(data-parallel); auto: one each while there are at least as many cells to train as processes, "
-        "else as many as leave none idle")
+        "else as many as leave none idle; with adapter_sharding: fsdp, all of them")
     adapter_sharding: Literal["replicate", "fsdp"] = Field(
         "replicate", description="how processes that train one adapter cell together hold the model: replicate "
         "(a whole copy each, gradients all-reduced, as DDP) or fsdp (each decoder layer's weights sharded over "
@@ -259,9 +259,12 @@ def dump_config(config: StudyConfig) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
 
-def cell_processes(setting: int | str, processes: int, cells: int) -> int:
+def cell_processes(setting: int | str, processes: int, cells: int, sharded: bool = False) -> int:
     """How many processes train one adapter cell together: the setting, or for ``auto`` one while there are at
-    least as many cells to train as processes, else as many as leave none idle (8 processes, 3 cells: 2)."""
+    least as many cells to train as processes, else as many as leave none idle (8 processes, 3 cells: 2); with
+    ``sharded`` weights (FSDP, for a model whose training does not fit one device), ``auto`` is every process."""
     if setting != "auto":
         return max(1, min(int(setting), processes))
+    if sharded:
+        return processes
     return max(1, processes // max(1, cells))

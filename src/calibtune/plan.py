@@ -341,7 +341,8 @@ def dry_run(config: StudyConfig, quick: bool = False, processes: int = 1) -> str
         lines += process_plan(config, stages, processes, total)
     bytes_per_value = 4 if DTYPE_NAMES.get(config.dtype) == "float32" else 2  # auto: bf16 on the GPUs planned for
     cells = sum(s.cells for s in stages)
-    group = cell_processes(config.cell_processes, processes, cells) if processes > 1 else 1
+    group = (cell_processes(config.cell_processes, processes, cells, config.adapter_sharding == "fsdp")
+             if processes > 1 else 1)
     shards = group if config.adapter_sharding == "fsdp" else 1
     for name, info in infos.items():
         mem = memory_per_device(info, config, bytes_per_value, shards)
@@ -358,11 +359,14 @@ def process_plan(config: StudyConfig, stages: list[StagePlan], processes: int, t
     adapter cells trained by groups of ``cell_processes`` (``config.cell_processes``); the other cells one per
     process. GPU times assume one device per process and perfect sharding; processes on one CPU share its cores."""
     cells = sum(s.cells for s in stages)
-    group = cell_processes(config.cell_processes, processes, cells)
+    group = cell_processes(config.cell_processes, processes, cells, config.adapter_sharding == "fsdp")
     groups = processes // group
     lines = ["", f"with {processes} processes: every question stage sharded {processes} ways by global rank; "
              + (f"{cells} adapter cells trained {groups} at a time, each by a group of {group} processes together "
-                f"(cell_processes: {config.cell_processes}), each member computing 1/{group} of every batch; "
+                f"(cell_processes: {config.cell_processes}), each member computing 1/{group} of every batch"
+                + (" and holding 1/{group} of the decoder layers (adapter_sharding: fsdp; every member runs every "
+                   "validation and scoring pass, and the layers' all-gathers are not counted)".format(group=group)
+                   if config.adapter_sharding == "fsdp" else "") + "; "
                 if group > 1 else f"{cells} adapter cells dealt one per process (cell_processes: "
                                   f"{config.cell_processes}); ")
              + "the other cells one per process"]

@@ -100,8 +100,9 @@ class Study:
             ranks.wait()  # every process sees the same cells still to compute
             training = [item for item in plan if item[1].data_parallel and pending(item[1].name, item[2], item[3],
                                                                                    item[0])]
-            n_groups, parallel = ranks.groups(cell_processes(cfg.cell_processes, ranks.count, len(training)),
-                                              sharded=cfg.adapter_sharding == "fsdp")
+            sharded = cfg.adapter_sharding == "fsdp"
+            n_groups, parallel = ranks.groups(cell_processes(cfg.cell_processes, ranks.count, len(training),
+                                                             sharded), sharded=sharded)
             if parallel.size > 1:
                 how = ", the weights sharded (FSDP)" if parallel.sharded else ""
                 self.log(f"{ranks.tag()}{len(training)} adapter cells to train, {n_groups} at a time, each by "
