@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -18,7 +20,7 @@ from calibtune.estimators.divergence import divergence
 from calibtune.estimators.lora_head import LoraHeadEstimator
 from calibtune.estimators.lora_prompt import LoraPromptEstimator, encode_queries, query_p_correct
 from calibtune.estimators.query import option_token_ids
-from calibtune.forward import encode_texts, lm_head_logits
+from calibtune.forward import encode_texts, lm_head_logits, pad_ids
 from calibtune.methods.lora import LoraHeadConfig
 from calibtune.methods.lora_prompt import LoraPromptConfig
 from calibtune.models import load_model
@@ -348,3 +350,41 @@ def test_an_epoch_is_a_permutation_grouped_by_length():
     random_spread = np.mean([np.ptp([lengths[i] for i in plain[k:k + 4]]) for k in range(0, 300, 4)])
     assert spread < random_spread / 4  # batches of like lengths: little padding
     assert np.array_equal(epoch_order(np.random.default_rng(1), 300, 4, None), plain)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma"])
+def test_a_differentiated_pass_runs_eager_attention_on_the_cpu_with_sdpas_numbers(tiny_models, arch):
+    """Training steps swap the CPU's slow flash-attention backward for eager attention: the loss and the
+    adapters' gradients agree with SDPA's to 1e-5 (fp32, padded batch), and SDPA is back afterwards."""
+    from calibtune.forward import differentiable_attention
+
+    lm = load_model(str(tiny_models[arch]), dtype="float32")
+    prompts, answers, _ = _toy(6)
+    seqs = encode_queries(lm.tokenizer, prompts, [a * (i + 1) for i, a in enumerate(answers)], DEFAULT_QUERY)
+    peft_model = attach_lora(lm, LoraPromptConfig(dropout=0.0), seed=0)
+    for name, param in peft_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.1)  # non-zero adapters, so their A matrices get gradients too
+    ids, mask = pad_ids([s.ids for s in seqs], lm.tokenizer.pad_token_id, lm.device)
+    assert mask.eq(0).any()  # padding, so the attention mask matters
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    direction = torch.randn(lm.model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+
+    def loss_and_grads(eager: bool):
+        peft_model.zero_grad(set_to_none=True)
+        assert lm.model.config._attn_implementation == "sdpa"
+        with differentiable_attention(lm) if eager else contextlib.nullcontext():
+            if eager:
+                assert lm.model.config._attn_implementation == "eager"
+            hidden = lm.model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+        loss = (hidden.float() * mask[..., None] * direction).sum(-1).pow(2).mean()  # not normalised away
+        loss.backward()
+        return float(loss.detach()), [p.grad.clone() for p in params]
+
+    (sdpa_loss, sdpa_grads), (eager_loss, eager_grads) = loss_and_grads(False), loss_and_grads(True)
+    assert lm.model.config._attn_implementation == "sdpa"
+    assert eager_loss == pytest.approx(sdpa_loss, rel=1e-5)
+    for a, b in zip(sdpa_grads, eager_grads):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+    assert max(float(g.abs().max()) for g in sdpa_grads) > 1e-4
+    peft_model.unload()

@@ -325,3 +325,24 @@ def decoder_up_to(lm: LoadedModel, n_layers: int | None, final_norm: bool = Fals
         yield decoder
     finally:
         decoder.layers, decoder.norm = layers, norm
+
+
+@contextmanager
+def differentiable_attention(lm: LoadedModel) -> Iterator[None]:
+    """Eager attention on the CPU for passes that will be differentiated; SDPA everywhere else.
+
+    torch's CPU flash-attention backward is slow: in a SmolLM2 LoRA + Prompt step at batch 8 it took 6.9 ms
+    per layer against 0.8 ms for its forward, 22% of the step; eager attention's backward is a few products,
+    and the step went from 0.92 to 0.72 s (Gemma-3: 0.82 to 0.80 s). On a GPU SDPA's kernels are fast and
+    eager attention would keep every layer's score matrix for the backward, so GPUs keep SDPA. The graph
+    records the attention used in the forward, so ``backward()`` may run after the context has closed.
+    """
+    current = getattr(lm.model.config, "_attn_implementation", None)
+    if lm.device.type != "cpu" or current != "sdpa":
+        yield
+        return
+    lm.model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        lm.model.set_attn_implementation(current)

@@ -33,7 +33,7 @@ from calibtune.estimators.adapters import (
 )
 from calibtune.estimators.base import check_estimator_model
 from calibtune.estimators.splits import balanced_weights, validation_split
-from calibtune.forward import Encoded, check_lengths, decoder_up_to, length_batches, pad_ids
+from calibtune.forward import Encoded, check_lengths, decoder_up_to, differentiable_attention, length_batches, pad_ids
 from calibtune.methods.lora import LoraHeadConfig
 from calibtune.models import LoadedModel
 from calibtune.progress import progress_bar
@@ -142,7 +142,8 @@ class LoraHeadEstimator:
             batch = parallel.shard(whole)  # this process's share, normalised as over the whole batch
             if len(batch) == 0:
                 return torch.zeros(())
-            logits = self.head(self._features([train_seqs[i] for i in batch])).squeeze(-1)
+            with differentiable_attention(self.lm):
+                logits = self.head(self._features([train_seqs[i] for i in batch])).squeeze(-1)
             w = w_train[batch].to(logits.device)
             losses = torch.nn.functional.binary_cross_entropy_with_logits(logits, y_train[batch].to(logits.device),
                                                                           reduction="none")

@@ -37,7 +37,15 @@ from calibtune.estimators.base import check_estimator_model
 from calibtune.estimators.divergence import DIVERGENCES, divergence
 from calibtune.estimators.query import option_token_ids, p_yes, two_way_logits
 from calibtune.estimators.splits import balanced_weights, validation_split
-from calibtune.forward import check_lengths, decoder_up_to, finish_logits, length_batches, lm_head_logits, pad_ids
+from calibtune.forward import (
+    check_lengths,
+    decoder_up_to,
+    differentiable_attention,
+    finish_logits,
+    length_batches,
+    lm_head_logits,
+    pad_ids,
+)
 from calibtune.methods.lora_prompt import LoraPromptConfig
 from calibtune.models import LoadedModel
 from calibtune.progress import progress_bar
@@ -184,7 +192,8 @@ class LoraPromptEstimator:
                 return torch.zeros(())
             items = [train_seqs[i] for i in batch]
             ids, mask, last = _pad(items, self.lm.tokenizer.pad_token_id, self.lm.device)
-            hidden = final_hidden(self.lm, ids, mask, self.readout)
+            with differentiable_attention(self.lm):
+                hidden = final_hidden(self.lm, ids, mask, self.readout)
             logits = two_way_logits(self.lm.model, hidden[torch.arange(len(items)), last], tokens)
             loss = weighted_ce(logits, y_train[batch].to(logits.device), w_train[batch], total=w_train[whole].sum())
             if cfg.kl_weight > 0:
