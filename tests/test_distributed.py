@@ -18,6 +18,7 @@ import pytest
 
 from calibtune.store import ArtifactStore, list_artifacts
 from conftest import write_questions
+from toy import separable_toy
 
 METHODS = ("methods: [probe, lora_prompt, zero_shot, option_confidence]\n"
            "probe: {max_epochs: 5, patience: 2}\nlora_prompt: {max_steps: 3, eval_every: 2, batch_size: 4}\n"
@@ -146,10 +147,7 @@ def test_fsdp_training_shards_the_weights_and_resumes_from_its_checkpoint(tmp_pa
     assert result["resumed_log"]["train_loss"] == result["expected_log"]["train_loss"]
     assert result["resumed_log"]["val_loss"] == result["expected_log"]["val_loss"]
 
-    n = 48
-    prompts = [f"Question: What is the capital of France number {i}?\nAnswer:" for i in range(n)]
-    labels = np.array([i % 2 for i in range(n)])
-    answers = [" Paris" if y else " the lazy dog" for y in labels]
+    prompts, answers, labels = separable_toy(48)
     cfg = LoraPromptConfig(learning_rate=1e-2, batch_size=4, max_steps=8, eval_every=2, patience=10, dropout=0.0)
     lm = load_model(str(tiny_models["llama"]), dtype="float32")
     one = LoraPromptEstimator(lm, cfg).fit(encode_queries(lm.tokenizer, prompts, answers, cfg.query), labels)

@@ -25,6 +25,7 @@ from calibtune.methods.lora import LoraHeadConfig
 from calibtune.methods.lora_prompt import LoraPromptConfig
 from calibtune.models import load_model
 from calibtune.prompts import DEFAULT_QUERY
+from toy import crash_after_checkpoints, separable_toy
 
 ARCHS = ["llama", "gemma", "mistral", "qwen"]
 
@@ -42,17 +43,9 @@ def test_query_option_tokens_per_tokenizer_family(tiny_models, arch):
         option_token_ids(lm.tokenizer, DEFAULT_QUERY, (" yes", " yes"))
 
 
-def _toy(n: int = 64):
-    """Separable toy set: the answer word decides the label."""
-    prompts = [f"Question: What is the capital of France number {i}?\nAnswer:" for i in range(n)]
-    labels = np.array([i % 2 for i in range(n)])
-    answers = [" Paris" if y else " the lazy dog" for y in labels]
-    return prompts, answers, labels
-
-
 def test_divergence_is_zero_with_fresh_adapters_and_positive_after_a_step(tiny_models):
     lm = load_model(str(tiny_models["llama"]), dtype="float32")
-    prompts, answers, _ = _toy(4)
+    prompts, answers, _ = separable_toy(4)
     seqs = encode_queries(lm.tokenizer, prompts, answers, DEFAULT_QUERY)
     peft_model = attach_lora(lm, LoraPromptConfig(), seed=0)
     ids = torch.tensor([seqs[0].ids])
@@ -65,13 +58,13 @@ def test_divergence_is_zero_with_fresh_adapters_and_positive_after_a_step(tiny_m
 
     adapted, base = both()
     for kind in ("js", "forward_kl", "reverse_kl"):
-        assert float(divergence(adapted, base, kind)) == pytest.approx(0.0, abs=1e-6)
+        assert float(divergence(adapted, base, kind).detach()) == pytest.approx(0.0, abs=1e-6)
     opt = torch.optim.SGD([p for p in peft_model.parameters() if p.requires_grad], lr=1.0)
     adapted.sum().backward()
     opt.step()
     adapted, base = both()
     for kind in ("js", "forward_kl", "reverse_kl"):
-        assert float(divergence(adapted, base, kind)) > 1e-6
+        assert float(divergence(adapted, base, kind).detach()) > 1e-6
     peft_model.unload()
 
 
@@ -93,7 +86,7 @@ def test_divergences_match_scipy():
 
 def test_lora_prompt_learns_a_separable_toy_set_and_round_trips(tiny_models, tmp_path):
     lm = load_model(str(tiny_models["llama"]), dtype="float32")
-    prompts, answers, labels = _toy(80)
+    prompts, answers, labels = separable_toy(80)
     seqs = encode_queries(lm.tokenizer, prompts, answers, DEFAULT_QUERY)
     before = query_p_correct(lm, seqs, option_token_ids(lm.tokenizer, DEFAULT_QUERY, (" no", " yes")))
     cfg = LoraPromptConfig(learning_rate=1e-2, batch_size=8, epochs=4, eval_every=5, patience=20)
@@ -124,7 +117,7 @@ def test_lora_prompt_learns_a_separable_toy_set_and_round_trips(tiny_models, tmp
 
 def test_training_is_deterministic(tiny_models):
     lm = load_model(str(tiny_models["gemma"]), dtype="float32")
-    prompts, answers, labels = _toy(32)
+    prompts, answers, labels = separable_toy(32)
     seqs = encode_queries(lm.tokenizer, prompts, answers, DEFAULT_QUERY)
     cfg = LoraPromptConfig(learning_rate=1e-2, batch_size=8, max_steps=6, eval_every=3)
     runs = []
@@ -139,7 +132,7 @@ def test_precomputed_base_logits_give_the_same_training_as_recomputing_them(tiny
     from calibtune.estimators import lora_prompt
 
     lm = load_model(str(tiny_models["llama"]), dtype="float32")
-    prompts, answers, labels = _toy(32)
+    prompts, answers, labels = separable_toy(32)
     seqs = encode_queries(lm.tokenizer, prompts, answers, DEFAULT_QUERY)
     cfg = LoraPromptConfig(kl_weight=1.0, learning_rate=1e-2, batch_size=8, max_steps=6, eval_every=3)
     runs = []
@@ -163,7 +156,7 @@ def test_the_base_readings_give_the_zero_shot_query_and_the_divergence_target_of
     from calibtune.estimators.query import p_yes
 
     lm = load_model(str(tiny_models["gemma"]), dtype="float32")
-    prompts, answers, _ = _toy(12)
+    prompts, answers, _ = separable_toy(12)
     seqs = encode_queries(lm.tokenizer, prompts, answers, DEFAULT_QUERY)
     tokens = option_token_ids(lm.tokenizer, DEFAULT_QUERY, (" no", " yes"))
     readings = lora_prompt.BaseReadings()
@@ -184,7 +177,7 @@ def test_the_base_readings_give_the_zero_shot_query_and_the_divergence_target_of
 
 def test_loaded_for_another_model_is_refused(tiny_models, tmp_path):
     lm = load_model(str(tiny_models["llama"]), dtype="float32")
-    prompts, answers, labels = _toy(16)
+    prompts, answers, labels = separable_toy(16)
     seqs = encode_queries(lm.tokenizer, prompts, answers, DEFAULT_QUERY)
     cfg = LoraPromptConfig(kl_weight=0.0, max_steps=2, eval_every=1)
     est = LoraPromptEstimator(lm, cfg, meta={"estimator_model": lm.name}).fit(seqs, labels)
@@ -197,7 +190,7 @@ def test_loaded_for_another_model_is_refused(tiny_models, tmp_path):
 
 def test_lora_head_learns_and_round_trips(tiny_models, tmp_path):
     lm = load_model(str(tiny_models["qwen"]), dtype="float32")
-    prompts, answers, labels = _toy(80)
+    prompts, answers, labels = separable_toy(80)
     seqs = encode_texts(lm.tokenizer, [p + a for p, a in zip(prompts, answers)])
     cfg = LoraHeadConfig(learning_rate=1e-2, batch_size=8, epochs=4, eval_every=5, patience=20)
     est = LoraHeadEstimator(lm, cfg, meta={"estimator_model": lm.name}).fit(seqs, labels)
@@ -213,7 +206,7 @@ def test_lora_head_learns_and_round_trips(tiny_models, tmp_path):
 
 def test_one_class_labels_are_refused(tiny_models):
     lm = load_model(str(tiny_models["llama"]), dtype="float32")
-    prompts, answers, _ = _toy(10)
+    prompts, answers, _ = separable_toy(10)
     seqs = encode_queries(lm.tokenizer, prompts, answers, DEFAULT_QUERY)
     with pytest.raises(CalibtuneError, match="one class"):
         LoraPromptEstimator(lm).fit(seqs, np.ones(10))
@@ -243,33 +236,20 @@ def test_temperature_scaling_finds_the_nll_minimum_and_recovers_a_known_temperat
     assert TemperatureScaler.fit(np.array([0.3, 0.6]), np.array([1, 1])).temperature == 1.0
 
 
-def test_training_resumes_from_a_checkpoint_to_the_same_result(tiny_models, tmp_path, monkeypatch):
-    from calibtune.estimators import adapters
-
+def test_training_resumes_from_a_checkpoint_to_the_same_result(tiny_models, tmp_path):
     lm = load_model(str(tiny_models["llama"]), dtype="float32")
-    prompts, answers, labels = _toy(48)
+    prompts, answers, labels = separable_toy(48)
     seqs = encode_queries(lm.tokenizer, prompts, answers, DEFAULT_QUERY)
     cfg = LoraPromptConfig(learning_rate=1e-2, batch_size=4, max_steps=8, eval_every=2, patience=10)
     est = LoraPromptEstimator(lm, cfg).fit(seqs, labels)
     expected, expected_log = est.predict_proba(seqs), est.log
     est.release()
 
-    saves = []
-    original = adapters.save_checkpoint
-
-    def crash_after_two(*args, **kwargs):
-        original(*args, **kwargs)
-        saves.append(1)
-        if len(saves) == 2:
-            raise KeyboardInterrupt  # the process dies after the checkpoint at step 4
-
-    monkeypatch.setattr(adapters, "save_checkpoint", crash_after_two)
     checkpoint = tmp_path / "ckpt"
     crashed = LoraPromptEstimator(lm, cfg)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt), crash_after_checkpoints(2):  # dies after the checkpoint at step 4
         crashed.fit(seqs, labels, checkpoint)
     crashed.release()
-    monkeypatch.setattr(adapters, "save_checkpoint", original)
     assert (checkpoint / "state.safetensors").is_file()
     resumed = LoraPromptEstimator(lm, cfg).fit(seqs, labels, checkpoint)
     np.testing.assert_array_equal(resumed.predict_proba(seqs), expected)
@@ -302,7 +282,7 @@ def test_lora_head_starts_from_a_fitted_probe(tiny_models):
     from calibtune.methods.probe import ProbeConfig
 
     lm = load_model(str(tiny_models["llama"]), dtype="float32")
-    prompts, answers, labels = _toy(40)
+    prompts, answers, labels = separable_toy(40)
     x = extract_features(lm, prompts, answers, [1])
     probe = ProbeEstimator(ProbeConfig(layer=1, max_epochs=20), layers=(1,)).fit(x, labels)
     cfg = LoraHeadConfig(layer=1, learning_rate=1e-12, max_steps=1, eval_every=1)
@@ -328,7 +308,7 @@ def test_balanced_weights_make_every_dataset_half_right():
 
 def test_lora_prompt_trains_with_dataset_balance(tiny_models):
     lm = load_model(str(tiny_models["llama"]), dtype="float32")
-    prompts, answers, labels = _toy(32)
+    prompts, answers, labels = separable_toy(32)
     seqs = encode_queries(lm.tokenizer, prompts, answers, DEFAULT_QUERY)
     groups = ["a" if i < 20 else "b" for i in range(32)]
     cfg = LoraPromptConfig(balance="dataset", max_steps=2, eval_every=1, batch_size=4)
@@ -359,7 +339,7 @@ def test_a_differentiated_pass_runs_eager_attention_on_the_cpu_with_sdpas_number
     from calibtune.forward import differentiable_attention
 
     lm = load_model(str(tiny_models[arch]), dtype="float32")
-    prompts, answers, _ = _toy(6)
+    prompts, answers, _ = separable_toy(6)
     seqs = encode_queries(lm.tokenizer, prompts, [a * (i + 1) for i, a in enumerate(answers)], DEFAULT_QUERY)
     peft_model = attach_lora(lm, LoraPromptConfig(dropout=0.0), seed=0)
     for name, param in peft_model.named_parameters():

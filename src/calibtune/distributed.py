@@ -152,13 +152,10 @@ class DataParallel:
         from torch.distributed.tensor import DTensor
 
         params = [p for p in params if not isinstance(p, DTensor)]
-        if not params:
-            flat = torch.tensor(list(values), dtype=torch.float32)
-            dist.all_reduce(flat, group=self.group)
-            return flat.tolist()
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        device = grads[0].device if grads else None
         flat = torch.cat([g.reshape(-1).float() for g in grads]
-                         + [torch.tensor(list(values), dtype=torch.float32, device=grads[0].device)])
+                         + [torch.tensor(list(values), dtype=torch.float32, device=device)])
         dist.all_reduce(flat, group=self.group)
         at = 0
         for p, g in zip(params, grads):

@@ -10,22 +10,19 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).parents[1]))  # the tests' shared helpers
+from toy import crash_after_checkpoints, separable_toy  # noqa: E402
 
 
 def main(model: str, out: Path) -> None:
     from calibtune.distributed import Ranks
-    from calibtune.estimators import adapters
     from calibtune.estimators.lora_prompt import LoraPromptEstimator, encode_queries
     from calibtune.methods.lora_prompt import LoraPromptConfig
     from calibtune.models import load_model
 
     ranks = Ranks.current()
     _, parallel = ranks.groups(2, sharded=True)
-    n = 48
-    prompts = [f"Question: What is the capital of France number {i}?\nAnswer:" for i in range(n)]
-    labels = np.array([i % 2 for i in range(n)])
-    answers = [" Paris" if y else " the lazy dog" for y in labels]
+    prompts, answers, labels = separable_toy(48)
     cfg = LoraPromptConfig(learning_rate=1e-2, batch_size=4, max_steps=8, eval_every=2, patience=10, dropout=0.0)
 
     def fit(checkpoint: Path | None = None) -> tuple[list[float], dict]:
@@ -39,21 +36,11 @@ def main(model: str, out: Path) -> None:
         return p, {"train_loss": est.log.train_loss, "val_loss": est.log.val_loss, "held": held}
 
     expected, expected_log = fit()
-    saves = []
-    original = adapters.save_checkpoint
-
-    def crash_after_two(*args, **kwargs):
-        original(*args, **kwargs)
-        saves.append(1)
-        if len(saves) == 2:
-            raise KeyboardInterrupt  # every process dies after the checkpoint at step 4
-
-    adapters.save_checkpoint = crash_after_two
     try:
-        fit(out / "checkpoint")
+        with crash_after_checkpoints(2):  # every process dies after the checkpoint at step 4
+            fit(out / "checkpoint")
     except KeyboardInterrupt:
         pass
-    adapters.save_checkpoint = original
     ranks.wait()
     resumed, resumed_log = fit(out / "checkpoint")
     if ranks.main:
