@@ -368,3 +368,40 @@ def test_a_differentiated_pass_runs_eager_attention_on_the_cpu_with_sdpas_number
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
     assert max(float(g.abs().max()) for g in sdpa_grads) > 1e-4
     peft_model.unload()
+
+
+def test_bit_dropout_drops_at_the_rate_scales_to_keep_the_mean_and_replays_with_the_seed():
+    from calibtune.estimators.adapters import BitDropout
+
+    drop = BitDropout(0.1)
+    x = torch.rand(1001, 999) + 0.5  # no zeros of its own; a size not a multiple of 4
+    torch.manual_seed(3)
+    y = drop(x)
+    dropped = float((y == 0).float().mean())
+    n = x.numel()
+    assert abs(dropped - 6554 / 65536) < 4 * (0.1 * 0.9 / n) ** 0.5  # rate 6554/65536 within 4 sigma
+    kept = y != 0
+    assert torch.allclose(y[kept], x[kept] * 65536 / (65536 - 6554))  # the exact inverse of the kept share
+    assert float((y / x).mean()) == pytest.approx(1.0, abs=4 * (0.1 / 0.9 / n) ** 0.5)  # unbiased
+    torch.manual_seed(3)
+    assert torch.equal(drop(x), y)  # torch's generator: a checkpoint's random state replays the masks
+    assert not torch.equal(drop(x), y)
+    xg = x.clone().requires_grad_(True)
+    torch.manual_seed(3)
+    drop(xg).sum().backward()
+    assert torch.allclose(xg.grad, (y != 0).float() * 65536 / (65536 - 6554))
+    drop.eval()
+    assert drop(x) is x
+    assert BitDropout(0.0)(x) is x
+
+
+def test_adapters_on_the_cpu_use_bit_dropout_at_the_configured_rate(tiny_models):
+    from peft.tuners.lora import LoraLayer
+
+    from calibtune.estimators.adapters import BitDropout
+
+    lm = load_model(str(tiny_models["llama"]), dtype="float32")
+    peft_model = attach_lora(lm, LoraPromptConfig(dropout=0.25), seed=0)
+    drops = [d for m in peft_model.modules() if isinstance(m, LoraLayer) for d in m.lora_dropout.values()]
+    assert drops and all(isinstance(d, BitDropout) and d.threshold == 16384 for d in drops)
+    peft_model.unload()

@@ -96,6 +96,8 @@ def attach_lora(lm: LoadedModel, settings: AdapterConfig, seed: int, layers: Seq
     with warnings.catch_warnings():  # peft calls a transformers method that transformers 5 deprecates
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         peft_model = get_peft_model(lm.model, config)
+    if lm.device.type == "cpu":
+        use_bit_dropout(peft_model)
     # LoRA weights train in fp32 even when the base model runs in bf16.
     for name, param in peft_model.named_parameters():
         if "lora_" in name:
@@ -107,6 +109,41 @@ def attach_lora(lm: LoadedModel, settings: AdapterConfig, seed: int, layers: Seq
                                  f"number of processes that train a cell together ({parallel.size})")
         parallel.shard_decoder(lm.model)
     return peft_model
+
+
+class BitDropout(torch.nn.Module):
+    """Inverted dropout whose mask comes from 16 random bits per element, drawn 64 at a time.
+
+    On a CPU torch draws dropout's mask one Mersenne-Twister number per element: at LoRA's input in a
+    SmolLM2 step (60 masks of 8 x 48 x 576) that was 12% of the step. Here each element is dropped when its
+    16 bits fall below ``round(p * 65536)``, so the rate is ``p`` to within 1/131072 and the kept values are
+    scaled by the exact ``1 / (1 - rate)``: still unbiased. The bits come from torch's generator, so a
+    checkpoint's saved random state replays the same masks.
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.threshold = round(p * 65536)
+        self.scale = 65536 / (65536 - self.threshold)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.threshold == 0:
+            return x
+        words = -(-x.numel() // 4)
+        bits = torch.empty(words, dtype=torch.int64, device=x.device).random_(-2**63, 2**63 - 1)
+        keep = bits.view(torch.int16)[: x.numel()].view(x.shape) >= self.threshold - 32768
+        return torch.where(keep, x * self.scale, 0.0)
+
+
+def use_bit_dropout(peft_model) -> None:
+    """Put ``BitDropout`` in place of torch's dropout at every LoRA input of ``peft_model``."""
+    from peft.tuners.lora import LoraLayer
+
+    for module in peft_model.modules():
+        if isinstance(module, LoraLayer):
+            for name, dropout in module.lora_dropout.items():
+                if isinstance(dropout, torch.nn.Dropout):
+                    module.lora_dropout[name] = BitDropout(dropout.p)
 
 
 def detach_lora(peft_model) -> None:
