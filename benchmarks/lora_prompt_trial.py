@@ -44,6 +44,8 @@ def main() -> None:
     parser.add_argument("variants", type=Path)
     parser.add_argument("--config", type=Path, default=None, help="study config (default: the default study)")
     parser.add_argument("--train", type=int, default=None, help="a seeded sample of this many training answers")
+    parser.add_argument("--estimator-prompt", default=None,
+                        help="the template of the estimator's text (default: the config's prompt, which answered)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/lora_prompt_trial.jsonl"))
     args = parser.parse_args()
     cfg = load_config(args.config)
@@ -57,8 +59,9 @@ def main() -> None:
     lm = load_model(args.estimator, dtype=cfg.dtype)
 
     def prompts(questions):
-        return [format_prompt(q, cfg.prompt) for q in questions], [cfg.option_prefix + answers[q.id].text
-                                                                   for q in questions]
+        template = args.estimator_prompt or cfg.prompt
+        return ([format_prompt(q, template) for q in questions],
+                [cfg.option_prefix + answers[q.id].text for q in questions])
 
     y_train = np.array([answers[q.id].label for q in train])
     y_eval = np.array([answers[q.id].label for q in inputs.eval])
@@ -73,7 +76,8 @@ def main() -> None:
         extract_features(lm, *prompts(train), layers), y_train)
     p_probe = probe.predict_proba(extract_features(lm, *prompts(inputs.eval), layers))[:, 1]
     probe_layer = probe.layer_
-    record(args, {"method": "probe", "layer": probe_layer}, p_probe, y_eval, cfg.seed, len(train),
+    shown = {"estimator_prompt": args.estimator_prompt} if args.estimator_prompt else {}
+    record(args, {"method": "probe", "layer": probe_layer, **shown}, p_probe, y_eval, cfg.seed, len(train),
            {"fit_s": round(time.perf_counter() - start)})
     for variant in json.loads(args.variants.read_text()):
         readout = variant.pop("readout_layer", None)
@@ -88,7 +92,7 @@ def main() -> None:
         fit_s = time.perf_counter() - start
         p = est.predict_proba(encode_queries(lm.tokenizer, *prompts(inputs.eval), settings.query))
         est.release()
-        record(args, {**variant, "readout_layer": readout}, p, y_eval, cfg.seed, len(train),
+        record(args, {**variant, "readout_layer": readout, **shown}, p, y_eval, cfg.seed, len(train),
                {"fit_s": round(fit_s), "steps": est.log.steps, "best_step": est.log.best_step,
                 "val_loss": [(s, round(v, 4)) for s, v in est.log.val_loss]})
 

@@ -11,6 +11,7 @@ from calibtune.errors import CalibtuneError
 from calibtune.forward import continuation_logprobs, encode_continuations
 from calibtune.graders import grade_answers
 from calibtune.models import load_model
+from calibtune.prompts import format_prompt
 from calibtune.records import Answer, Question, answers_from_table, answers_to_table
 
 QUESTIONS = [
@@ -59,6 +60,10 @@ def test_default_config_loads():
     ("models: [a]\ntrain: [{dataset: x}]\neval: [{dataset: y}]\nmethods: [prob]\n", "did you mean 'probe'?"),
     ("models: [a]\ntrain: [{dataset: x}]\neval: [{dataset: y}]\nname: ../evil\n", "plain name"),
     ("models: [a]\ntrain: [{dataset: x}]\n", "eval"),
+    ("models: [a]\ntrain: [{dataset: x}]\neval: [{dataset: y}]\nprompt: 'Q: {question} {options}'\n",
+     "unknown field {options}"),
+    ("models: [a]\ntrain: [{dataset: x}]\neval: [{dataset: y}]\nprompt: 'Q: {choices}'\n", "{question}"),
+    ("models: [a]\ntrain: [{dataset: x}]\neval: [{dataset: y}]\nprompt: 'Q: {question'\n", "literal brace"),
     ("- just a list\n", "mapping"),
     ("models: [a\n", "not valid YAML"),
 ])
@@ -69,6 +74,16 @@ def test_bad_configs(tmp_path, body, message):
         load_config(path)
     assert message in str(err.value) and str(path) in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_prompt_shows_the_options_when_asked():
+    shown = format_prompt(QUESTIONS[0], "Question: {question}\nChoices:\n{choices}\nAnswer:")
+    assert shown == ("Question: What is the capital of France?\nChoices:\n(a): Paris\n(b): the lazy dog\n"
+                     "(c): Jupiter\nAnswer:")
+    assert format_prompt(QUESTIONS[1]) == "Question: Which planet is largest?\nAnswer:"
+    open_ended = Question("o/0", "o", "test", "Who wrote Hamlet?", references=("Shakespeare",))
+    with pytest.raises(CalibtuneError, match="question o/0 has no options"):
+        format_prompt(open_ended, "{question} {choices}")
 
 
 def test_config_not_utf8_or_missing(tmp_path):

@@ -164,8 +164,10 @@ def test_an_estimator_trained_on_multiple_choice_answers_needs_the_options(tmp_p
         load_estimator(lora_folder, load_model(str(copy), dtype="float32"))
 
 
-def test_every_saved_estimator_scores_answers_as_the_study_did(tmp_path, tiny_models, isolated_cache):
+@pytest.mark.parametrize("prompt", [None, "Question: {question}\\nChoices:\\n{choices}\\nAnswer:"])
+def test_every_saved_estimator_scores_answers_as_the_study_did(tmp_path, tiny_models, isolated_cache, prompt):
     from calibtune.estimators import AnswerEstimator, load_estimator
+    from calibtune.records import Question
 
     train = write_questions(tmp_path / "train.jsonl", n=40, options=3)
     heldout = write_questions(tmp_path / "heldout.jsonl", n=12, options=3)
@@ -173,14 +175,18 @@ def test_every_saved_estimator_scores_answers_as_the_study_did(tmp_path, tiny_mo
     config.write_text(f"models: ['{tiny_models['qwen']}']\ndtype: float32\ntrain: [{{dataset: '{train}'}}]\n"
                       f"eval: [{{dataset: '{heldout}'}}]\nmethods: [probe, lora, lora_prompt]\n"
                       "probe: {max_epochs: 3}\nlora: {max_steps: 2, eval_every: 1, batch_size: 4}\n"
-                      "lora_prompt: {max_steps: 2, eval_every: 1, batch_size: 4}\n")
+                      "lora_prompt: {max_steps: 2, eval_every: 1, batch_size: 4}\n"
+                      + (f'prompt: "{prompt}"\n' if prompt else ""))
     out = tmp_path / "run"
     result = runner.invoke(app, ["run", str(config), "-o", str(out)])
     assert result.exit_code == 0, result.output
     scores = pd.read_parquet(out / "scores.parquet")
     answers = pd.read_parquet(out / "answers" / "qwen.parquet").set_index("question_id")
-    questions = {f"heldout/{json.loads(line)['id']}": json.loads(line)["question"]
-                 for line in heldout.read_text().splitlines()}
+    rows = [json.loads(line) for line in heldout.read_text().splitlines()]
+    # with the options in the prompt the estimator needs the whole question; without, its text is enough
+    questions = {f"heldout/{r['id']}": Question(f"heldout/{r['id']}", "heldout", "test", r["question"],
+                                                tuple(r["choices"]), r["answer"]) if prompt else r["question"]
+                 for r in rows}
     for method in ("probe", "lora", "lora_prompt"):
         estimator = load_estimator(out / "estimators" / method / "qwen__on__qwen", dtype="float32")
         assert isinstance(estimator, AnswerEstimator)

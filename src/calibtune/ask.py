@@ -94,5 +94,5 @@ def ask(folder: Path, questions: Sequence[str], answering_model: str | None = No
     answerer_name = answering_model or estimator_model
     answerer = estimator_lm if answerer_name == estimator_model else load_model(answerer_name, dtype, device)
     answers = _answers(answerer, info, items, max_new_tokens)  # before adapters go onto the estimator model
-    p = load_estimator(Path(folder), estimator_lm).estimate([q.text for q in items], answers)
+    p = load_estimator(Path(folder), estimator_lm).estimate(items, answers)
     return [Asked(q.text, a, float(v), answerer_name, estimator_model, method) for q, a, v in zip(items, answers, p)]

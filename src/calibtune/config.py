@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field, ValidationError, create_model, field_vali
 
 from calibtune.errors import CalibtuneError, first_line
 from calibtune.methods import MATRIX_METHODS, METHODS
-from calibtune.prompts import DEFAULT_PROMPT
+from calibtune.prompts import DEFAULT_PROMPT, PROMPT_FIELDS, prompt_fields
 from calibtune.settings import Settings as _Strict
 from calibtune.settings import suggest as _suggest
 
@@ -192,7 +192,15 @@ class _StudySettings(_Strict):
     @field_validator("prompt")
     @classmethod
     def _prompt_has_question(cls, prompt: str) -> str:
-        if "{question}" not in prompt:
+        try:
+            fields = prompt_fields(prompt)
+        except ValueError as err:
+            raise ValueError(f"prompt is not a valid template ({err}); write a literal brace as {{{{ or }}}}") from None
+        unknown = sorted(set(fields) - set(PROMPT_FIELDS))
+        if unknown:
+            raise ValueError(f"prompt has the unknown field {{{unknown[0]}}}: it may use "
+                             + " and ".join(f"{{{f}}}" for f in PROMPT_FIELDS))
+        if "question" not in fields:
             raise ValueError("prompt must contain the field {question}")
         return prompt
 

@@ -13,13 +13,16 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from calibtune.records import Question
+
 
 @runtime_checkable
 class AnswerEstimator(Protocol):
     """A fitted estimator bound to its estimator model."""
 
-    def estimate(self, questions: Sequence[str], answers: Sequence[str]) -> np.ndarray:
-        """P(correct) of each proposed answer to its question (plain texts; the estimator adds its prompt)."""
+    def estimate(self, questions: Sequence[Question | str], answers: Sequence[str]) -> np.ndarray:
+        """P(correct) of each proposed answer to its question (a Question, or its plain text when the estimator's
+        prompt does not show the options); the estimator adds its prompt."""
         ...
 
 

@@ -37,6 +37,7 @@ from calibtune.forward import Encoded, check_lengths, decoder_up_to, differentia
 from calibtune.methods.lora import LoraHeadConfig
 from calibtune.models import LoadedModel
 from calibtune.progress import progress_bar
+from calibtune.records import Question
 
 
 class Standardize(torch.nn.Module):
@@ -197,13 +198,13 @@ class LoraHeadEstimator:
         with progress_bar(f"predict LoRA {self.lm.name}", len(seqs)) as advance:
             return self._predict(seqs, advance)
 
-    def estimate(self, questions: Sequence[str], answers: Sequence[str]) -> np.ndarray:
+    def estimate(self, questions: Sequence[Question | str], answers: Sequence[str]) -> np.ndarray:
         """P(correct) of each proposed answer, asked with the prompt and separator the estimator recorded."""
         from calibtune.features import answer_sequences
-        from calibtune.prompts import DEFAULT_PROMPT
+        from calibtune.prompts import DEFAULT_PROMPT, format_prompts
 
         template, prefix = self.meta.get("prompt", DEFAULT_PROMPT), self.meta.get("option_prefix", " ")
-        return self.predict_proba(answer_sequences(self.lm, [template.format(question=q) for q in questions],
+        return self.predict_proba(answer_sequences(self.lm, format_prompts(questions, template),
                                                    [prefix + a for a in answers]))
 
     def describe(self) -> dict[str, Any]:

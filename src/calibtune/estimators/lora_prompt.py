@@ -49,6 +49,7 @@ from calibtune.forward import (
 from calibtune.methods.lora_prompt import LoraPromptConfig
 from calibtune.models import LoadedModel
 from calibtune.progress import progress_bar
+from calibtune.records import Question
 
 # The base model's answer-token logits are computed once before training and kept in memory
 # when they fit in this many bytes; otherwise each step recomputes them with the adapter disabled.
@@ -239,12 +240,12 @@ class LoraPromptEstimator:
         return query_p_correct(self.lm, seqs, self.token_ids, self.config.batch_size * 2,
                                f"predict LoRA + Prompt {self.lm.name}", self.readout)
 
-    def estimate(self, questions: Sequence[str], answers: Sequence[str]) -> np.ndarray:
+    def estimate(self, questions: Sequence[Question | str], answers: Sequence[str]) -> np.ndarray:
         """P(correct) of each proposed answer, asked with the prompt and separator the estimator recorded."""
-        from calibtune.prompts import DEFAULT_PROMPT
+        from calibtune.prompts import DEFAULT_PROMPT, format_prompts
 
         template, prefix = self.meta.get("prompt", DEFAULT_PROMPT), self.meta.get("option_prefix", " ")
-        prompts = [template.format(question=q) for q in questions]
+        prompts = format_prompts(questions, template)
         return self.predict_proba(encode_queries(self.lm.tokenizer, prompts, [prefix + a for a in answers],
                                                  self.config.query))
 

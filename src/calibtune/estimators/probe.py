@@ -29,6 +29,7 @@ from sklearn.metrics import roc_auc_score
 from calibtune.errors import CalibtuneError, first_line
 from calibtune.estimators.splits import validation_split
 from calibtune.methods.probe import ProbeConfig
+from calibtune.records import Question
 
 
 def _head(in_features: int, config: ProbeConfig) -> torch.nn.Module:
@@ -250,12 +251,11 @@ class ProbeOnModel:
     token: str = "last"
     option_prefix: str = " "
 
-    def estimate(self, questions: Sequence[str], answers: Sequence[str]) -> np.ndarray:
+    def estimate(self, questions: Sequence[Question | str], answers: Sequence[str]) -> np.ndarray:
         """P(correct) of each proposed answer, asked with the prompt the probe was trained with."""
         from calibtune.features import extract_features
-        from calibtune.prompts import DEFAULT_PROMPT
+        from calibtune.prompts import DEFAULT_PROMPT, format_prompts
 
-        template = (self.probe.meta or {}).get("prompt", DEFAULT_PROMPT)
-        prompts = [template.format(question=q) for q in questions]
+        prompts = format_prompts(questions, (self.probe.meta or {}).get("prompt", DEFAULT_PROMPT))
         return self.probe.p_correct(extract_features(self.lm, prompts, [self.option_prefix + a for a in answers],
                                                      list(self.probe.layers), token=self.token))
