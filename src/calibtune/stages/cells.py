@@ -36,7 +36,7 @@ class CellStage(ModelStage):
     """One cell of one method: the estimator model whose weights it reads, and the method's settings."""
 
     name: ClassVar[str] = "cell"
-    version: ClassVar[int] = 5  # 5: training steps on the CPU run eager attention (other bf16 rounding)
+    version: ClassVar[int] = 6  # 6: the divergence target's head runs once per batch (other bf16 rounding)
     method: str
     method_settings: Mapping[str, Any]
 
