@@ -42,7 +42,7 @@ def format_prompts(questions: Sequence[Question | str], template: str = DEFAULT_
 def format_prompt(question: Question, template: str = DEFAULT_PROMPT) -> str:
     """The prompt text for a question, from a template with a ``{question}`` field and optionally ``{choices}``
     (the options, one per line; a question with none cannot fill it)."""
-    if "{choices}" in template and not question.choices:
+    if not question.choices and "choices" in prompt_fields(template):
         raise CalibtuneError(f"question {question.id} has no options, but the prompt shows {{choices}}: use a "
                              "prompt without {choices} for open-ended questions")
     return template.format(question=question.text, choices=format_choices(question.choices))
