@@ -6,7 +6,8 @@ on the same held-out questions.
 E is the estimator model, T the answering model; answers come from (and go to) the artifact store,
 so run a study with the same questions first. VARIANTS.json is a list of objects, each a set of
 LoRA + Prompt settings over the default study's (e.g. ``{"learning_rate": 0.001, "kl_weight": 0.1}``;
-``"readout_layer": "auto"`` trains the mid-layer read-out). For each variant it prints and appends one
+``"readout_layer": "auto"`` trains the mid-layer read-out; ``"seed": 1`` changes only the estimator's seed: its
+validation split, adapter initialisation and batch order). For each variant it prints and appends one
 JSON line: the settings, the evaluation AUROC with its 95% bootstrap interval, ECE, the validation-loss
 curve, the step kept and the training time. The default study's evaluation questions are the held-out set;
 its training questions (or a seeded sample of ``--train`` of them) are trained on.
@@ -81,18 +82,19 @@ def main() -> None:
            {"fit_s": round(time.perf_counter() - start)})
     for variant in json.loads(args.variants.read_text()):
         readout = variant.pop("readout_layer", None)
+        seed = variant.pop("seed", cfg.seed)
         settings = LoraPromptConfig.model_validate({**cfg.lora_prompt.model_dump(), "max_train_examples": None,
                                                     **variant})
         if readout == "auto":
             readout = probe_layer
         seqs = encode_queries(lm.tokenizer, *prompts(train), settings.query)
         start = time.perf_counter()
-        est = LoraPromptEstimator(lm, settings, seed=cfg.seed, readout=readout).fit(
+        est = LoraPromptEstimator(lm, settings, seed=seed, readout=readout).fit(
             seqs, y_train, groups=[q.dataset for q in train])
         fit_s = time.perf_counter() - start
         p = est.predict_proba(encode_queries(lm.tokenizer, *prompts(inputs.eval), settings.query))
         est.release()
-        record(args, {**variant, "readout_layer": readout, **shown}, p, y_eval, cfg.seed, len(train),
+        record(args, {**variant, "readout_layer": readout, "seed": seed, **shown}, p, y_eval, cfg.seed, len(train),
                {"fit_s": round(fit_s), "steps": est.log.steps, "best_step": est.log.best_step,
                 "val_loss": [(s, round(v, 4)) for s, v in est.log.val_loss]})
 

@@ -11,7 +11,9 @@ from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from calibtune.bootstrap import paired_bootstrap
+from calibtune.calibration import cross_fitted
 from calibtune.cli import app
+from calibtune.metrics import ece
 from conftest import write_questions
 
 runner = CliRunner()
@@ -148,7 +150,18 @@ def test_all_methods_in_the_study(tmp_path, tiny_models, study_files):
         assert len(cells) == 4 and (cells == 24).all(), method
     assert scores.p_correct_ts.between(0, 1).all() and (scores.temperature > 0).all()
     metrics = pd.read_csv(out / "metrics.csv")
-    assert {"ece_ts", "brier_ts", "nll_ts", "temperature"} <= set(metrics)
+    assert {"ece_ts", "brier_ts", "nll_ts", "temperature", "ece_xfit", "brier_xfit"} <= set(metrics)
+    # Platt scaling cross-fitted on each cell's own evaluation answers, as calibration.cross_fitted gives it
+    checked = 0
+    for (method, e, t), cell in scores.groupby(["method", "model", "trained_on"]):
+        row = metrics[(metrics.method == method) & (metrics.model == e) & (metrics.trained_on == t)].iloc[0]
+        refitted = cross_fitted(cell.p_correct.to_numpy(), cell.label.to_numpy(), 5, 0)
+        if np.isnan(refitted).any():
+            assert np.isnan(row.ece_xfit)
+        else:
+            assert row.ece_xfit == pytest.approx(ece(refitted, cell.label.to_numpy()), abs=1e-9)
+            checked += 1
+    assert checked > 0
     # temperature scaling is monotone: every cell ranks its answers the same before and after
     for _, cell in scores.groupby(["method", "model", "trained_on"]):
         if cell.label.nunique() == 2:

@@ -72,12 +72,13 @@ def _print_metrics(metrics) -> None:
 
     table = Table(title="metrics per cell (held-out questions)")
     has_ts = "ece_ts" in metrics
-    for col in ("method", "model", "trained on", "n", "AUROC", "ECE", "Brier", "accuracy") + (("ECE after TS",) if has_ts else ()):
+    for col in ("method", "model", "trained on", "n", "AUROC", "ECE", "Brier", "accuracy") + (("ECE after TS",) if has_ts else ()) \
+            + ("ECE after Platt (cross-fitted)",):
         table.add_column(col)
     for row in metrics.itertuples():
         cells = [method_label(row.method), row.model, row.trained_on, str(row.n), f"{row.auroc:.3f}",
                  f"{row.ece:.3f}", f"{row.brier:.3f}", f"{row.accuracy:.3f}"]
-        table.add_row(*cells, *([f"{row.ece_ts:.3f}"] if has_ts else []))
+        table.add_row(*cells, *([f"{row.ece_ts:.3f}"] if has_ts else []), f"{row.ece_xfit:.3f}")
     console.print(table)
 
 
@@ -92,9 +93,10 @@ def _markdown_metrics(metrics, paired: list[dict]) -> str:
         return f"{value:.3f} [{low:.3f}, {high:.3f}]" if low == low else f"{value:.3f}"
 
     rows = [[method_label(r.method), r.model, r.trained_on, str(r.n), cell(r, "auroc"), cell(r, "ece"),
-             cell(r, "ece_ts"), cell(r, "brier"), cell(r, "aurc"), f"{r.accuracy:.3f}"] for r in metrics.itertuples()]
-    text = render_table(["method", "model", "trained on", "n", "AUROC", "ECE", "ECE after TS", "Brier", "AURC",
-                         "accuracy"], rows, True)
+             cell(r, "ece_ts"), cell(r, "ece_xfit"), cell(r, "brier"), cell(r, "aurc"), f"{r.accuracy:.3f}"]
+            for r in metrics.itertuples()]
+    text = render_table(["method", "model", "trained on", "n", "AUROC", "ECE", "ECE after TS",
+                         "ECE after Platt (cross-fitted)", "Brier", "AURC", "accuracy"], rows, True)
     if paired:
         diff_rows = [[f"{method_label(d['a'])} - {method_label(d['b'])}", d["model"], d["trained_on"],
                       f"{d['auroc_diff']:+.3f} [{d['auroc_diff_low']:+.3f}, {d['auroc_diff_high']:+.3f}]",

@@ -16,12 +16,16 @@ import numpy as np
 import pandas as pd
 
 from calibtune.bootstrap import bootstrap_table, paired_table, subject_breakdown
+from calibtune.calibration import cross_fitted
 from calibtune.config import StudyConfig
 from calibtune.methods import ANSWERER_METHODS, MATRIX_METHODS, METHODS
 from calibtune.metrics import metrics_table
 
 KEYS = ["method", "model", "trained_on", "evaluated_on"]
 TS_METRICS = ("ece", "ece_top_label", "brier", "nll")
+# After Platt scaling cross-fitted on the evaluation answers (``calibration.cross_fitted``).
+XFIT_METRICS = ("ece", "brier")
+XFIT_FOLDS = 5
 # What each cell is compared with, by the paired bootstrap, when present.
 REFERENCE_METHOD = "probe"
 
@@ -29,7 +33,9 @@ REFERENCE_METHOD = "probe"
 def study_metrics(scores: pd.DataFrame, n_resamples: int = 1000, seed: int = 0, n_bins: int = 10,
                   level: float = 0.95) -> pd.DataFrame:
     """Per-cell metrics with bootstrap intervals (``<m>_low``/``<m>_high``), plus ECE, Brier and NLL
-    after temperature scaling (``<m>_ts``) and the fitted temperature where the scores have them."""
+    after temperature scaling (``<m>_ts``) and the fitted temperature where the scores have them, and ECE
+    and Brier after Platt scaling cross-fitted on the cell's evaluation answers (``<m>_xfit``; NaN for a
+    cell with fewer than five answers of a class)."""
     base = scores[KEYS + ["question_id", "p_correct", "label"]]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # one-class cells: NaN AUROC, reported in the table
@@ -41,6 +47,16 @@ def study_metrics(scores: pd.DataFrame, n_resamples: int = 1000, seed: int = 0, 
             ts = ts.rename(columns={c: f"{c}_ts" for c in TS_METRICS})
             temps = scores.groupby(KEYS, as_index=False).temperature.first()
             metrics = metrics.merge(ts, on=KEYS, how="left").merge(temps, on=KEYS, how="left")
+        refitted = base.copy()
+        for _, rows in refitted.groupby(KEYS, sort=False):
+            refitted.loc[rows.index, "p_correct"] = cross_fitted(rows.p_correct.to_numpy(), rows.label.to_numpy(),
+                                                                 XFIT_FOLDS, seed)
+        refitted = refitted[np.isfinite(refitted.p_correct)]
+        if len(refitted):
+            xfit = metrics_table(refitted, n_bins=n_bins)[KEYS + list(XFIT_METRICS)]
+            metrics = metrics.merge(xfit.rename(columns={c: f"{c}_xfit" for c in XFIT_METRICS}), on=KEYS, how="left")
+        else:
+            metrics = metrics.assign(**{f"{c}_xfit": np.nan for c in XFIT_METRICS})
     return metrics
 
 

@@ -18,7 +18,8 @@ from calibtune.errors import CalibtuneError
 from calibtune.report.labels import method_label, metric_label
 
 METRIC_COLUMNS = ("auroc", "ece", "ece_top_label", "brier", "nll", "accuracy")
-EXTRA_METRIC_COLUMNS = ("auprc", "auprc_incorrect", "ece_equal_mass", "mce", "aurc", "acc_at_50", "acc_at_80", "ece_ts")
+EXTRA_METRIC_COLUMNS = ("auprc", "auprc_incorrect", "ece_equal_mass", "mce", "aurc", "acc_at_50", "acc_at_80", "ece_ts",
+                        "ece_xfit")
 FIGURE_TITLES = (("data_scale", "AUROC and ECE against the number of training answers"),
                  ("risk_coverage", "Risk-coverage curves"), ("reliability_", "Reliability diagrams"),
                  ("subjects_auroc", "AUROC per subject"))
@@ -235,7 +236,10 @@ def write_report(run_dir: Path) -> Path:
               '<p class="note">Each model estimating its own answers; ECE before temperature scaling.</p>',
               _paper_table(metrics),
               "<h2>Every method and cell</h2>",
-              f'<p class="note">Brackets: {_level(info)} bootstrap intervals over the evaluation questions.</p>',
+              f'<p class="note">Brackets: {_level(info)} bootstrap intervals over the evaluation questions. '
+              "ECE after TS: after temperature scaling fitted on held-out training answers. ECE after Platt "
+              "(cross-fitted): after Platt scaling fitted, five folds, on the other evaluation answers of the cell "
+              "(recalibration with graded answers of the evaluation's own distribution).</p>",
               f'<div class="wide">{_metrics_table(metrics)}</div>']
     if info.get("data_scale"):
         parts += ["<h2>Data scale</h2>",

@@ -28,6 +28,8 @@ METRIC_LABELS: dict[str, str] = {
     "acc_at_50": "Acc@50% cov.",
     "acc_at_80": "Acc@80% cov.",
     "ece_ts": "ECE after TS",
+    "ece_xfit": "ECE after Platt (cross-fitted)",
+    "brier_xfit": "Brier after Platt (cross-fitted)",
 }
 
 
