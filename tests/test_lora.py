@@ -236,11 +236,13 @@ def test_temperature_scaling_finds_the_nll_minimum_and_recovers_a_known_temperat
     assert TemperatureScaler.fit(np.array([0.3, 0.6]), np.array([1, 1])).temperature == 1.0
 
 
-def test_training_resumes_from_a_checkpoint_to_the_same_result(tiny_models, tmp_path):
+@pytest.mark.parametrize("ema_decay", [None, 0.9])
+def test_training_resumes_from_a_checkpoint_to_the_same_result(tiny_models, tmp_path, ema_decay):
     lm = load_model(str(tiny_models["llama"]), dtype="float32")
     prompts, answers, labels = separable_toy(48)
     seqs = encode_queries(lm.tokenizer, prompts, answers, DEFAULT_QUERY)
-    cfg = LoraPromptConfig(learning_rate=1e-2, batch_size=4, max_steps=8, eval_every=2, patience=10)
+    cfg = LoraPromptConfig(learning_rate=1e-2, batch_size=4, max_steps=8, eval_every=2, patience=10,
+                           ema_decay=ema_decay)
     est = LoraPromptEstimator(lm, cfg).fit(seqs, labels)
     expected, expected_log = est.predict_proba(seqs), est.log
     est.release()
@@ -256,6 +258,48 @@ def test_training_resumes_from_a_checkpoint_to_the_same_result(tiny_models, tmp_
     assert resumed.log.train_loss == expected_log.train_loss
     assert resumed.log.val_loss == expected_log.val_loss
     resumed.release()
+
+
+def test_the_weight_average_is_what_training_validates_and_keeps():
+    """With ema_decay, the weights kept are the moving average of the optimizer's trajectory, computed here
+    independently from that trajectory; the optimizer's steps themselves are unchanged by it."""
+    from calibtune.estimators.adapters import train_loop
+    from calibtune.methods.adapters import AdapterConfig
+
+    data = torch.from_numpy(np.random.default_rng(0).normal(size=(32, 3))).float()
+
+    def run(ema_decay):
+        w = torch.nn.Parameter(torch.zeros(3))
+        seen, validated = [], []
+
+        def step_loss(batch):
+            seen.append(w.detach().clone())
+            return ((w - data[batch].mean(0)) ** 2).sum()
+
+        def val_loss():
+            validated.append(w.detach().clone())
+            return -float(len(validated))  # always better: the last validation is kept
+
+        settings = AdapterConfig(learning_rate=0.1, batch_size=4, epochs=2, max_steps=12, eval_every=5, patience=10,
+                                 warmup_fraction=0.0, ema_decay=ema_decay)
+        train_loop([w], 32, step_loss, val_loss, lambda: {"w": w.detach().clone()},
+                   lambda s: w.data.copy_(s["w"]), settings, seed=0, description="toy")
+        return w.detach().clone(), seen, validated
+
+    plain, trajectory, _ = run(None)
+    averaged, trajectory_again, validated = run(0.9)
+    for a, b in zip(trajectory, trajectory_again):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    weights = trajectory[1:] + [plain]  # after steps 1..12
+    ema, expected = trajectory[0].clone(), {}
+    for step, value in enumerate(weights, start=1):
+        decay = min(0.9, (1 + step) / (10 + step))
+        ema = decay * ema + (1 - decay) * value
+        expected[step] = ema.clone()
+    for got, step in zip(validated[1:], (5, 10, 12)):  # step 0 is validated before training (the start)
+        torch.testing.assert_close(got, expected[step], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(averaged, expected[12], rtol=1e-6, atol=1e-7)
+    assert not torch.allclose(averaged, plain, atol=1e-3)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma"])

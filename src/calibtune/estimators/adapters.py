@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -203,10 +204,10 @@ class _Progress:
 
 
 def save_checkpoint(folder: Path, current: dict, best: dict | None, opt, sched, rng, progress: _Progress,
-                    write: bool = True) -> None:
+                    write: bool = True, averaged: dict | None = None) -> None:
     """Write a training checkpoint atomically: safetensors for tensors, JSON for the rest (no pickle). Optimizer
     state sharded by FSDP is gathered whole first, so every member of such a group calls this, and the one
-    with ``write`` writes."""
+    with ``write`` writes. ``averaged``: the moving average of the weights, when training keeps one."""
     import json
     import os
     import shutil
@@ -218,6 +219,8 @@ def save_checkpoint(folder: Path, current: dict, best: dict | None, opt, sched, 
     tensors = _flatten("current/", current, {})
     if best is not None:
         _flatten("best/", best, tensors)
+    if averaged is not None:
+        _flatten("ema/", averaged, tensors)
     for index, state in opt_state["state"].items():
         for key, value in state.items():
             tensors[f"opt/{index}/{key}"] = full_tensor(value.detach()).contiguous().clone()
@@ -241,8 +244,9 @@ def save_checkpoint(folder: Path, current: dict, best: dict | None, opt, sched, 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_checkpoint(folder: Path, opt, sched, rng) -> tuple[dict, dict | None, _Progress]:
-    """Restore optimizer, scheduler and random state from a checkpoint; return the weights and progress."""
+def load_checkpoint(folder: Path, opt, sched, rng) -> tuple[dict, dict | None, _Progress, dict | None]:
+    """Restore optimizer, scheduler and random state from a checkpoint; return the weights (current and best),
+    the progress, and the moving average of the weights (None when the checkpoint has none)."""
     import json
 
     from safetensors.torch import load_file
@@ -273,7 +277,8 @@ def load_checkpoint(folder: Path, opt, sched, rng) -> tuple[dict, dict | None, _
     log = TrainLog(**{**raw["log"], "val_loss": [tuple(x) for x in raw["log"]["val_loss"]]})
     progress = _Progress(raw["step"], raw["since"], raw["order"], raw["running"], log, raw["has_best"])
     best = _unflatten(tensors, "best/") if progress.has_best else None
-    return _unflatten(tensors, "current/"), best, progress
+    averaged = _unflatten(tensors, "ema/") if any(name.startswith("ema/") for name in tensors) else None
+    return _unflatten(tensors, "current/"), best, progress, averaged
 
 
 def train_loop(
@@ -302,6 +307,10 @@ def train_loop(
     (weights, best weights, optimizer, scheduler, random state, data order) is saved there at
     every validation, and a later call with the same folder resumes from it: the result is
     the same as an uninterrupted run. Deterministic for a given seed.
+
+    With ``settings.ema_decay``, an exponential moving average of ``params`` is kept beside them (the decay
+    warmed up as ``min(decay, (1 + t) / (10 + t))`` at step t, as TensorFlow's and timm's averages do); it is
+    what is validated and kept as the best state, while the optimizer steps the weights themselves.
 
     With ``parallel`` (a group of processes training together), every member draws the same
     batches; ``step_loss`` computes the member's share of a batch (``parallel.shard``),
@@ -333,8 +342,15 @@ def train_loop(
     log = TrainLog()
     start = time.perf_counter()
     best_state, since, order, first, running = None, 0, np.array([], dtype=np.int64), 1, None
+    average = WeightAverage(params, settings.ema_decay) if settings.ema_decay else None
     if checkpoint is not None and (checkpoint / "state.json").is_file():
-        current, best_state, progress = load_checkpoint(checkpoint, opt, sched, rng)
+        current, best_state, progress, averaged = load_checkpoint(checkpoint, opt, sched, rng)
+        if average is not None:
+            if averaged is None:
+                raise CalibtuneError(f"checkpoint {checkpoint} keeps no weight average; delete it to train "
+                                     "with ema_decay from the start")
+            set_state(averaged)
+            average.reset()
         set_state(current)
         log, since, running, first = progress.log, progress.since, progress.running, progress.step + 1
         order = np.array(progress.order, dtype=np.int64)
@@ -361,17 +377,19 @@ def train_loop(
             clip_grad_norm(params, settings.max_grad_norm)
             opt.step()
             sched.step()
+            if average is not None:
+                average.update(step)
             log.step_seconds += time.perf_counter() - step_start
             log.train_loss.append(value)
             running = value if running is None else 0.9 * running + 0.1 * value
             bar.update(task, advance=1, loss=f"{running:.3f}")
             log.steps = step
             if step % settings.eval_every == 0 or step == total:
-                current = val_loss()
+                current = val_loss() if average is None else average.applied(val_loss)
                 log.val_loss.append((step, current))
                 if current < log.best_val_loss - 1e-4:
                     log.best_val_loss, log.best_step, since = current, step, 0
-                    best_state = get_state()
+                    best_state = get_state() if average is None else average.applied(get_state)
                 else:
                     since += 1
                     if since >= settings.patience:
@@ -379,11 +397,44 @@ def train_loop(
                 if checkpoint is not None and step < total and (parallel.leader or parallel.sharded):
                     save_checkpoint(checkpoint, get_state(), best_state, opt, sched, rng,
                                     _Progress(step, since, order.tolist(), running, log, best_state is not None),
-                                    write=parallel.leader)
+                                    write=parallel.leader,
+                                    averaged=None if average is None else average.applied(get_state))
     if best_state is not None:
         set_state(best_state)
     log.seconds += time.perf_counter() - start
     return log
+
+
+class WeightAverage:
+    """An exponential moving average of some parameters, kept beside them in their own dtype and device."""
+
+    def __init__(self, params: Sequence[torch.nn.Parameter], decay: float) -> None:
+        self.params, self.decay = list(params), decay
+        self.reset()
+
+    def reset(self) -> None:
+        """Start the average at the parameters' present values."""
+        self.values = [p.detach().clone() for p in self.params]
+
+    def update(self, step: int) -> None:
+        """Fold in the parameters after optimizer step ``step`` (1-based)."""
+        decay = min(self.decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for value, param in zip(self.values, self.params):
+                value.lerp_(param.detach(), 1 - decay)
+
+    def applied(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` with the average in the parameters' place; the parameters are restored after."""
+        saved = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            for param, value in zip(self.params, self.values):
+                param.copy_(value)
+        try:
+            return fn()
+        finally:
+            with torch.no_grad():
+                for param, value in zip(self.params, saved):
+                    param.copy_(value)
 
 
 LENGTH_GROUP = 16  # batches whose sequences are sorted together by length

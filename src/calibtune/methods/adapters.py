@@ -40,6 +40,9 @@ class AdapterConfig(Settings):
     eval_every: int = Field(20, ge=1, description="steps between validations")
     patience: int = Field(4, ge=1, description="validations without improvement before stopping")
     max_grad_norm: float = Field(1.0, gt=0)
+    ema_decay: float | None = Field(None, gt=0, lt=1, description="validate and keep an exponential moving "
+                                    "average of the adapter weights with this decay (e.g. 0.99); none: the "
+                                    "weights themselves")
     val_fraction: float = Field(0.2, gt=0, lt=1)
     balance: Literal["none", "dataset"] = Field("none", description="dataset: weight the training answers so "
                                                 "that every dataset has as much weight on right answers as on "
