@@ -37,7 +37,6 @@ def make_cell(ctx: CellContext) -> CellScores:
 def train_cell(ctx: CellContext, readout: int | None, label: str) -> CellScores:
     """LoRA + Prompt's cell, reading the query's answer after the last layer (``readout`` None) or after
     ``readout`` layers."""
-    from calibtune.config import method_settings
     from calibtune.estimators.lora_prompt import BaseReadings, LoraPromptEstimator, encode_queries
     from calibtune.methods.zero_shot import query_sequences
 
@@ -50,7 +49,7 @@ def train_cell(ctx: CellContext, readout: int | None, label: str) -> CellScores:
     est = LoraPromptEstimator(lm, settings, seed=ctx.study.seed, meta=ctx.meta(len(train)), readout=readout)
     eval_seqs = encode_queries(lm.tokenizer, *ctx.prompts(ctx.inputs.eval), settings.query)
     readings = ctx.shared.setdefault("base_readings", BaseReadings())
-    zero_shot = method_settings(ctx.study, "zero_shot")
+    zero_shot = ctx.study.zero_shot
     if (readout is None and ctx.pending("zero_shot")
             and (zero_shot.query, zero_shot.options) == (settings.query, settings.options)):
         # the zero-shot query of this (E, T) is still to come and asks the same: one base-model pass reads both
