@@ -61,6 +61,8 @@ def _other_value(name: str, field, value):
         return 5 if value == "auto" else "auto"
     if name == "options":
         return (" nah", " yep")
+    if name == "ema_decay":
+        return 0.99 if value is None else None
     if isinstance(value, bool):
         return not value
     if isinstance(value, str):
@@ -98,9 +100,9 @@ def test_changing_any_setting_of_a_method_changes_its_cells_and_no_others():
             moved = {m for m in METHODS if after[m] != before[m]}
             assert moved == {name}, (name, field_name, moved)
             checked += 1
-    # probe 9, its last-layer twin 8 (its layer is fixed), LoRA 22, LoRA + Prompt 22 and its read-out twin 23,
+    # probe 9, its last-layer twin 8 (its layer is fixed), LoRA 23, LoRA + Prompt 23 and its read-out twin 24,
     # zero-shot 2, verbalized 2, sampling 3
-    assert checked == 91
+    assert checked == 94
 
 
 @pytest.mark.parametrize("setting, value, expected", [
