@@ -72,8 +72,8 @@ def _print_metrics(metrics) -> None:
 
     table = Table(title="metrics per cell (held-out questions)")
     has_ts = "ece_ts" in metrics
-    for col in ("method", "model", "trained on", "n", "AUROC", "ECE", "Brier", "accuracy") + (("ECE after TS",) if has_ts else ()) \
-            + ("ECE after Platt (cross-fitted)",):
+    columns = ["method", "model", "trained on", "n", "AUROC", "ECE", "Brier", "accuracy"]
+    for col in columns + (["ECE after TS"] if has_ts else []) + ["ECE after Platt (cross-fitted)"]:
         table.add_column(col)
     for row in metrics.itertuples():
         cells = [method_label(row.method), row.model, row.trained_on, str(row.n), f"{row.auroc:.3f}",

@@ -386,10 +386,11 @@ def train_loop(
             log.steps = step
             if step % settings.eval_every == 0 or step == total:
                 current = val_loss() if average is None else average.applied(val_loss)
+                averaged = None if average is None else average.applied(get_state)  # kept if best, checkpointed
                 log.val_loss.append((step, current))
                 if current < log.best_val_loss - 1e-4:
                     log.best_val_loss, log.best_step, since = current, step, 0
-                    best_state = get_state() if average is None else average.applied(get_state)
+                    best_state = get_state() if averaged is None else averaged
                 else:
                     since += 1
                     if since >= settings.patience:
@@ -397,8 +398,7 @@ def train_loop(
                 if checkpoint is not None and step < total and (parallel.leader or parallel.sharded):
                     save_checkpoint(checkpoint, get_state(), best_state, opt, sched, rng,
                                     _Progress(step, since, order.tolist(), running, log, best_state is not None),
-                                    write=parallel.leader,
-                                    averaged=None if average is None else average.applied(get_state))
+                                    write=parallel.leader, averaged=averaged)
     if best_state is not None:
         set_state(best_state)
     log.seconds += time.perf_counter() - start
