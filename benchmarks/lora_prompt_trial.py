@@ -27,8 +27,8 @@ from calibtune.bootstrap import bootstrap_intervals
 from calibtune.bundled import cache_dir
 from calibtune.config import load_config
 from calibtune.estimators.lora_prompt import LoraPromptEstimator, encode_queries
+from calibtune.estimators.settings import LoraPromptConfig
 from calibtune.features import extract_features
-from calibtune.methods.lora_prompt import LoraPromptConfig
 from calibtune.models import load_model
 from calibtune.prompts import format_prompt
 from calibtune.questions import study_questions
@@ -68,8 +68,8 @@ def main() -> None:
     y_eval = np.array([answers[q.id].label for q in inputs.eval])
     # the Probe on the same answers: the bar to reach, and the layer that readout_layer "auto" reads
     from calibtune.estimators.probe import ProbeEstimator
+    from calibtune.estimators.settings import ProbeConfig
     from calibtune.features import candidate_layers
-    from calibtune.methods.probe import ProbeConfig
 
     layers = candidate_layers(lm.num_layers)
     start = time.perf_counter()

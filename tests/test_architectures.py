@@ -53,8 +53,8 @@ def offline_hub(hub, monkeypatch):
 def test_a_hub_model_loads_offline_in_bf16_with_what_the_study_needs(offline_hub, name):
     from calibtune.estimators.adapters import target_modules
     from calibtune.estimators.query import option_token_ids
+    from calibtune.estimators.settings import LoraPromptConfig
     from calibtune.generate import GenerationSettings, generate_answers
-    from calibtune.methods.lora_prompt import LoraPromptConfig
     from calibtune.open_ended import OpenEndedPrompt
     from calibtune.prompts import DEFAULT_OPTIONS, DEFAULT_QUERY
     from calibtune.records import Question

@@ -201,7 +201,7 @@ def test_lora_targets_follow_the_architecture(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from calibtune.estimators.adapters import attach_lora, target_modules
-    from calibtune.methods.lora_prompt import LoraPromptConfig
+    from calibtune.estimators.settings import LoraPromptConfig
     from conftest import build_tokenizer
 
     tok = build_tokenizer(bos=False)

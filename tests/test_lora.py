@@ -20,9 +20,8 @@ from calibtune.estimators.divergence import divergence
 from calibtune.estimators.lora_head import LoraHeadEstimator
 from calibtune.estimators.lora_prompt import LoraPromptEstimator, encode_queries, query_p_correct
 from calibtune.estimators.query import option_token_ids
+from calibtune.estimators.settings import LoraHeadConfig, LoraPromptConfig
 from calibtune.forward import encode_texts, lm_head_logits, pad_ids
-from calibtune.methods.lora import LoraHeadConfig
-from calibtune.methods.lora_prompt import LoraPromptConfig
 from calibtune.models import load_model
 from calibtune.prompts import DEFAULT_QUERY
 from toy import crash_after_checkpoints, separable_toy
@@ -264,7 +263,7 @@ def test_the_weight_average_is_what_training_validates_and_keeps():
     """With ema_decay, the weights kept are the moving average of the optimizer's trajectory, computed here
     independently from that trajectory; the optimizer's steps themselves are unchanged by it."""
     from calibtune.estimators.adapters import train_loop
-    from calibtune.methods.adapters import AdapterConfig
+    from calibtune.estimators.settings import AdapterConfig
 
     data = torch.from_numpy(np.random.default_rng(0).normal(size=(32, 3))).float()
 
@@ -322,8 +321,8 @@ def test_a_decoder_cut_at_a_layer_gives_that_layers_hidden_states(tiny_models, a
 def test_lora_head_starts_from_a_fitted_probe(tiny_models):
     """Before any update LoRA with a head is the Probe it starts from: the same standardisation and weights."""
     from calibtune.estimators.probe import ProbeEstimator
+    from calibtune.estimators.settings import ProbeConfig
     from calibtune.features import answer_sequences, extract_features
-    from calibtune.methods.probe import ProbeConfig
 
     lm = load_model(str(tiny_models["llama"]), dtype="float32")
     prompts, answers, labels = separable_toy(40)

@@ -13,8 +13,8 @@ from sklearn.metrics import roc_auc_score
 
 from calibtune.errors import CalibtuneError
 from calibtune.estimators.probe import ProbeEstimator
+from calibtune.estimators.settings import ProbeConfig
 from calibtune.estimators.splits import validation_split
-from calibtune.methods.probe import ProbeConfig
 
 
 def _data(n: int, informative_layer: int, seed: int = 0):

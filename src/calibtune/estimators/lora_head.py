@@ -32,9 +32,9 @@ from calibtune.estimators.adapters import (
     train_loop,
 )
 from calibtune.estimators.base import check_estimator_model
+from calibtune.estimators.settings import LoraHeadConfig
 from calibtune.estimators.splits import balanced_weights, validation_split
 from calibtune.forward import Encoded, check_lengths, decoder_up_to, differentiable_attention, length_batches, pad_ids
-from calibtune.methods.lora import LoraHeadConfig
 from calibtune.models import LoadedModel
 from calibtune.progress import progress_bar
 from calibtune.records import Question

@@ -36,6 +36,7 @@ from calibtune.estimators.adapters import (
 from calibtune.estimators.base import check_estimator_model
 from calibtune.estimators.divergence import DIVERGENCES, divergence
 from calibtune.estimators.query import option_token_ids, p_yes, two_way_logits
+from calibtune.estimators.settings import LoraPromptConfig
 from calibtune.estimators.splits import balanced_weights, validation_split
 from calibtune.forward import (
     check_lengths,
@@ -46,7 +47,6 @@ from calibtune.forward import (
     lm_head_logits,
     pad_ids,
 )
-from calibtune.methods.lora_prompt import LoraPromptConfig
 from calibtune.models import LoadedModel
 from calibtune.progress import progress_bar
 from calibtune.records import Question

@@ -1,52 +1,17 @@
-"""Settings shared by the two methods that train LoRA adapters (LoRA, LoRA + Prompt), and how a study
-chooses their training answers."""
+"""How a study chooses the training answers of the two methods that train LoRA adapters (LoRA, LoRA +
+Prompt), and fits and scores them; their settings are in ``calibtune.estimators.settings``."""
 
 from __future__ import annotations
 
 import math
 import random
 from collections.abc import Sequence
-from typing import Literal
 
 import numpy as np
-from pydantic import Field
 
+from calibtune.estimators.settings import AdapterConfig
 from calibtune.methods.base import CellContext, CellScores
 from calibtune.records import Question
-from calibtune.settings import Settings
-
-
-class AdapterConfig(Settings):
-    """LoRA adapters (peft) and their training loop; the defaults are the paper's adapters.
-
-    ``target_modules: auto`` takes peft's default projections for the model's architecture
-    (query and value for Llama, Mistral, Gemma, Qwen). ``layers: top_half`` puts adapters
-    on the upper half only, so the backward pass stops midway.
-    """
-
-    r: int = Field(8, ge=1)
-    alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.1, ge=0, lt=1)
-    target_modules: Literal["auto"] | list[str] = "auto"
-    layers: Literal["all", "top_half"] = "all"
-    learning_rate: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    batch_size: int = Field(8, ge=1)
-    epochs: float = Field(1.0, gt=0)
-    max_steps: int | None = Field(None, ge=1)
-    max_train_examples: int | None = Field(800, ge=2, description="a seeded sample of the training answers")
-    warmup_fraction: float = Field(0.05, ge=0, lt=1)
-    schedule: Literal["cosine", "linear"] = Field("cosine", description="learning-rate decay after the warm-up")
-    eval_every: int = Field(20, ge=1, description="steps between validations")
-    patience: int = Field(4, ge=1, description="validations without improvement before stopping")
-    max_grad_norm: float = Field(1.0, gt=0)
-    ema_decay: float | None = Field(None, gt=0, lt=1, description="validate and keep an exponential moving "
-                                    "average of the adapter weights with this decay (e.g. 0.99); none: the "
-                                    "weights themselves")
-    val_fraction: float = Field(0.2, gt=0, lt=1)
-    balance: Literal["none", "dataset"] = Field("none", description="dataset: weight the training answers so "
-                                                "that every dataset has as much weight on right answers as on "
-                                                "wrong ones (its identity then tells nothing)")
 
 
 def study_adapter_config(ctx: CellContext) -> AdapterConfig:

@@ -5,24 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import Field
-
-from calibtune.methods.adapters import AdapterConfig, adapter_training_set, fit_and_score, study_adapter_config
+from calibtune.estimators.settings import LoraHeadConfig, ProbeConfig
+from calibtune.methods.adapters import adapter_training_set, fit_and_score, study_adapter_config
 from calibtune.methods.base import CellContext, CellScores, Method
 
 if TYPE_CHECKING:
     from calibtune.estimators.base import AnswerEstimator
     from calibtune.models import LoadedModel
-
-
-class LoraHeadConfig(AdapterConfig):
-    """Which hidden state the head reads, and the head itself."""
-
-    layer: int = Field(-1, ge=-1, description="hidden-state layer; -1 means the middle layer")
-    hidden_size: int = Field(64, ge=1)
-    head_dropout: float = Field(0.1, ge=0, lt=1)
-    init_from_probe: bool = Field(True, description="start the head from a Probe fitted on the same layer and "
-                                  "training answers (its standardisation and weights)")
 
 
 def make_cell(ctx: CellContext) -> CellScores:
@@ -52,7 +41,6 @@ def starting_probe(ctx: CellContext, settings: LoraHeadConfig, layer: int, train
     settings are the Probe's defaults: LoRA's cells depend on LoRA's settings alone."""
     from calibtune.estimators.probe import ProbeEstimator
     from calibtune.features import extract_features
-    from calibtune.methods.probe import ProbeConfig
 
     table = ctx.probe_features()
     if layer in table.layers:

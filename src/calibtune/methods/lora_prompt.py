@@ -3,30 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
-from pydantic import Field
-
-from calibtune.methods.adapters import AdapterConfig, adapter_training_set, fit_and_score, study_adapter_config
+from calibtune.estimators.settings import LoraPromptConfig
+from calibtune.methods.adapters import adapter_training_set, fit_and_score, study_adapter_config
 from calibtune.methods.base import CellContext, CellScores, Method
-from calibtune.prompts import DEFAULT_OPTIONS, DEFAULT_QUERY
 
 if TYPE_CHECKING:
     from calibtune.estimators.base import AnswerEstimator
     from calibtune.models import LoadedModel
-
-
-class LoraPromptConfig(AdapterConfig):
-    """The query, and the divergence that keeps the adapted model close to the base model on answer text.
-
-    ``divergence``: ``js`` (Jensen-Shannon), ``forward_kl`` KL(base || adapted) or
-    ``reverse_kl`` KL(adapted || base), weighted by ``kl_weight``.
-    """
-
-    query: str = DEFAULT_QUERY
-    options: tuple[str, str] = DEFAULT_OPTIONS
-    kl_weight: float = Field(1.0, ge=0)
-    divergence: Literal["js", "forward_kl", "reverse_kl"] = "js"
 
 
 def make_cell(ctx: CellContext) -> CellScores:

@@ -13,8 +13,9 @@ from typing import Literal
 
 from pydantic import Field
 
+from calibtune.estimators.settings import LoraPromptConfig, ProbeConfig
 from calibtune.methods.base import CellContext, CellScores, Method
-from calibtune.methods.lora_prompt import LoraPromptConfig, train_cell
+from calibtune.methods.lora_prompt import train_cell
 
 LABEL = "LoRA + Prompt, mid-layer read-out"
 
@@ -32,7 +33,6 @@ def readout_layer(ctx: CellContext, settings: LoraPromptReadoutConfig) -> int:
     if settings.readout_layer != "auto":
         return int(settings.readout_layer)
     from calibtune.estimators.probe import ProbeEstimator
-    from calibtune.methods.probe import ProbeConfig
 
     table = ctx.probe_features()
     train = ctx.inputs.train

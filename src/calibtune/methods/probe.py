@@ -3,34 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
-from pydantic import Field
-
+from calibtune.estimators.settings import ProbeConfig
 from calibtune.methods.base import CellContext, CellScores, Method
-from calibtune.settings import Settings
 
 if TYPE_CHECKING:
     from calibtune.estimators.base import AnswerEstimator
     from calibtune.models import LoadedModel
-
-
-class ProbeConfig(Settings):
-    """The Probe's head and how it is trained; saved with every fitted probe.
-
-    ``layer``: ``auto`` fits a head on every candidate layer (``features.layers``) and keeps
-    the best on validation AUROC; ``last`` is the paper's last-layer probe; a number picks that layer.
-    """
-
-    layer: Literal["auto", "last"] | int = "auto"
-    hidden_size: int = Field(64, ge=0, description="0: a linear (logistic) head")
-    dropout: float = Field(0.1, ge=0, lt=1)
-    learning_rate: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-2, ge=0)
-    batch_size: int = Field(64, ge=1)
-    max_epochs: int = Field(200, ge=1)
-    patience: int = Field(20, ge=1)
-    val_fraction: float = Field(0.2, gt=0, lt=1)
 
 
 def make_cell(ctx: CellContext) -> CellScores:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Literal
 
+from calibtune.estimators.settings import ProbeConfig
 from calibtune.methods.base import Method
-from calibtune.methods.probe import ProbeConfig, make_cell
+from calibtune.methods.probe import make_cell
 
 
 class ProbeLastConfig(ProbeConfig):

@@ -1,0 +1,90 @@
+"""The settings of the trained estimators (Probe, LoRA, LoRA + Prompt): what a config's ``methods``
+section sets for each, and what every fitted estimator saves beside its weights.
+
+They sit below both ``calibtune.estimators`` (which trains with them) and ``calibtune.methods``
+(which makes the study's cells from them), so neither imports the other for its settings.
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from calibtune.prompts import DEFAULT_OPTIONS, DEFAULT_QUERY
+from calibtune.settings import Settings
+
+
+class AdapterConfig(Settings):
+    """LoRA adapters (peft) and their training loop; the defaults are the paper's adapters.
+
+    ``target_modules: auto`` takes peft's default projections for the model's architecture
+    (query and value for Llama, Mistral, Gemma, Qwen). ``layers: top_half`` puts adapters
+    on the upper half only, so the backward pass stops midway.
+    """
+
+    r: int = Field(8, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    target_modules: Literal["auto"] | list[str] = "auto"
+    layers: Literal["all", "top_half"] = "all"
+    learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(8, ge=1)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    max_train_examples: int | None = Field(800, ge=2, description="a seeded sample of the training answers")
+    warmup_fraction: float = Field(0.05, ge=0, lt=1)
+    schedule: Literal["cosine", "linear"] = Field("cosine", description="learning-rate decay after the warm-up")
+    eval_every: int = Field(20, ge=1, description="steps between validations")
+    patience: int = Field(4, ge=1, description="validations without improvement before stopping")
+    max_grad_norm: float = Field(1.0, gt=0)
+    ema_decay: float | None = Field(None, gt=0, lt=1, description="validate and keep an exponential moving "
+                                    "average of the adapter weights with this decay (e.g. 0.99); none: the "
+                                    "weights themselves")
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    balance: Literal["none", "dataset"] = Field("none", description="dataset: weight the training answers so "
+                                                "that every dataset has as much weight on right answers as on "
+                                                "wrong ones (its identity then tells nothing)")
+
+
+class LoraHeadConfig(AdapterConfig):
+    """Which hidden state the head reads, and the head itself."""
+
+    layer: int = Field(-1, ge=-1, description="hidden-state layer; -1 means the middle layer")
+    hidden_size: int = Field(64, ge=1)
+    head_dropout: float = Field(0.1, ge=0, lt=1)
+    init_from_probe: bool = Field(True, description="start the head from a Probe fitted on the same layer and "
+                                  "training answers (its standardisation and weights)")
+
+
+class LoraPromptConfig(AdapterConfig):
+    """The query, and the divergence that keeps the adapted model close to the base model on answer text.
+
+    ``divergence``: ``js`` (Jensen-Shannon), ``forward_kl`` KL(base || adapted) or
+    ``reverse_kl`` KL(adapted || base), weighted by ``kl_weight``.
+    """
+
+    query: str = DEFAULT_QUERY
+    options: tuple[str, str] = DEFAULT_OPTIONS
+    kl_weight: float = Field(1.0, ge=0)
+    divergence: Literal["js", "forward_kl", "reverse_kl"] = "js"
+
+
+class ProbeConfig(Settings):
+    """The Probe's head and how it is trained; saved with every fitted probe.
+
+    ``layer``: ``auto`` fits a head on every candidate layer (``features.layers``) and keeps
+    the best on validation AUROC; ``last`` is the paper's last-layer probe; a number picks that layer.
+    """
+
+    layer: Literal["auto", "last"] | int = "auto"
+    hidden_size: int = Field(64, ge=0, description="0: a linear (logistic) head")
+    dropout: float = Field(0.1, ge=0, lt=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    batch_size: int = Field(64, ge=1)
+    max_epochs: int = Field(200, ge=1)
+    patience: int = Field(20, ge=1)
+    val_fraction: float = Field(0.2, gt=0, lt=1)
