@@ -30,8 +30,8 @@ def worker(model: str, steps: int, examples: int, dtype: str, sharding: str, out
 
     from calibtune.data import load_questions
     from calibtune.distributed import ONE_PROCESS, Ranks
+    from calibtune.estimator_settings import LoraPromptConfig
     from calibtune.estimators.lora_prompt import LoraPromptEstimator, encode_queries
-    from calibtune.estimators.settings import LoraPromptConfig
     from calibtune.models import load_model
     from calibtune.prompts import format_prompt
 

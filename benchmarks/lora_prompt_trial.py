@@ -26,8 +26,8 @@ import numpy as np
 from calibtune.bootstrap import bootstrap_intervals
 from calibtune.bundled import cache_dir
 from calibtune.config import load_config
+from calibtune.estimator_settings import LoraPromptConfig
 from calibtune.estimators.lora_prompt import LoraPromptEstimator, encode_queries
-from calibtune.estimators.settings import LoraPromptConfig
 from calibtune.features import extract_features
 from calibtune.models import load_model
 from calibtune.prompts import format_prompt
@@ -67,8 +67,8 @@ def main() -> None:
     y_train = np.array([answers[q.id].label for q in train])
     y_eval = np.array([answers[q.id].label for q in inputs.eval])
     # the Probe on the same answers: the bar to reach, and the layer that readout_layer "auto" reads
+    from calibtune.estimator_settings import ProbeConfig
     from calibtune.estimators.probe import ProbeEstimator
-    from calibtune.estimators.settings import ProbeConfig
     from calibtune.features import candidate_layers
 
     layers = candidate_layers(lm.num_layers)

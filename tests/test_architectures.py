@@ -51,9 +51,9 @@ def offline_hub(hub, monkeypatch):
 
 @pytest.mark.parametrize("name", ["test-org/tiny-llama-2", "test-org/tiny-mistral"])
 def test_a_hub_model_loads_offline_in_bf16_with_what_the_study_needs(offline_hub, name):
+    from calibtune.estimator_settings import LoraPromptConfig
     from calibtune.estimators.adapters import target_modules
     from calibtune.estimators.query import option_token_ids
-    from calibtune.estimators.settings import LoraPromptConfig
     from calibtune.generate import GenerationSettings, generate_answers
     from calibtune.open_ended import OpenEndedPrompt
     from calibtune.prompts import DEFAULT_OPTIONS, DEFAULT_QUERY

@@ -135,8 +135,8 @@ def test_missing_bundled_package_names_the_install_command(monkeypatch):
 
 
 def test_corrupted_estimator_files(tmp_path):
+    from calibtune.estimator_settings import ProbeConfig
     from calibtune.estimators.probe import ProbeEstimator
-    from calibtune.estimators.settings import ProbeConfig
 
     rng = np.random.default_rng(0)
     probe = ProbeEstimator(ProbeConfig(max_epochs=2), layers=(1,)).fit(rng.normal(size=(40, 1, 4)),

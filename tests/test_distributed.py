@@ -131,8 +131,8 @@ def test_fsdp_training_shards_the_weights_and_resumes_from_its_checkpoint(tmp_pa
     """Two processes train LoRA + Prompt with FSDP: each holds half of the adapters (and of every decoder layer);
     killed after the checkpoint at step 4, they resume to exactly the uninterrupted run's P(correct) and losses,
     and both agree with one process to 1e-5 (fp32)."""
+    from calibtune.estimator_settings import LoraPromptConfig
     from calibtune.estimators.lora_prompt import LoraPromptEstimator, encode_queries
-    from calibtune.estimators.settings import LoraPromptConfig
     from calibtune.models import load_model
 
     worker = Path(__file__).parent / "workers" / "fsdp_resume.py"

@@ -200,8 +200,8 @@ def test_every_saved_estimator_scores_answers_as_the_study_did(tmp_path, tiny_mo
 def test_lora_targets_follow_the_architecture(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    from calibtune.estimator_settings import LoraPromptConfig
     from calibtune.estimators.adapters import attach_lora, target_modules
-    from calibtune.estimators.settings import LoraPromptConfig
     from conftest import build_tokenizer
 
     tok = build_tokenizer(bos=False)

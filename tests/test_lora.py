@@ -15,12 +15,12 @@ from sklearn.metrics import log_loss, roc_auc_score
 
 from calibtune.calibration import TemperatureScaler
 from calibtune.errors import CalibtuneError
+from calibtune.estimator_settings import LoraHeadConfig, LoraPromptConfig
 from calibtune.estimators.adapters import attach_lora
 from calibtune.estimators.divergence import divergence
 from calibtune.estimators.lora_head import LoraHeadEstimator
 from calibtune.estimators.lora_prompt import LoraPromptEstimator, encode_queries, query_p_correct
 from calibtune.estimators.query import option_token_ids
-from calibtune.estimators.settings import LoraHeadConfig, LoraPromptConfig
 from calibtune.forward import encode_texts, lm_head_logits, pad_ids
 from calibtune.models import load_model
 from calibtune.prompts import DEFAULT_QUERY
@@ -262,8 +262,8 @@ def test_training_resumes_from_a_checkpoint_to_the_same_result(tiny_models, tmp_
 def test_the_weight_average_is_what_training_validates_and_keeps():
     """With ema_decay, the weights kept are the moving average of the optimizer's trajectory, computed here
     independently from that trajectory; the optimizer's steps themselves are unchanged by it."""
+    from calibtune.estimator_settings import AdapterConfig
     from calibtune.estimators.adapters import train_loop
-    from calibtune.estimators.settings import AdapterConfig
 
     data = torch.from_numpy(np.random.default_rng(0).normal(size=(32, 3))).float()
 
@@ -320,8 +320,8 @@ def test_a_decoder_cut_at_a_layer_gives_that_layers_hidden_states(tiny_models, a
 
 def test_lora_head_starts_from_a_fitted_probe(tiny_models):
     """Before any update LoRA with a head is the Probe it starts from: the same standardisation and weights."""
+    from calibtune.estimator_settings import ProbeConfig
     from calibtune.estimators.probe import ProbeEstimator
-    from calibtune.estimators.settings import ProbeConfig
     from calibtune.features import answer_sequences, extract_features
 
     lm = load_model(str(tiny_models["llama"]), dtype="float32")

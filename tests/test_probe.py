@@ -12,8 +12,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from calibtune.errors import CalibtuneError
+from calibtune.estimator_settings import ProbeConfig
 from calibtune.estimators.probe import ProbeEstimator
-from calibtune.estimators.settings import ProbeConfig
 from calibtune.estimators.splits import validation_split
 
 

@@ -61,8 +61,8 @@ def test_lora_prompt_trains_briefly_on_a_bundled_model(tmp_path, real_cache):
     import numpy as np
 
     from calibtune.data import load_questions
+    from calibtune.estimator_settings import LoraPromptConfig
     from calibtune.estimators.lora_prompt import LoraPromptEstimator, encode_queries
-    from calibtune.estimators.settings import LoraPromptConfig
     from calibtune.models import load_model, model_fingerprint
     from calibtune.prompts import DEFAULT_QUERY, format_prompt
 

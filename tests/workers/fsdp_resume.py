@@ -16,8 +16,8 @@ from toy import crash_after_checkpoints, separable_toy  # noqa: E402
 
 def main(model: str, out: Path) -> None:
     from calibtune.distributed import Ranks
+    from calibtune.estimator_settings import LoraPromptConfig
     from calibtune.estimators.lora_prompt import LoraPromptEstimator, encode_queries
-    from calibtune.estimators.settings import LoraPromptConfig
     from calibtune.models import load_model
 
     ranks = Ranks.current()

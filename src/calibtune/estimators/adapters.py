@@ -19,7 +19,7 @@ import torch
 
 from calibtune.distributed import ONE_PROCESS, DataParallel, clip_grad_norm, full_tensor, is_spent, like
 from calibtune.errors import CalibtuneError
-from calibtune.estimators.settings import AdapterConfig
+from calibtune.estimator_settings import AdapterConfig
 from calibtune.models import LoadedModel
 from calibtune.progress import console
 

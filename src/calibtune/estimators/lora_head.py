@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from calibtune.distributed import ONE_PROCESS, DataParallel
 from calibtune.errors import CalibtuneError, first_line
+from calibtune.estimator_settings import LoraHeadConfig
 from calibtune.estimators.adapters import (
     TrainLog,
     attach_lora,
@@ -32,7 +33,6 @@ from calibtune.estimators.adapters import (
     train_loop,
 )
 from calibtune.estimators.base import check_estimator_model
-from calibtune.estimators.settings import LoraHeadConfig
 from calibtune.estimators.splits import balanced_weights, validation_split
 from calibtune.forward import Encoded, check_lengths, decoder_up_to, differentiable_attention, length_batches, pad_ids
 from calibtune.models import LoadedModel

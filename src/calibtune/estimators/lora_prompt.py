@@ -21,6 +21,7 @@ import torch
 
 from calibtune.distributed import ONE_PROCESS, DataParallel
 from calibtune.errors import CalibtuneError, first_line
+from calibtune.estimator_settings import LoraPromptConfig
 from calibtune.estimators.adapters import (
     TrainLog,
     attach_lora,
@@ -36,7 +37,6 @@ from calibtune.estimators.adapters import (
 from calibtune.estimators.base import check_estimator_model
 from calibtune.estimators.divergence import DIVERGENCES, divergence
 from calibtune.estimators.query import option_token_ids, p_yes, two_way_logits
-from calibtune.estimators.settings import LoraPromptConfig
 from calibtune.estimators.splits import balanced_weights, validation_split
 from calibtune.forward import (
     check_lengths,

@@ -27,7 +27,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.metrics import roc_auc_score
 
 from calibtune.errors import CalibtuneError, first_line
-from calibtune.estimators.settings import ProbeConfig
+from calibtune.estimator_settings import ProbeConfig
 from calibtune.estimators.splits import validation_split
 from calibtune.records import Question
 

@@ -1,5 +1,5 @@
 """How a study chooses the training answers of the two methods that train LoRA adapters (LoRA, LoRA +
-Prompt), and fits and scores them; their settings are in ``calibtune.estimators.settings``."""
+Prompt), and fits and scores them; their settings are in ``calibtune.estimator_settings``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from calibtune.estimators.settings import AdapterConfig
+from calibtune.estimator_settings import AdapterConfig
 from calibtune.methods.base import CellContext, CellScores
 from calibtune.records import Question
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from calibtune.estimators.settings import LoraHeadConfig, ProbeConfig
+from calibtune.estimator_settings import LoraHeadConfig, ProbeConfig
 from calibtune.methods.adapters import adapter_training_set, fit_and_score, study_adapter_config
 from calibtune.methods.base import CellContext, CellScores, Method
 

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from calibtune.estimators.settings import LoraPromptConfig, ProbeConfig
+from calibtune.estimator_settings import LoraPromptConfig, ProbeConfig
 from calibtune.methods.base import CellContext, CellScores, Method
 from calibtune.methods.lora_prompt import train_cell
 

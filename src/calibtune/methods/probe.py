@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from calibtune.estimators.settings import ProbeConfig
+from calibtune.estimator_settings import ProbeConfig
 from calibtune.methods.base import CellContext, CellScores, Method
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from calibtune.estimators.settings import ProbeConfig
+from calibtune.estimator_settings import ProbeConfig
 from calibtune.methods.base import Method
 from calibtune.methods.probe import make_cell
 
