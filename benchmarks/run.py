@@ -121,7 +121,7 @@ def row(model: str, name: str, seconds: float, items: int, unit: str, tokens: fl
 def bench_model(name: str, sizes: dict, peak: float) -> list[dict]:
     lm = load_model(name)
     shape = ModelShape.of(lm.model.config)
-    fp32 = load_model(name, dtype="float32")  # the naive way
+    fp32 = load_model(name, dtype="float32", fused_norms=False)  # the naive way: transformers as it comes
     rows = []
     questions = load_questions("arc_easy", split="test")
     cloze_q = questions[: sizes["cloze"]]

@@ -24,6 +24,42 @@ def test_load_by_path(tiny_models, arch):
     assert lm.tokenizer.pad_token_id is not None
 
 
+# RMSNorms per tiny model: two per layer and the final one; Gemma 3 adds a query and a key norm
+# per layer and norms after attention and after the MLP.
+NORMS = {"llama": 5, "mistral": 5, "qwen": 5, "gemma": 13}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fused_rms_norms_give_transformers_values_and_gradients_bit_for_bit(tiny_models, arch, dtype):
+    from transformers import AutoModelForCausalLM
+
+    from calibtune.models import fuse_rms_norms
+
+    lm = load_model(str(tiny_models[arch]), dtype=dtype)
+    plain = AutoModelForCausalLM.from_pretrained(tiny_models[arch], dtype=lm.dtype)
+    torch.manual_seed(1)  # norms' weights away from their initial ones, so that they take part
+    for module in plain.modules():
+        if type(module).__name__.endswith("RMSNorm"):
+            module.weight.data.normal_(0.0, 0.5)
+    lm.model.load_state_dict(plain.state_dict())
+    assert sum("forward" in vars(m) for m in lm.model.modules()) == NORMS[arch]
+    assert sum("forward" in vars(m) for m in plain.modules()) == 0
+    ids = torch.randint(3, plain.config.vocab_size, (3, 17))
+    logits = []
+    for model in (lm.model, plain):
+        model.requires_grad_(True)
+        model.zero_grad()
+        out = model(ids).logits
+        out.float().square().mean().backward()
+        logits.append(out)
+    assert torch.equal(logits[0], logits[1])
+    grads = dict(plain.named_parameters())
+    for name, param in lm.model.named_parameters():
+        assert torch.equal(param.grad, grads[name].grad), name
+    assert fuse_rms_norms(plain) == NORMS[arch]
+
+
 def test_auto_dtype_is_bf16_exactly_where_the_hardware_runs_it_fast(monkeypatch):
     from pathlib import Path
 
