@@ -158,9 +158,9 @@ def fuse_rms_norms(model) -> int:
     """
     fused = 0
     for module in model.modules():
-        kind = _rms_norm_kind(type(module))
-        if kind is not None:
-            module.forward = types.MethodType(_FUSED_RMS_NORMS[kind], module)
+        forward = _fused_forward(type(module))
+        if forward is not None:
+            module.forward = types.MethodType(forward, module)
             fused += 1
     return fused
 
@@ -176,12 +176,10 @@ def _gemma3_rms_norm(self, x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.rms_norm(x.float(), (x.shape[-1],), 1.0 + self.weight.float(), self.eps).type_as(x)
 
 
-_FUSED_RMS_NORMS = {"llama": _llama_rms_norm, "gemma3": _gemma3_rms_norm}
-
-
 @functools.cache
-def _rms_norm_kind(cls: type) -> str | None:
-    """"llama" or "gemma3" when ``cls`` is a transformers RMSNorm running exactly that code, else None."""
+def _fused_forward(cls: type):
+    """The fused forward for ``cls`` when it is a transformers RMSNorm running exactly Llama's or
+    Gemma 3's code, else None."""
     if not cls.__name__.endswith("RMSNorm") or not cls.__module__.startswith("transformers.models."):
         return None
     from transformers.models.gemma3.modeling_gemma3 import Gemma3RMSNorm
@@ -189,11 +187,12 @@ def _rms_norm_kind(cls: type) -> str | None:
 
     try:
         source = inspect.getsource(cls.forward)
-        references = {"llama": inspect.getsource(LlamaRMSNorm.forward),
-                      "gemma3": inspect.getsource(Gemma3RMSNorm.forward)}
+        for reference, fused in ((LlamaRMSNorm, _llama_rms_norm), (Gemma3RMSNorm, _gemma3_rms_norm)):
+            if source == inspect.getsource(reference.forward):
+                return fused
     except (OSError, TypeError):  # no source on disk (a frozen install): keep transformers' forward
-        return None
-    return next((kind for kind, reference in references.items() if source == reference), None)
+        pass
+    return None
 
 
 def _from_pretrained(source: str, dtype: torch.dtype, trust_remote_code: bool, local_only: bool):
