@@ -9,8 +9,12 @@ LoRA + Prompt settings over the default study's (e.g. ``{"learning_rate": 0.001,
 ``"readout_layer": "auto"`` trains the mid-layer read-out; ``"seed": 1`` changes only the estimator's seed: its
 validation split, adapter initialisation and batch order). For each variant it prints and appends one
 JSON line: the settings, the evaluation AUROC with its 95% bootstrap interval, ECE, the validation-loss
-curve, the step kept and the training time. The default study's evaluation questions are the held-out set;
-its training questions (or a seeded sample of ``--train`` of them) are trained on.
+curve, the step kept and the training time. With ``--trace`` it also scores the evaluation answers at every
+validation (and at step 0), so the line says how the estimator's AUROC moves along the training trajectory
+and which step other selection rules (the held-out answers' AUROC, or their loss after Platt scaling) would
+have kept; that costs one more pass over the evaluation answers per validation. The default study's
+evaluation questions are the held-out set; its training questions (or a seeded sample of ``--train`` of
+them) are trained on.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import argparse
 import json
 import random
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +52,8 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=None, help="a seeded sample of this many training answers")
     parser.add_argument("--estimator-prompt", default=None,
                         help="the template of the estimator's text (default: the config's prompt, which answered)")
+    parser.add_argument("--trace", action="store_true",
+                        help="score the evaluation answers at every validation (AUROC along the trajectory)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/lora_prompt_trial.jsonl"))
     args = parser.parse_args()
     cfg = load_config(args.config)
@@ -88,15 +95,70 @@ def main() -> None:
         if readout == "auto":
             readout = probe_layer
         seqs = encode_queries(lm.tokenizer, *prompts(train), settings.query)
+        eval_seqs = encode_queries(lm.tokenizer, *prompts(inputs.eval), settings.query)
+        est = LoraPromptEstimator(lm, settings, seed=seed, readout=readout)
+        trace: list[dict] = []
         start = time.perf_counter()
-        est = LoraPromptEstimator(lm, settings, seed=seed, readout=readout).fit(
-            seqs, y_train, groups=[q.dataset for q in train])
+        with traced(est, seqs, y_train, eval_seqs, y_eval, trace) if args.trace else nullcontext():
+            est.fit(seqs, y_train, groups=[q.dataset for q in train])
         fit_s = time.perf_counter() - start
-        p = est.predict_proba(encode_queries(lm.tokenizer, *prompts(inputs.eval), settings.query))
+        p = est.predict_proba(eval_seqs)
         est.release()
+        extra = {"fit_s": round(fit_s), "steps": est.log.steps, "best_step": est.log.best_step,
+                 "val_loss": [(s, round(v, 4)) for s, v in est.log.val_loss]}
+        if args.trace:
+            extra["trace"] = [{"step": s, **t} for (s, _), t in zip(est.log.val_loss, trace)]
         record(args, {**variant, "readout_layer": readout, "seed": seed, **shown}, p, y_eval, cfg.seed, len(train),
-               {"fit_s": round(fit_s), "steps": est.log.steps, "best_step": est.log.best_step,
-                "val_loss": [(s, round(v, 4)) for s, v in est.log.val_loss]})
+               extra)
+
+
+@contextmanager
+def traced(est: LoraPromptEstimator, seqs, y_train: np.ndarray, eval_seqs, y_eval: np.ndarray, trace: list[dict]):
+    """While ``est`` trains, each validation also appends to ``trace`` the held-out answers' AUROC and loss after
+    Platt scaling fitted on them (in sample), and the evaluation answers' AUROC and ECE after the temperature
+    fitted on the held-out answers. The held-out answers' P(correct) is caught from the validation pass itself."""
+    from calibtune import metrics
+    from calibtune.calibration import PlattScaler, TemperatureScaler
+    from calibtune.estimators import lora_prompt
+    from calibtune.estimators.query import p_yes
+
+    caught: dict[int, float] = {}
+    real_logits, real_loop = lora_prompt.query_logits, lora_prompt.train_loop
+
+    def catching_logits(lm, batch, *rest):
+        logits = real_logits(lm, batch, *rest)
+        caught.update(zip(map(id, batch), p_yes(logits)))
+        return logits
+
+    def entry(p_val: np.ndarray, y_val: np.ndarray) -> dict:
+        est.lm.model.eval()
+        p_eval = lora_prompt.query_p_correct(est.lm, eval_seqs, est.token_ids, est.config.batch_size * 2,
+                                             "trace: evaluation answers", est.readout)
+        est.lm.model.train()
+        platt = PlattScaler.fit(p_val, y_val)
+        return {"val_auroc": round(metrics.auroc(p_val, y_val), 4),
+                "val_platt_nll": round(metrics.nll(platt.transform(p_val), y_val), 4),
+                "eval_auroc": round(metrics.auroc(p_eval, y_eval), 4),
+                "eval_ece_ts": round(metrics.ece(TemperatureScaler.fit(p_val, y_val).transform(p_eval), y_eval), 4)}
+
+    def tracing_loop(params, n_train, step_loss, val_loss, *rest, **options):
+        val_seqs = [seqs[i] for i in est.val_indices]
+        y_val = y_train[est.val_indices]
+
+        def validate() -> float:
+            caught.clear()
+            loss = val_loss()
+            trace.append(entry(np.array([caught[id(s)] for s in val_seqs]), y_val))
+            return loss
+
+        validate()  # step 0: the adapters start at zero, so this is the base model
+        return real_loop(params, n_train, step_loss, validate, *rest, **options)
+
+    lora_prompt.query_logits, lora_prompt.train_loop = catching_logits, tracing_loop
+    try:
+        yield
+    finally:
+        lora_prompt.query_logits, lora_prompt.train_loop = real_logits, real_loop
 
 
 def record(args, variant: dict, p: np.ndarray, y: np.ndarray, seed: int, n_train: int, extra: dict) -> None:
