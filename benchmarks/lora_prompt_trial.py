@@ -149,6 +149,8 @@ def traced(est: LoraPromptEstimator, seqs, y_train: np.ndarray, eval_seqs, y_eva
             caught.clear()
             loss = val_loss()
             trace.append(entry(np.array([caught[id(s)] for s in val_seqs]), y_val))
+            # printed as it comes, so a trace cut short still says how far it got
+            print(json.dumps({"validation": len(trace) - 1, "val_loss": round(loss, 4), **trace[-1]}), flush=True)
             return loss
 
         validate()  # step 0: the adapters start at zero, so this is the base model
