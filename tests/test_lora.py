@@ -448,3 +448,84 @@ def test_adapters_on_the_cpu_use_bit_dropout_at_the_configured_rate(tiny_models)
     drops = [d for m in peft_model.modules() if isinstance(m, LoraLayer) for d in m.lora_dropout.values()]
     assert drops and all(isinstance(d, BitDropout) and d.threshold == 16384 for d in drops)
     peft_model.unload()
+
+
+def test_held_out_scores_match_independent_computations():
+    """Each ``keep`` criterion against a computation that does not share its code: the loss is sklearn's log loss,
+    the calibrated loss is unchanged by a positive affine map of the logits (what Platt scaling undoes) and equals
+    the log loss of a logistic regression fitted by scipy, and 1 - AUROC counts weighted concordant pairs."""
+    from scipy.optimize import minimize
+    from scipy.special import expit
+
+    from calibtune.estimators.adapters import held_out_score
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 60)
+    z = 0.8 * (2 * y - 1) + rng.normal(size=60) + 0.7  # informative, shifted logits
+    w = rng.uniform(0.5, 2.0, 60)
+    assert held_out_score("loss", z, y, w) == pytest.approx(log_loss(y, expit(z), sample_weight=w), rel=1e-9)
+    assert held_out_score("last", z, y) == pytest.approx(log_loss(y, expit(z)), rel=1e-9)
+
+    def fitted_nll(ab):
+        return float(np.sum(w * np.logaddexp(0, -(ab[0] * z + ab[1]) * (2 * y - 1))) / w.sum())
+
+    best = minimize(fitted_nll, x0=[1.0, 0.0], method="BFGS", options={"gtol": 1e-10}).fun
+    calibrated = held_out_score("calibrated_loss", z, y, w)
+    assert calibrated == pytest.approx(best, abs=1e-5)
+    assert held_out_score("calibrated_loss", 3.0 * z - 2.0, y, w) == pytest.approx(calibrated, abs=1e-6)
+    assert calibrated < held_out_score("loss", z, y, w)
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    pairs = w[pos][:, None] * w[neg][None, :]
+    wins = (z[pos][:, None] > z[neg][None, :]) + 0.5 * (z[pos][:, None] == z[neg][None, :])
+    assert held_out_score("auroc", z, y, w) == pytest.approx(1 - (pairs * wins).sum() / pairs.sum(), rel=1e-9)
+    with pytest.raises(CalibtuneError, match="unknown keep 'best'"):
+        held_out_score("best", z, y)
+
+
+@pytest.mark.parametrize("keep", ["loss", "last"])
+def test_keep_last_trains_the_whole_schedule_and_keeps_its_end(keep):
+    """A validation figure that only gets worse: ``loss`` stops after ``patience`` validations and keeps step 0;
+    ``last`` runs every step and keeps the final weights."""
+    from calibtune.estimator_settings import AdapterConfig
+    from calibtune.estimators.adapters import train_loop
+
+    data = torch.from_numpy(np.random.default_rng(0).normal(size=(32, 3))).float()
+    w = torch.nn.Parameter(torch.zeros(3))
+    figures = iter(range(100))
+    settings = AdapterConfig(learning_rate=0.1, batch_size=4, epochs=2, max_steps=12, eval_every=2, patience=2,
+                             warmup_fraction=0.0, keep=keep)
+    log = train_loop([w], 32, lambda batch: ((w - data[batch].mean(0)) ** 2).sum(), lambda: float(next(figures)),
+                     lambda: {"w": w.detach().clone()}, lambda s: w.data.copy_(s["w"]), settings, seed=0,
+                     description="toy")
+    if keep == "loss":
+        assert (log.steps, log.best_step) == (4, 0)
+        assert torch.equal(w.detach(), torch.zeros(3))
+    else:
+        assert (log.steps, log.best_step, log.best_val_loss) == (12, 12, 6.0)
+        assert [s for s, _ in log.val_loss] == [0, 2, 4, 6, 8, 10, 12]
+        assert not torch.equal(w.detach(), torch.zeros(3))
+
+
+@pytest.mark.parametrize("keep", ["auroc", "calibrated_loss"])
+def test_lora_prompt_validates_by_the_chosen_criterion(tiny_models, keep):
+    """The step-0 figure is the untrained model's held-out answers scored by the criterion (computed here from
+    the base model's P(correct)), and the kept adapters' held-out figure is the best one logged."""
+    from scipy.special import logit
+
+    from calibtune.estimators.adapters import held_out_score
+
+    lm = load_model(str(tiny_models["llama"]), dtype="float32")
+    prompts, answers, labels = separable_toy(60)
+    seqs = encode_queries(lm.tokenizer, prompts, answers, DEFAULT_QUERY)
+    before = query_p_correct(lm, seqs, option_token_ids(lm.tokenizer, DEFAULT_QUERY, (" no", " yes")))
+    cfg = LoraPromptConfig(learning_rate=1e-2, batch_size=8, epochs=2, eval_every=3, patience=20, keep=keep)
+    est = LoraPromptEstimator(lm, cfg, meta={"estimator_model": lm.name}).fit(seqs, labels)
+    val = est.val_indices
+    assert est.log.criterion == {"auroc": "1 - AUROC", "calibrated_loss": "calibrated loss"}[keep]
+    assert est.log.val_loss[0][1] == pytest.approx(held_out_score(keep, logit(before[val]), labels[val]), abs=1e-5)
+    kept = held_out_score(keep, logit(est.predict_proba([seqs[i] for i in val])), labels[val])
+    assert kept == pytest.approx(est.log.best_val_loss, abs=1e-5)
+    assert est.log.best_val_loss == min(v for _, v in est.log.val_loss)
+    if keep == "auroc":
+        assert kept == pytest.approx(1 - roc_auc_score(labels[val], est.predict_proba([seqs[i] for i in val])))
+    est.release()

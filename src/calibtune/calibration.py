@@ -57,14 +57,14 @@ class PlattScaler:
     bias: float = 0.0
 
     @classmethod
-    def fit(cls, p: np.ndarray, y: np.ndarray) -> PlattScaler:
-        """The unpenalised logistic regression of y on logit(p)."""
+    def fit(cls, p: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> PlattScaler:
+        """The unpenalised logistic regression of y on logit(p), each answer weighted by ``weights`` if given."""
         from sklearn.linear_model import LogisticRegression
 
         z, y = _logit(p), np.asarray(y)
         if len(z) == 0 or len(np.unique(y)) < 2:
             return cls()
-        fitted = LogisticRegression(C=np.inf).fit(z[:, None], y)
+        fitted = LogisticRegression(C=np.inf).fit(z[:, None], y, sample_weight=weights)
         return cls(float(fitted.coef_[0, 0]), float(fitted.intercept_[0]))
 
     def transform(self, p: np.ndarray) -> np.ndarray:

@@ -40,6 +40,10 @@ class AdapterConfig(Settings):
     eval_every: int = Field(20, ge=1, description="steps between validations")
     patience: int = Field(4, ge=1, description="validations without improvement before stopping")
     max_grad_norm: float = Field(1.0, gt=0)
+    keep: Literal["loss", "calibrated_loss", "auroc", "last"] = Field(
+        "loss", description="which validated step training keeps and early stopping watches, by the held-out "
+        "answers': loss; loss after Platt scaling fitted on them (a shift or scale of the logit, which the "
+        "study's temperature scaling undoes, does not count); AUROC; or last: no early stopping, the last step")
     ema_decay: float | None = Field(None, gt=0, lt=1, description="validate and keep an exponential moving "
                                     "average of the adapter weights with this decay (e.g. 0.99); none: the "
                                     "weights themselves")

@@ -28,15 +28,46 @@ FALLBACK_TARGETS = (("q_proj", "v_proj"), ("qkv_proj",), ("query_key_value",), (
 
 @dataclass
 class TrainLog:
-    """What happened during training, saved with the estimator."""
+    """What happened during training, saved with the estimator. ``val_loss`` holds the held-out figure that
+    ``criterion`` names (``held_out_score``), the one training minimised to choose the step it kept."""
 
     steps: int = 0
     best_step: int = 0
     best_val_loss: float = float("inf")
     train_loss: list[float] = field(default_factory=list)
     val_loss: list[tuple[int, float]] = field(default_factory=list)
+    criterion: str = "loss"
     seconds: float = 0.0
     step_seconds: float = 0.0  # of ``seconds``, the time in training steps (validations excluded)
+
+
+# What ``TrainLog.val_loss`` holds for each ``keep``, as logs and tables name it.
+CRITERIA = {"loss": "loss", "last": "loss", "calibrated_loss": "calibrated loss", "auroc": "1 - AUROC"}
+
+
+def held_out_score(keep: str, logits: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """The figure training minimises over its validations (lower is better), from the held-out answers' logits
+    of P(correct), their labels (1: correct) and weights (default: equal).
+
+    ``loss`` and ``last``: the weighted cross-entropy. ``calibrated_loss``: the same after a Platt scaling fitted
+    on these answers, so that a shift or scale of the logit, which the study's temperature scaling undoes
+    anyway, neither hides nor fakes progress in ranking. ``auroc``: one minus the weighted AUROC.
+    """
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    from calibtune.calibration import PlattScaler
+
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels).astype(np.int64)
+    w = np.ones(len(z)) if weights is None else np.asarray(weights, dtype=np.float64)
+    if keep in ("loss", "last"):
+        return float(np.sum(np.logaddexp(0.0, -z * (2 * y - 1)) * w) / np.sum(w))
+    if keep == "calibrated_loss":
+        p = 1.0 / (1.0 + np.exp(-z))
+        return float(log_loss(y, PlattScaler.fit(p, y, w).transform(p), sample_weight=w, labels=[0, 1]))
+    if keep == "auroc":
+        return 1.0 - float(roc_auc_score(y, z, sample_weight=w))
+    raise CalibtuneError(f"unknown keep '{keep}': use loss, calibrated_loss, auroc or last")
 
 
 def linear_module_names(model) -> list[str]:
@@ -296,12 +327,13 @@ def train_loop(
     lengths: Sequence[int] | None = None,
     parallel: DataParallel = ONE_PROCESS,
 ) -> TrainLog:
-    """Train ``params`` on mini-batches of example indices; keep the state with the best validation loss.
+    """Train ``params`` on mini-batches of example indices; keep the state with the best validation figure.
 
-    ``step_loss(indices)`` returns the loss of one batch (with gradients); ``val_loss()``
-    the validation loss. The first validation is at step 0, before any update (its loss is
-    ``initial_val_loss`` when the caller already knows it), so when training does not help,
-    early stopping keeps the untrained state. With ``lengths`` (of the training sequences), each
+    ``step_loss(indices)`` returns the loss of one batch (with gradients); ``val_loss()`` the held-out figure
+    that ``settings.keep`` names (``held_out_score``; lower is better). The first validation is at step 0,
+    before any update (its figure is ``initial_val_loss`` when the caller already knows it), so when training
+    does not help, early stopping keeps the untrained state. With ``keep: last`` nothing stops early and the
+    last step is kept (validations are still run and logged). With ``lengths`` (of the training sequences), each
     epoch's shuffled order is grouped by length (``epoch_order``), so a batch pads little. With
     ``checkpoint``, the whole training state
     (weights, best weights, optimizer, scheduler, random state, data order) is saved there at
@@ -339,7 +371,7 @@ def train_loop(
     sched = schedule(opt, int(settings.warmup_fraction * total), total)
     rng = np.random.default_rng(seed)  # the batches: the same on every member of a group
     torch.manual_seed(seed + parallel.index)  # dropout: each member's own
-    log = TrainLog()
+    log = TrainLog(criterion=CRITERIA[settings.keep])
     start = time.perf_counter()
     best_state, since, order, first, running = None, 0, np.array([], dtype=np.int64), 1, None
     average = WeightAverage(params, settings.ema_decay) if settings.ema_decay else None
@@ -388,7 +420,7 @@ def train_loop(
                 current = val_loss() if average is None else average.applied(val_loss)
                 averaged = None if average is None else average.applied(get_state)  # kept if best, checkpointed
                 log.val_loss.append((step, current))
-                if current < log.best_val_loss - 1e-4:
+                if current < log.best_val_loss - 1e-4 or settings.keep == "last":
                     log.best_val_loss, log.best_step, since = current, step, 0
                     best_state = get_state() if averaged is None else averaged
                 else:

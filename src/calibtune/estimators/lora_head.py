@@ -24,6 +24,7 @@ from calibtune.estimators.adapters import (
     TrainLog,
     attach_lora,
     detach_lora,
+    held_out_score,
     load_adapters,
     load_lora_state,
     lora_state,
@@ -150,16 +151,14 @@ class LoraHeadEstimator:
                                                                           reduction="none")
             return (losses * w).sum() / w_train[whole].sum().to(logits.device)
 
-        def val_loss() -> float:
+        def val_score() -> float:
             self.lm.model.eval()
             self.head.eval()
             mine = parallel.share(np.arange(len(val_seqs)))
-            p = np.clip(self._predict([val_seqs[i] for i in mine]), 1e-7, 1 - 1e-7)
+            z = self._logits([val_seqs[i] for i in mine])
             self.lm.model.train()
             self.head.train()
-            y = y_val.numpy()[mine]
-            (total,) = parallel.total(float(np.sum(-(y * np.log(p) + (1 - y) * np.log(1 - p)) * w_val[mine])))
-            return total / float(np.sum(w_val))
+            return held_out_score(cfg.keep, parallel.gather(mine, z, len(val_seqs)), y_val.numpy(), w_val)
 
         def get_state() -> dict:
             return {"lora": lora_state(self._peft), "head": {k: v.clone() for k, v in self.head.state_dict().items()}}
@@ -170,7 +169,7 @@ class LoraHeadEstimator:
 
         self.lm.model.train()
         self.head.train()
-        self.log = train_loop(params, len(train_seqs), step_loss, val_loss, get_state, set_state, cfg, self.seed,
+        self.log = train_loop(params, len(train_seqs), step_loss, val_score, get_state, set_state, cfg, self.seed,
                               f"train LoRA {self.meta.get('estimator_model', self.lm.name)} on "
                               f"{self.meta.get('trained_on', '?')}", checkpoint,
                               lengths=[len(s.ids) for s in train_seqs], parallel=parallel)
@@ -178,16 +177,19 @@ class LoraHeadEstimator:
         self.head.eval()
         return self
 
-    def _predict(self, seqs: Sequence[Encoded], advance=None) -> np.ndarray:
+    def _logits(self, seqs: Sequence[Encoded], advance=None) -> np.ndarray:
+        """The head's logit of P(correct) for each sequence, in float64."""
         check_lengths(self.lm, [len(s.ids) for s in seqs])
         out = np.zeros(len(seqs))
         with torch.no_grad():
             for batch in length_batches([len(s.ids) for s in seqs], self.config.batch_size * 2, None):
-                logits = self.head(self._features([seqs[i] for i in batch])).squeeze(-1)
-                out[batch] = torch.sigmoid(logits).double().cpu().numpy()
+                out[batch] = self.head(self._features([seqs[i] for i in batch])).squeeze(-1).double().cpu().numpy()
                 if advance:
                     advance(len(batch))
         return out
+
+    def _predict(self, seqs: Sequence[Encoded], advance=None) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-self._logits(seqs, advance)))
 
     def predict_proba(self, seqs: Sequence[Encoded]) -> np.ndarray:
         """P(correct) for each sequence."""

@@ -26,6 +26,7 @@ from calibtune.estimators.adapters import (
     TrainLog,
     attach_lora,
     detach_lora,
+    held_out_score,
     load_adapters,
     load_lora_state,
     lora_state,
@@ -177,7 +178,8 @@ class LoraPromptEstimator:
             losses = torch.nn.functional.cross_entropy(logits, target, reduction="none")
             return (losses * w.to(losses.device)).sum() / (w.sum() if total is None else total)
 
-        loss0 = float(weighted_ce(val_two_way, y_val, w_val))
+        y_val_np, w_val_np = y_val.numpy(), w_val.numpy()
+        score0 = held_out_score(cfg.keep, _logit_of_yes(val_two_way), y_val_np, w_val_np)
         below = None if self.readout is None else list(range(self.readout))  # the layers the read-out sees
         if below is not None and cfg.layers == "top_half":
             below = below[len(below) // 2:]
@@ -210,23 +212,21 @@ class LoraPromptEstimator:
                 loss = loss + cfg.kl_weight * divergence(adapted, target, cfg.divergence) * rows_share
             return loss
 
-        def val_loss() -> float:
+        def val_score() -> float:
             self.lm.model.eval()
-            total = 0.0
             mine = parallel.share(np.arange(len(val_seqs)))
+            z = np.zeros(len(mine))
             with torch.no_grad():
                 for batch in length_batches([len(val_seqs[i].ids) for i in mine], cfg.batch_size * 2, None):
-                    batch = mine[batch]
-                    logits = query_logits(self.lm, [val_seqs[i] for i in batch], tokens, self.readout)
-                    total += float(weighted_ce(logits, y_val[batch], w_val[batch]) * w_val[batch].sum())
+                    logits = query_logits(self.lm, [val_seqs[i] for i in mine[batch]], tokens, self.readout)
+                    z[batch] = _logit_of_yes(logits)
             self.lm.model.train()
-            (total,) = parallel.total(total)
-            return total / float(w_val.sum())
+            return held_out_score(cfg.keep, parallel.gather(mine, z, len(val_seqs)), y_val_np, w_val_np)
 
-        self.log = train_loop(params, len(train_seqs), step_loss, val_loss, lambda: lora_state(self._peft),
+        self.log = train_loop(params, len(train_seqs), step_loss, val_score, lambda: lora_state(self._peft),
                               lambda s: load_lora_state(self._peft, s), cfg, self.seed,
                               f"train LoRA + Prompt {self.meta.get('estimator_model', self.lm.name)} on "
-                              f"{self.meta.get('trained_on', '?')}", checkpoint, initial_val_loss=loss0,
+                              f"{self.meta.get('trained_on', '?')}", checkpoint, initial_val_loss=score0,
                               lengths=[len(s.ids) for s in train_seqs], parallel=parallel)
         base.drop_answers()  # the divergence's target is needed while training only
         self.lm.model.eval()
@@ -351,6 +351,12 @@ class BaseReadings:
     def drop_answers(self) -> None:
         """Forget the answer-token outputs (large: a vocabulary per answer token); keep the (no, yes) logits."""
         self.answers.clear()
+
+
+def _logit_of_yes(logits: torch.Tensor) -> np.ndarray:
+    """The logit of P(yes) from (no, yes) logits renormalised over the two: their difference, in float64."""
+    two = logits.detach().double().cpu()
+    return (two[:, 1] - two[:, 0]).numpy()
 
 
 def _answer_positions(items: Sequence[QueryEncoded]) -> tuple[list[int], list[int]]:

@@ -31,7 +31,7 @@ def make_cell(ctx: CellContext) -> CellScores:
                            probe=probe, groups=[q.dataset for q in train])
     log = est.log
     ctx.log(f"LoRA {ctx.estimator_model} on {ctx.answering_model}: layer {est.layer}, {log.steps} steps, best "
-            f"validation loss {log.best_val_loss:.4f} at step {log.best_step}, {log.seconds:.0f} s")
+            f"validation {log.criterion} {log.best_val_loss:.4f} at step {log.best_step}, {log.seconds:.0f} s")
     return scores
 
 

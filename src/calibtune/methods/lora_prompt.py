@@ -44,7 +44,7 @@ def train_cell(ctx: CellContext, readout: int | None, label: str) -> CellScores:
     log = est.log
     at = "" if readout is None else f"read out after layer {readout}, "
     ctx.log(f"{label} {ctx.estimator_model} on {ctx.answering_model}: {at}{log.steps} steps, best validation "
-            f"loss {log.best_val_loss:.4f} at step {log.best_step}, {log.seconds:.0f} s")
+            f"{log.criterion} {log.best_val_loss:.4f} at step {log.best_step}, {log.seconds:.0f} s")
     return scores
 
 
