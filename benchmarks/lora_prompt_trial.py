@@ -12,7 +12,9 @@ JSON line: the settings, the evaluation AUROC with its 95% bootstrap interval, E
 curve, the step kept and the training time. With ``--trace`` it also scores the evaluation answers at every
 validation (and at step 0), so the line says how the estimator's AUROC moves along the training trajectory
 and which step other selection rules (the held-out answers' AUROC, or their loss after Platt scaling) would
-have kept; that costs one more pass over the evaluation answers per validation. The default study's
+have kept; that costs one more pass over the evaluation answers per validation. Its ``kept_by`` says, for each
+``keep`` rule with the default study's patience, which step it would keep and that step's evaluation AUROC (run
+the variant with ``"patience": 99`` so the trajectory goes on past every rule's stop). The default study's
 evaluation questions are the held-out set; its training questions (or a seeded sample of ``--train`` of
 them) are trained on.
 """
@@ -107,7 +109,8 @@ def main() -> None:
         extra = {"fit_s": round(fit_s), "steps": est.log.steps, "best_step": est.log.best_step,
                  "val_loss": [(s, round(v, 4)) for s, v in est.log.val_loss]}
         if args.trace:
-            extra["trace"] = [{"step": s, **t} for (s, _), t in zip(est.log.val_loss, trace)]
+            extra["trace"] = [{"step": s, "val_loss": round(v, 4), **t} for (s, v), t in zip(est.log.val_loss, trace)]
+            extra["kept_by"] = kept_by_rule(extra["trace"], cfg.lora_prompt.patience)
         record(args, {**variant, "readout_layer": readout, "seed": seed, **shown}, p, y_eval, cfg.seed, len(train),
                extra)
 
@@ -161,6 +164,30 @@ def traced(est: LoraPromptEstimator, seqs, y_train: np.ndarray, eval_seqs, y_eva
         yield
     finally:
         lora_prompt.query_logits, lora_prompt.train_loop = real_logits, real_loop
+
+
+RULE_FIGURES = {"loss": lambda t: t["val_loss"], "calibrated_loss": lambda t: t["val_platt_nll"],
+                "auroc": lambda t: 1 - t["val_auroc"]}
+
+
+def kept_by_rule(trace: list[dict], patience: int) -> dict[str, dict]:
+    """For each ``keep`` rule, the step that training with ``patience`` would have kept on this traced trajectory,
+    and that step's evaluation AUROC and ECE after temperature scaling. One traced run answers for every rule
+    because the trajectory does not depend on the rule, only where training stops does; so the run must go on
+    at least as far as the rule would (a larger patience, e.g. 99). ``last`` is the last step traced."""
+    out = {}
+    for rule, figure in RULE_FIGURES.items():
+        best, since = 0, 0
+        for i in range(1, len(trace)):
+            if figure(trace[i]) < figure(trace[best]) - 1e-4:
+                best, since = i, 0
+            else:
+                since += 1
+                if since >= patience:
+                    break
+        out[rule] = trace[best]
+    out["last"] = trace[-1]
+    return {rule: {k: t[k] for k in ("step", "eval_auroc", "eval_ece_ts")} for rule, t in out.items()}
 
 
 def record(args, variant: dict, p: np.ndarray, y: np.ndarray, seed: int, n_train: int, extra: dict) -> None:
