@@ -53,6 +53,7 @@ def held_out_score(keep: str, logits: np.ndarray, labels: np.ndarray, weights: n
     on these answers, so that a shift or scale of the logit, which the study's temperature scaling undoes
     anyway, neither hides nor fakes progress in ranking. ``auroc``: one minus the weighted AUROC.
     """
+    from scipy.special import expit
     from sklearn.metrics import log_loss, roc_auc_score
 
     from calibtune.calibration import PlattScaler
@@ -63,7 +64,7 @@ def held_out_score(keep: str, logits: np.ndarray, labels: np.ndarray, weights: n
     if keep in ("loss", "last"):
         return float(np.sum(np.logaddexp(0.0, -z * (2 * y - 1)) * w) / np.sum(w))
     if keep == "calibrated_loss":
-        p = 1.0 / (1.0 + np.exp(-z))
+        p = expit(z)
         return float(log_loss(y, PlattScaler.fit(p, y, w).transform(p), sample_weight=w, labels=[0, 1]))
     if keep == "auroc":
         return 1.0 - float(roc_auc_score(y, z, sample_weight=w))

@@ -189,7 +189,9 @@ class LoraHeadEstimator:
         return out
 
     def _predict(self, seqs: Sequence[Encoded], advance=None) -> np.ndarray:
-        return 1.0 / (1.0 + np.exp(-self._logits(seqs, advance)))
+        from scipy.special import expit
+
+        return expit(self._logits(seqs, advance))
 
     def predict_proba(self, seqs: Sequence[Encoded]) -> np.ndarray:
         """P(correct) for each sequence."""

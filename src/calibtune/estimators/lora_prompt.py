@@ -37,7 +37,7 @@ from calibtune.estimators.adapters import (
 )
 from calibtune.estimators.base import check_estimator_model
 from calibtune.estimators.divergence import DIVERGENCES, divergence
-from calibtune.estimators.query import option_token_ids, p_yes, two_way_logits
+from calibtune.estimators.query import option_token_ids, p_yes, two_way_logits, yes_logit
 from calibtune.estimators.splits import balanced_weights, validation_split
 from calibtune.forward import (
     check_lengths,
@@ -158,7 +158,7 @@ class LoraPromptEstimator:
         self.val_indices = idx_val
         tokens = self.token_ids
         train_seqs = [seqs[i] for i in idx_train]
-        val_seqs, y_val = [seqs[i] for i in idx_val], torch.from_numpy(y[idx_val])
+        val_seqs, y_val = [seqs[i] for i in idx_val], y[idx_val]
         base = base if base is not None else BaseReadings()
         want_answers = cfg.kl_weight > 0 and base.fits(self.lm, train_seqs)
         val_two_way, _ = base.read(self.lm, val_seqs, tokens, answers=False, batch_size=cfg.batch_size * 2,
@@ -170,7 +170,7 @@ class LoraPromptEstimator:
             if groups is None:
                 raise CalibtuneError("balance: dataset needs each training answer's dataset")
             weights = torch.from_numpy(balanced_weights(y, groups)).float()
-        w_train, w_val = weights[idx_train], weights[idx_val]
+        w_train, w_val = weights[idx_train], weights[idx_val].numpy()
 
         def weighted_ce(logits: torch.Tensor, target: torch.Tensor, w: torch.Tensor,
                         total: torch.Tensor | None = None) -> torch.Tensor:
@@ -178,8 +178,7 @@ class LoraPromptEstimator:
             losses = torch.nn.functional.cross_entropy(logits, target, reduction="none")
             return (losses * w.to(losses.device)).sum() / (w.sum() if total is None else total)
 
-        y_val_np, w_val_np = y_val.numpy(), w_val.numpy()
-        score0 = held_out_score(cfg.keep, _logit_of_yes(val_two_way), y_val_np, w_val_np)
+        score0 = held_out_score(cfg.keep, yes_logit(val_two_way), y_val, w_val)
         below = None if self.readout is None else list(range(self.readout))  # the layers the read-out sees
         if below is not None and cfg.layers == "top_half":
             below = below[len(below) // 2:]
@@ -219,9 +218,9 @@ class LoraPromptEstimator:
             with torch.no_grad():
                 for batch in length_batches([len(val_seqs[i].ids) for i in mine], cfg.batch_size * 2, None):
                     logits = query_logits(self.lm, [val_seqs[i] for i in mine[batch]], tokens, self.readout)
-                    z[batch] = _logit_of_yes(logits)
+                    z[batch] = yes_logit(logits)
             self.lm.model.train()
-            return held_out_score(cfg.keep, parallel.gather(mine, z, len(val_seqs)), y_val_np, w_val_np)
+            return held_out_score(cfg.keep, parallel.gather(mine, z, len(val_seqs)), y_val, w_val)
 
         self.log = train_loop(params, len(train_seqs), step_loss, val_score, lambda: lora_state(self._peft),
                               lambda s: load_lora_state(self._peft, s), cfg, self.seed,
@@ -351,12 +350,6 @@ class BaseReadings:
     def drop_answers(self) -> None:
         """Forget the answer-token outputs (large: a vocabulary per answer token); keep the (no, yes) logits."""
         self.answers.clear()
-
-
-def _logit_of_yes(logits: torch.Tensor) -> np.ndarray:
-    """The logit of P(yes) from (no, yes) logits renormalised over the two: their difference, in float64."""
-    two = logits.detach().double().cpu()
-    return (two[:, 1] - two[:, 0]).numpy()
 
 
 def _answer_positions(items: Sequence[QueryEncoded]) -> tuple[list[int], list[int]]:

@@ -53,3 +53,9 @@ def two_way_logits(model, hidden: torch.Tensor, token_ids: Sequence[int]) -> tor
 def p_yes(logits: torch.Tensor) -> np.ndarray:
     """P(yes) from (no, yes) logits, renormalised over the two."""
     return torch.softmax(logits.float(), dim=-1)[:, 1].detach().cpu().double().numpy()
+
+
+def yes_logit(logits: torch.Tensor) -> np.ndarray:
+    """The logit of ``p_yes``: the difference of the (no, yes) logits, in float64."""
+    two = logits.detach().double().cpu()
+    return (two[:, 1] - two[:, 0]).numpy()
