@@ -22,6 +22,11 @@ def test_load_by_path(tiny_models, arch):
     assert lm.dtype == torch.float32
     assert not lm.model.training
     assert lm.tokenizer.pad_token_id is not None
+    # no hub kernels: on CUDA, training mode would fetch them from the hub (offline: an error)
+    assert not lm.model.use_kernels and lm.model.kernels_mode is None
+    lm.model.train()
+    assert lm.model.kernels_mode is None
+    lm.model.eval()
 
 
 # RMSNorms per tiny model: two per layer and the final one; Gemma 3 adds a query and a key norm

@@ -200,7 +200,10 @@ def _from_pretrained(source: str, dtype: torch.dtype, trust_remote_code: bool, l
 
     kwargs = {"trust_remote_code": trust_remote_code, "local_files_only": local_only}
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-    return tokenizer, AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+    # transformers 5 swaps in hub kernels by default wherever the `kernels` package is installed (transformers
+    # requires it): on CUDA, model.train() then fetches kernel code from the hub at run time, which fails
+    # offline (seen on an H200) and would make the numbers depend on downloaded code. calibtune runs torch's.
+    return tokenizer, AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_kernels=False, **kwargs)
 
 
 def model_fingerprint(name: str) -> str:
