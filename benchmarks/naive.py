@@ -23,7 +23,7 @@ def cloze(lm, prompts: Sequence[str], options: Sequence[Sequence[str]]) -> list[
             scores = []
             for option in opts:
                 target = lm.tokenizer(option, add_special_tokens=False)["input_ids"]
-                logits = lm.model(torch.tensor([context + target])).logits[0].float()
+                logits = lm.model(torch.tensor([context + target], device=lm.device)).logits[0].float()
                 logp = torch.log_softmax(logits, dim=-1)
                 scores.append(sum(float(logp[len(context) + i - 1, t]) for i, t in enumerate(target)))
             out.append(np.array(scores))
@@ -36,8 +36,8 @@ def features(lm, prompts: Sequence[str], answers: Sequence[str], layers: Sequenc
     with torch.no_grad():
         for prompt, answer in zip(prompts, answers):
             ids = lm.tokenizer(prompt)["input_ids"] + lm.tokenizer(answer, add_special_tokens=False)["input_ids"]
-            states = lm.model(torch.tensor([ids]), output_hidden_states=True).hidden_states
-            out.append(np.stack([states[k][0, -1].float().numpy() for k in layers]))
+            states = lm.model(torch.tensor([ids], device=lm.device), output_hidden_states=True).hidden_states
+            out.append(np.stack([states[k][0, -1].float().cpu().numpy() for k in layers]))
     return np.stack(out)
 
 
@@ -46,7 +46,7 @@ def generate(lm, prompts: Sequence[str], max_new_tokens: int) -> list[list[int]]
     out = []
     with torch.no_grad():
         for prompt in prompts:
-            ids = torch.tensor([lm.tokenizer(prompt)["input_ids"]])
+            ids = torch.tensor([lm.tokenizer(prompt)["input_ids"]], device=lm.device)
             result = lm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                        max_new_tokens=max_new_tokens, pad_token_id=lm.tokenizer.pad_token_id)
             out.append(result[0, ids.shape[1]:].tolist())
@@ -67,10 +67,11 @@ def train_lora_prompt(lm, seqs, labels: np.ndarray, token_ids: Sequence[int], st
     try:
         for step in range(steps):
             seq = seqs[step % len(seqs)]
-            ids = torch.tensor([seq.ids])
+            ids = torch.tensor([seq.ids], device=lm.device)
             logits = peft_model(input_ids=ids).logits[0].float()
             two_way = logits[-1, list(token_ids)]
-            loss = torch.nn.functional.cross_entropy(two_way[None], torch.tensor([int(labels[step % len(seqs)])]))
+            target = torch.tensor([int(labels[step % len(seqs)])], device=lm.device)
+            loss = torch.nn.functional.cross_entropy(two_way[None], target)
             start, end = seq.answer
             with torch.no_grad(), peft_model.disable_adapter():
                 base = peft_model(input_ids=ids).logits[0].float()
@@ -94,7 +95,7 @@ def train_lora_head(lm, seqs, labels: np.ndarray, layer: int, steps: int, learni
     peft_model = get_peft_model(lm.model, LoraConfig(r=8, lora_alpha=32, lora_dropout=0.1,
                                                      target_modules=["q_proj", "v_proj"]))
     hidden = lm.model.config.get_text_config().hidden_size
-    head = torch.nn.Sequential(torch.nn.Linear(hidden, 64), torch.nn.GELU(), torch.nn.Linear(64, 1))
+    head = torch.nn.Sequential(torch.nn.Linear(hidden, 64), torch.nn.GELU(), torch.nn.Linear(64, 1)).to(lm.device)
     params = [p for p in peft_model.parameters() if p.requires_grad] + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=learning_rate)
     peft_model.train()
@@ -102,10 +103,11 @@ def train_lora_head(lm, seqs, labels: np.ndarray, layer: int, steps: int, learni
     try:
         for step in range(steps):
             seq = seqs[step % len(seqs)]
-            states = peft_model(input_ids=torch.tensor([seq.ids]), output_hidden_states=True).hidden_states
+            ids = torch.tensor([seq.ids], device=lm.device)
+            states = peft_model(input_ids=ids, output_hidden_states=True).hidden_states
             logit = head(states[layer][0, -1].float())
             loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                logit, torch.tensor([float(labels[step % len(seqs)])]))
+                logit, torch.tensor([float(labels[step % len(seqs)])], device=lm.device))
             opt.zero_grad()
             loss.backward()
             opt.step()
