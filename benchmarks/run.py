@@ -35,15 +35,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import naive  # noqa: E402
 import reference_v01  # noqa: E402
+from plan_check import plan_against_run  # noqa: E402
 
 from calibtune.answer import ClozeSettings, cloze_answers  # noqa: E402
 from calibtune.bundled import BUNDLED  # noqa: E402
+from calibtune.config import load_config  # noqa: E402
 from calibtune.costs import ModelShape, sequence_flops, training_flops, tree_flops  # noqa: E402
 from calibtune.data import load_questions  # noqa: E402
 from calibtune.features import answer_trees, candidate_layers, extract_features  # noqa: E402
 from calibtune.generate import GenerationSettings, encode_prompts, generate_answers  # noqa: E402
 from calibtune.models import choose_dtype, load_model  # noqa: E402
-from calibtune.plan import save_benchmark_record  # noqa: E402
+from calibtune.plan import machine_rate, save_benchmark_record  # noqa: E402
 from calibtune.prompts import DEFAULT_QUERY, format_prompt  # noqa: E402
 
 SIZES = {"quick": {"cloze": 96, "naive_cloze": 6, "features": 96, "naive_features": 6, "generate": 32,
@@ -178,7 +180,6 @@ def bench_model(name: str, sizes: dict, peak: float) -> list[dict]:
 
 
 def bench_training(name, lm, fp32, shape, questions, sizes, peak) -> list[dict]:
-    from calibtune.config import load_config
     from calibtune.estimators.lora_head import LoraHeadEstimator
     from calibtune.estimators.lora_prompt import LoraPromptEstimator, encode_queries
     from calibtune.estimators.query import option_token_ids
@@ -244,7 +245,7 @@ def scaling(name: str) -> list[dict]:
 
 def cached_rerun() -> dict:
     """The quick study twice on one store: the second run takes everything from the cache and loads no model.
-    The first run's stage times are set against the dry run's estimates (``calibtune.plan``) for this CPU."""
+    The first run's stage times are set against the dry run's estimates for this CPU (``plan_check.py``)."""
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "CALIBTUNE_CACHE": tmp}
         models = Path(os.environ.get("CALIBTUNE_CACHE") or Path.home() / ".cache" / "calibtune") / "models"
@@ -258,26 +259,9 @@ def cached_rerun() -> dict:
             times.append(time.perf_counter() - start)
             if len(times) == 1:
                 timings = json.loads((Path(tmp) / "run" / "timings.json").read_text())
-    return {"first_run_s": times[0], "cached_rerun_s": times[1], "plan": plan_against_run(timings)}
-
-
-def plan_against_run(timings: dict[str, float]) -> list[dict]:
-    """Each stage of the quick study's dry run: the estimated seconds on this CPU against the measured ones."""
-    from calibtune.config import load_config
-    from calibtune.plan import machine_rate, model_info, plan_stages
-    from calibtune.questions import study_questions
-
-    cfg = load_config(None)
-    rate = machine_rate(cfg.dtype)
-    infos = {name: model_info(name) for name in cfg.models}
-    out = []
-    for stage in plan_stages(cfg, study_questions(cfg, True), infos, True):
-        prefix = {"answers": f"answer {stage.model}", "features": f"features {stage.model}"}.get(
-            stage.stage, f"{stage.stage} {stage.model} on ")
-        measured = sum(v for k, v in timings.items() if k == prefix or k.startswith(prefix))
-        estimated = stage.flops / (rate.flops * rate.utilisation["training" if stage.training else "inference"])
-        out.append({"stage": stage.stage, "model": stage.model, "estimated_s": estimated, "measured_s": measured})
-    return out
+    config = load_config(None)
+    return {"first_run_s": times[0], "cached_rerun_s": times[1],
+            "plan": plan_against_run(config, True, timings, machine_rate(config.dtype))}
 
 
 def main() -> None:
