@@ -10,8 +10,8 @@
 # (benchmarks/gpu_scores.py); a Mistral-7B-shaped model through a study, against its dry run
 # (benchmarks/plan_check.py); the fast tests with the GPU visible; benchmarks/run.py --quick.
 #
-# It expects, in .gpu/ (made on a machine with the project set up; see benchmarks/README or the
-# closing notes): whl/ (the project's pinned wheels for the GPU machine's Python), site/olmo_eval
+# It expects .gpu/, made by benchmarks/gpu_bundle.sh where the project is set up, carried to the GPU
+# machine beside the working tree: whl/ (the project's pinned wheels for the GPU machine's Python), site/olmo_eval
 # (the bundled question files the checks read), and smollm2-135m/ and gemma3-270m/ (config and
 # tokenizer files of the converted bundled models). Results go to $OUT (default /tmp/gpu-check).
 set -u
