@@ -4,12 +4,12 @@
 
 Runs the study in this process (as ``calibtune run`` does), then, for each stage of its plan
 (``calibtune.plan.plan_stages``), prints the FLOPs, the estimated seconds and the seconds the
-run measured (``timings.json``), and their ratio. On the CPU the estimate is the dry run's
-own (``machine_rate``: the rate and utilisation ``benchmarks/run.py`` last recorded here). On
-a GPU it is the FLOPs over the bf16 matmul rate measured now at the dry run's assumed
-utilisation (``calibtune.plan.UTILISATION``), and beside it the dry run's H100 figure. On a GPU
-it also sets the run's peak allocated memory against the plan's memory per device. Run it on
-an empty store: cached stages take no time.
+run measured (``timings.json``), and their ratio. The estimate is the dry run's own: on the
+CPU from ``machine_rate`` (the rate and utilisation ``benchmarks/run.py`` last recorded here),
+on a GPU its H100 figure (the H100's datasheet bf16 rate at ``calibtune.plan.GPU_UTILISATION``;
+an H200 has the H100's compute), with this GPU's bf16 matmul rate measured now for reference.
+On a GPU it also sets the run's peak allocated memory against the plan's memory per device.
+Run it on an empty store: cached stages take no time.
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ from pathlib import Path
 import torch
 
 from calibtune.config import StudyConfig, load_config
-from calibtune.plan import GPUS, UTILISATION, MachineRate, machine_rate, memory_per_device, model_info, plan_stages
+from calibtune.plan import GPU_UTILISATION, GPUS, MachineRate, machine_rate, memory_per_device, model_info, plan_stages
 from calibtune.questions import study_questions
 
 
 def gpu_rate(seconds: float = 1.5) -> MachineRate:
-    """This GPU's bf16 matmul rate measured now (best of repeated 8192-square products) at the dry run's
-    assumed utilisation."""
+    """The dry run's H100 rate and utilisation, with this GPU's bf16 matmul rate (best of repeated 8192-square
+    products) measured now named beside it."""
     n = 8192
     a, b = (torch.randn(n, n, dtype=torch.bfloat16, device="cuda") for _ in range(2))
     torch.mm(a, b)
@@ -39,7 +39,10 @@ def gpu_rate(seconds: float = 1.5) -> MachineRate:
         torch.mm(a, b)
         torch.cuda.synchronize()
         best = max(best, 2 * n**3 / (time.perf_counter() - start))
-    return MachineRate(best, UTILISATION, f"bf16 matmul {best / 1e12:.0f} TFLOP/s measured now, assumed utilisation")
+    return MachineRate(GPUS["H100 SXM"], GPU_UTILISATION,
+                       f"the dry run's H100 figure, {GPUS['H100 SXM'] / 1e12:.0f} TFLOP/s at utilisation "
+                       f"{GPU_UTILISATION['inference']:.1%} (inference) and {GPU_UTILISATION['training']:.1%} "
+                       f"(training); this GPU's bf16 matmul measured now: {best / 1e12:.0f} TFLOP/s")
 
 
 def plan_against_run(config: StudyConfig, quick: bool, timings: dict[str, float], rate: MachineRate) -> list[dict]:
@@ -52,9 +55,7 @@ def plan_against_run(config: StudyConfig, quick: bool, timings: dict[str, float]
         measured = sum(v for k, v in timings.items() if k == prefix or k.startswith(prefix))
         kind = "training" if stage.training else "inference"
         out.append({"stage": stage.stage, "model": stage.model, "flops": stage.flops,
-                    "estimated_s": stage.flops / (rate.flops * rate.utilisation[kind]),
-                    "h100_estimated_s": stage.flops / (GPUS["H100 SXM"] * UTILISATION[kind]),
-                    "measured_s": measured})
+                    "estimated_s": stage.flops / (rate.flops * rate.utilisation[kind]), "measured_s": measured})
     return out
 
 
@@ -76,12 +77,11 @@ def main() -> None:
     study.run()
     stages = plan_against_run(config, args.quick, study.timings, rate)
     print(f"\nrate: {rate.source}")
-    print(f"{'stage':34} {'model':30} {'PFLOP':>8} {'estimated':>10} {'measured':>9} {'ratio':>6}"
-          + (f" {'H100 est.':>10}" if cuda else ""))
+    print(f"{'stage':34} {'model':30} {'PFLOP':>8} {'estimated':>10} {'measured':>9} {'ratio':>6}")
     for s in stages:
         ratio = s["measured_s"] / s["estimated_s"] if s["estimated_s"] else float("nan")
         print(f"{s['stage']:34.34} {s['model'][-30:]:30} {s['flops'] / 1e15:8.3f} {s['estimated_s']:9.1f}s "
-              f"{s['measured_s']:8.1f}s {ratio:6.2f}" + (f" {s['h100_estimated_s']:9.1f}s" if cuda else ""))
+              f"{s['measured_s']:8.1f}s {ratio:6.2f}")
     estimated, measured = sum(s["estimated_s"] for s in stages), sum(s["measured_s"] for s in stages)
     print(f"all stages: estimated {estimated:.1f} s, measured {measured:.1f} s (measured / estimated "
           f"{measured / estimated:.2f}); whole run {study.timings['total']:.1f} s, model loading included")

@@ -67,16 +67,16 @@ def test_the_paper_study_is_planned_offline_without_loading_a_model(tmp_path):
 
 def test_the_process_plan_divides_each_stage_by_the_processes_that_share_it():
     from calibtune.config import StudyConfig
-    from calibtune.plan import GPUS, UTILISATION, StagePlan, _duration, process_plan
+    from calibtune.plan import GPU_UTILISATION, GPUS, StagePlan, _duration, process_plan
 
     config = StudyConfig.model_validate({"models": ["smollm2-135m"], "train": [{"dataset": "arc_easy"}],
                                          "eval": [{"dataset": "sciq"}]})
     stages = [StagePlan("answers", "m", "100 questions", 4e15), StagePlan("lora_prompt", "m", "3 cells, 9 steps each",
                                                                           6e15, training=True, cells=3)]
     rate = GPUS["L4"]
-    one = 4e15 / (rate * UTILISATION["inference"]) + 6e15 / (rate * UTILISATION["training"])
+    one = 4e15 / (rate * GPU_UTILISATION["inference"]) + 6e15 / (rate * GPU_UTILISATION["training"])
     text = "\n".join(process_plan(config, stages, 8, {g: one for g in GPUS}))
-    infer, train = 4e15 / (rate * UTILISATION["inference"]), 6e15 / (rate * UTILISATION["training"])
+    infer, train = 4e15 / (rate * GPU_UTILISATION["inference"]), 6e15 / (rate * GPU_UTILISATION["training"])
     # 8 processes, 3 cells: groups of 2, all 3 cells at once (one group idle), each split 2 ways
     assert "3 adapter cells trained 4 at a time, each by a group of 2 processes together" in text
     assert f"L4 {_duration(infer / 8 + train / 3 / 2)}" in text

@@ -46,8 +46,14 @@ KNOWN_CONFIGS: dict[str, dict] = {
 KNOWN_CONFIGS["mistralai/Mistral-7B-Instruct-v0.2"] = KNOWN_CONFIGS["mistralai/Mistral-7B-v0.1"]
 KNOWN_CONFIGS["meta-llama/Llama-2-7b-chat-hf"] = KNOWN_CONFIGS["meta-llama/Llama-2-7b-hf"]
 
-# Dense bf16 matmul rate of each GPU (the vendors' figures) and the share of it assumed reached.
+# Dense bf16 matmul rate of each GPU (the vendors' figures), and the share of it the study's passes reach
+# there: measured on an H200 (the H100's compute) with a Mistral-7B-shaped model through a study at the paper's
+# batch sizes (benchmarks/gpu_check.sh, README "Scaling out"): answering 6.2% and LoRA + Prompt 3.1% of 989
+# TFLOP/s. Batches of a few short sequences leave a 7B model's products small, so launches and the
+# per-step work outside them dominate. The A100 and L4 are assumed to reach the same share (not measured).
 GPUS = {"A100 80GB": 312e12, "H100 SXM": 989e12, "L4": 121e12}
+GPU_UTILISATION = {"inference": 0.062, "training": 0.031}
+# The share of a CPU's matmul rate assumed reached where benchmarks/run.py has not measured it.
 UTILISATION = {"inference": 0.40, "training": 0.30}
 CHARS_PER_TOKEN = 4
 
@@ -325,7 +331,7 @@ def dry_run(config: StudyConfig, quick: bool = False, processes: int = 1) -> str
     total = {g: 0.0 for g in [*GPUS, "cpu"]}
     for stage in stages:
         kind = "training" if stage.training else "inference"
-        times = {g: stage.flops / (rate * UTILISATION[kind]) for g, rate in GPUS.items()}
+        times = {g: stage.flops / (rate * GPU_UTILISATION[kind]) for g, rate in GPUS.items()}
         times["cpu"] = stage.flops / (machine.flops * machine.utilisation[kind])
         for g, t in times.items():
             total[g] += t
@@ -334,9 +340,10 @@ def dry_run(config: StudyConfig, quick: bool = False, processes: int = 1) -> str
     lines.append(f"{'total':98}" + "".join(f" {_duration(total[g]):>10}" for g in [*GPUS, "cpu"]))
     lines.append("")
     rates = ", ".join(f"{g} {r / 1e12:.0f}" for g, r in GPUS.items())
-    lines.append(f"time = FLOPs / (rate x utilisation): GPUs at bf16 dense rates {rates} TFLOP/s and utilisation "
-                 f"assumed {UTILISATION['inference']:.0%} for inference, {UTILISATION['training']:.0%} for "
-                 f"training; this CPU at {machine.source}")
+    lines.append(f"time = FLOPs / (rate x utilisation): GPUs at bf16 dense rates {rates} TFLOP/s and the utilisation "
+                 f"measured on an H200 with a Mistral-7B shape, {GPU_UTILISATION['inference']:.1%} for inference and "
+                 f"{GPU_UTILISATION['training']:.1%} for training (the A100's and L4's assumed alike); this CPU at "
+                 f"{machine.source}")
     if processes > 1:
         lines += process_plan(config, stages, processes, total)
     bytes_per_value = 4 if DTYPE_NAMES.get(config.dtype) == "float32" else 2  # auto: bf16 on the GPUs planned for
@@ -371,7 +378,7 @@ def process_plan(config: StudyConfig, stages: list[StagePlan], processes: int, t
                                   f"{config.cell_processes}); ")
              + "the other cells one per process"]
     def seconds(stage: StagePlan, rate: float) -> float:
-        return stage.flops / (rate * UTILISATION["training" if stage.training else "inference"])
+        return stage.flops / (rate * GPU_UTILISATION["training" if stage.training else "inference"])
 
     # the cells are dealt to the groups in rounds, each cell split across its group's members
     rounds = -(-cells // groups) if cells else 0
