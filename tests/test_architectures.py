@@ -91,7 +91,7 @@ def test_mistral_options_beyond_the_sliding_window_are_read_branch_by_branch(off
     assert len(context) > 24
     out = tree_pass(lm, [Tree(tuple(context), tuple(options))])
     for option, got in zip(options, out.logprobs[0]):
-        ids = torch.tensor([list(context) + list(option)])
+        ids = torch.tensor([list(context) + list(option)], device=lm.device)
         with torch.no_grad():  # the model's own sliding-window attention over the whole sequence
             logp = torch.log_softmax(lm.model(ids).logits[0].float(), -1)
         expected = sum(float(logp[len(context) + i - 1, t]) for i, t in enumerate(option))

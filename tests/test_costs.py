@@ -21,7 +21,7 @@ def test_flop_counts_match_torchs_flop_counter(tiny_models, arch):
     lm = load_model(str(tiny_models[arch]), dtype="float32")
     shape = ModelShape.of(lm.model.config)
     length = 24
-    ids = torch.randint(3, 200, (1, length))
+    ids = torch.randint(3, 200, (1, length), device=lm.device)
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
         lm.model(ids)

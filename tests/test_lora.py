@@ -47,7 +47,7 @@ def test_divergence_is_zero_with_fresh_adapters_and_positive_after_a_step(tiny_m
     prompts, answers, _ = separable_toy(4)
     seqs = encode_queries(lm.tokenizer, prompts, answers, DEFAULT_QUERY)
     peft_model = attach_lora(lm, LoraPromptConfig(), seed=0)
-    ids = torch.tensor([seqs[0].ids])
+    ids = torch.tensor([seqs[0].ids], device=lm.device)
 
     def both():
         adapted = lm_head_logits(lm.model, lm.model.get_decoder()(input_ids=ids).last_hidden_state[0])
@@ -168,7 +168,8 @@ def test_the_base_readings_give_the_zero_shot_query_and_the_divergence_target_of
     for seq, got in zip(seqs, outputs):
         start, end = seq.answer
         with torch.no_grad():
-            hidden = lm.model.get_decoder()(input_ids=torch.tensor([seq.ids[:end]])).last_hidden_state[0]
+            ids = torch.tensor([seq.ids[:end]], device=lm.device)
+            hidden = lm.model.get_decoder()(input_ids=ids).last_hidden_state[0]
         torch.testing.assert_close(got, head(hidden[start - 1:end - 1]), atol=1e-5, rtol=1e-5)
     again, _ = readings.read(lm, seqs[:3], tokens, answers=False)  # read before: no pass
     torch.testing.assert_close(again, two_way[:3], atol=0, rtol=0)
@@ -306,7 +307,7 @@ def test_a_decoder_cut_at_a_layer_gives_that_layers_hidden_states(tiny_models, a
     from calibtune.forward import decoder_up_to
 
     lm = load_model(str(tiny_models[arch]), dtype="float32")
-    ids = torch.tensor([lm.tokenizer("Question: Which planet?\nAnswer: Jupiter")["input_ids"]])
+    ids = torch.tensor([lm.tokenizer("Question: Which planet?\nAnswer: Jupiter")["input_ids"]], device=lm.device)
     with torch.no_grad():
         full = lm.model(ids, output_hidden_states=True).hidden_states
         with decoder_up_to(lm, 1) as decoder:
@@ -381,7 +382,7 @@ def test_a_differentiated_pass_runs_eager_attention_on_the_cpu_with_sdpas_number
     adapters' gradients agree with SDPA's to 1e-5 (fp32, padded batch), and SDPA is back afterwards."""
     from calibtune.forward import differentiable_attention
 
-    lm = load_model(str(tiny_models[arch]), dtype="float32")
+    lm = load_model(str(tiny_models[arch]), dtype="float32", device="cpu")
     prompts, answers, _ = separable_toy(6)
     seqs = encode_queries(lm.tokenizer, prompts, [a * (i + 1) for i, a in enumerate(answers)], DEFAULT_QUERY)
     peft_model = attach_lora(lm, LoraPromptConfig(dropout=0.0), seed=0)
@@ -443,7 +444,7 @@ def test_adapters_on_the_cpu_use_bit_dropout_at_the_configured_rate(tiny_models)
 
     from calibtune.estimators.adapters import BitDropout
 
-    lm = load_model(str(tiny_models["llama"]), dtype="float32")
+    lm = load_model(str(tiny_models["llama"]), dtype="float32", device="cpu")
     peft_model = attach_lora(lm, LoraPromptConfig(dropout=0.25), seed=0)
     drops = [d for m in peft_model.modules() if isinstance(m, LoraLayer) for d in m.lora_dropout.values()]
     assert drops and all(isinstance(d, BitDropout) and d.threshold == 16384 for d in drops)

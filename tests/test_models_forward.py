@@ -42,7 +42,7 @@ def test_fused_rms_norms_give_transformers_values_and_gradients_bit_for_bit(tiny
     from calibtune.models import fuse_rms_norms
 
     lm = load_model(str(tiny_models[arch]), dtype=dtype)
-    plain = AutoModelForCausalLM.from_pretrained(tiny_models[arch], dtype=lm.dtype)
+    plain = AutoModelForCausalLM.from_pretrained(tiny_models[arch], dtype=lm.dtype, use_kernels=False).to(lm.device)
     torch.manual_seed(1)  # norms' weights away from their initial ones, so that they take part
     for module in plain.modules():
         if type(module).__name__.endswith("RMSNorm"):
@@ -50,7 +50,7 @@ def test_fused_rms_norms_give_transformers_values_and_gradients_bit_for_bit(tiny
     lm.model.load_state_dict(plain.state_dict())
     assert sum("forward" in vars(m) for m in lm.model.modules()) == NORMS[arch]
     assert sum("forward" in vars(m) for m in plain.modules()) == 0
-    ids = torch.randint(3, plain.config.vocab_size, (3, 17))
+    ids = torch.randint(3, plain.config.vocab_size, (3, 17), device=lm.device)
     logits = []
     for model in (lm.model, plain):
         model.requires_grad_(True)
@@ -122,7 +122,7 @@ def _hand_logprob(lm, context: str, continuation: str) -> float:
     """Sum of log p(continuation token | prefix) from one full forward pass over every position."""
     ctx = lm.tokenizer(context)["input_ids"]
     tgt = lm.tokenizer(continuation, add_special_tokens=False)["input_ids"]
-    ids = torch.tensor([ctx + tgt])
+    ids = torch.tensor([ctx + tgt], device=lm.device)
     with torch.no_grad():
         logp = torch.log_softmax(lm.model(ids).logits.float()[0], dim=-1)
     return sum(float(logp[len(ctx) + i - 1, t]) for i, t in enumerate(tgt))
@@ -152,11 +152,11 @@ def test_features_are_the_hidden_states_of_prompt_and_answer(tiny_models, arch):
     for i, (prompt, answer) in enumerate(zip(prompts, answers)):
         ids = lm.tokenizer(prompt)["input_ids"] + lm.tokenizer(answer, add_special_tokens=False)["input_ids"]
         with torch.no_grad():
-            states = lm.model(torch.tensor([ids]), output_hidden_states=True).hidden_states
-        np.testing.assert_allclose(feats[i, 0], states[1][0, -1].numpy(), atol=1e-4)
-        np.testing.assert_allclose(feats[i, 1], states[2][0, -1].numpy(), atol=1e-4)
+            states = lm.model(torch.tensor([ids], device=lm.device), output_hidden_states=True).hidden_states
+        np.testing.assert_allclose(feats[i, 0], states[1][0, -1].cpu().numpy(), atol=1e-4)
+        np.testing.assert_allclose(feats[i, 1], states[2][0, -1].cpu().numpy(), atol=1e-4)
         mean = extract_features(lm, [prompt], [answer], layers=[2], token="mean")
-        np.testing.assert_allclose(mean[0, 0], states[2][0].mean(0).numpy(), atol=1e-4)
+        np.testing.assert_allclose(mean[0, 0], states[2][0].mean(0).cpu().numpy(), atol=1e-4)
 
 
 def test_candidate_layers():
@@ -187,9 +187,10 @@ def test_packed_options_score_and_read_as_each_option_alone(tiny_models, arch):
             np.testing.assert_allclose(got, [_hand_logprob(lm, c, o) for o in opts], atol=1e-4)
             for k, branch in enumerate(tree.branches):
                 with torch.no_grad():
-                    states = lm.model(torch.tensor([tree.context + branch]), output_hidden_states=True).hidden_states
-                np.testing.assert_allclose(feats[k, 0], states[1][0, -1].numpy(), atol=1e-4)
-                np.testing.assert_allclose(feats[k, 1], states[2][0, -1].numpy(), atol=1e-4)
+                    ids = torch.tensor([tree.context + branch], device=lm.device)
+                    states = lm.model(ids, output_hidden_states=True).hidden_states
+                np.testing.assert_allclose(feats[k, 0], states[1][0, -1].cpu().numpy(), atol=1e-4)
+                np.testing.assert_allclose(feats[k, 1], states[2][0, -1].cpu().numpy(), atol=1e-4)
 
 
 def test_contexts_longer_than_the_sliding_window_fall_back(tiny_models):

@@ -43,11 +43,11 @@ def test_generation_stops_at_a_newline_and_keeps_token_logprobs(tiny_models):
     np.testing.assert_allclose(alone[0].token_logprobs, cut[0].token_logprobs, atol=1e-4)
     # each kept log-probability is the model's own, read again by one teacher-forced pass
     for prompt, answer in zip(ids, long):
-        full = torch.tensor([list(prompt) + list(answer.token_ids)])
+        full = torch.tensor([list(prompt) + list(answer.token_ids)], device=lm.device)
         with torch.no_grad():
             logp = lm.model(input_ids=full).logits[0].float().log_softmax(-1)
         steps = torch.arange(len(prompt) - 1, full.shape[1] - 1)
-        np.testing.assert_allclose(answer.token_logprobs, logp[steps, full[0, steps + 1]].numpy(), atol=1e-4)
+        np.testing.assert_allclose(answer.token_logprobs, logp[steps, full[0, steps + 1]].cpu().numpy(), atol=1e-4)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma"])
@@ -65,7 +65,7 @@ def test_output_layer_gets_a_contiguous_input(tiny_models):
     head = lm.model.get_output_embeddings()
     seen = []
     handle = head.register_forward_pre_hook(lambda module, args: seen.append(args[0].is_contiguous()))
-    hidden = torch.randn(3, 5, head.weight.shape[1])
+    hidden = torch.randn(3, 5, head.weight.shape[1], device=head.weight.device)
     try:
         head(hidden[:, -1:, :])
     finally:
