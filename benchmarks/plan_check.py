@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -26,19 +25,11 @@ from calibtune.plan import GPU_UTILISATION, GPUS, MachineRate, machine_rate, mem
 from calibtune.questions import study_questions
 
 
-def gpu_rate(seconds: float = 1.5) -> MachineRate:
-    """The dry run's H100 rate and utilisation, with this GPU's bf16 matmul rate (best of repeated 8192-square
-    products) measured now named beside it."""
-    n = 8192
-    a, b = (torch.randn(n, n, dtype=torch.bfloat16, device="cuda") for _ in range(2))
-    torch.mm(a, b)
-    torch.cuda.synchronize()
-    best, end = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        start = time.perf_counter()
-        torch.mm(a, b)
-        torch.cuda.synchronize()
-        best = max(best, 2 * n**3 / (time.perf_counter() - start))
+def gpu_rate() -> MachineRate:
+    """The dry run's H100 rate and utilisation, with this GPU's bf16 matmul rate measured now named beside it."""
+    from run import matmul_peak  # here, not at the top: run.py imports this module
+
+    best = matmul_peak(torch.bfloat16)
     return MachineRate(GPUS["H100 SXM"], GPU_UTILISATION,
                        f"the dry run's H100 figure, {GPUS['H100 SXM'] / 1e12:.0f} TFLOP/s at utilisation "
                        f"{GPU_UTILISATION['inference']:.1%} (inference) and {GPU_UTILISATION['training']:.1%} "
