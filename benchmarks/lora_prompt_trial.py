@@ -101,29 +101,36 @@ def main() -> None:
         est = LoraPromptEstimator(lm, settings, seed=seed, readout=readout)
         trace: list[dict] = []
         start = time.perf_counter()
-        with traced(est, seqs, y_train, eval_seqs, y_eval, trace) if args.trace else nullcontext():
-            est.fit(seqs, y_train, groups=[q.dataset for q in train])
+        groups = [q.dataset for q in train]
+        with traced(est, seqs, y_train, groups, eval_seqs, y_eval, trace) if args.trace else nullcontext():
+            est.fit(seqs, y_train, groups=groups)
         fit_s = time.perf_counter() - start
         p = est.predict_proba(eval_seqs)
         est.release()
         extra = {"fit_s": round(fit_s), "steps": est.log.steps, "best_step": est.log.best_step,
                  "val_loss": [(s, round(v, 4)) for s, v in est.log.val_loss]}
         if args.trace:
-            extra["trace"] = [{"step": s, "val_loss": round(v, 4), **t} for (s, v), t in zip(est.log.val_loss, trace)]
+            extra["trace"] = [{"step": s, **t} for (s, _), t in zip(est.log.val_loss, trace)]
             extra["kept_by"] = kept_by_rule(extra["trace"], cfg.lora_prompt.patience)
         record(args, {**variant, "readout_layer": readout, "seed": seed, **shown}, p, y_eval, cfg.seed, len(train),
                extra)
 
 
 @contextmanager
-def traced(est: LoraPromptEstimator, seqs, y_train: np.ndarray, eval_seqs, y_eval: np.ndarray, trace: list[dict]):
-    """While ``est`` trains, each validation also appends to ``trace`` the held-out answers' AUROC and loss after
-    Platt scaling fitted on them (in sample), and the evaluation answers' AUROC and ECE after the temperature
-    fitted on the held-out answers. The held-out answers' P(correct) is caught from the validation pass itself."""
+def traced(est: LoraPromptEstimator, seqs, y_train: np.ndarray, groups, eval_seqs, y_eval: np.ndarray,
+           trace: list[dict]):
+    """While ``est`` trains, each validation also appends to ``trace`` the held-out answers' figure for every
+    ``keep`` rule (their loss, their loss after Platt scaling fitted on them, their AUROC: each as training computes
+    it, whatever rule this run keeps by), and the evaluation answers' AUROC and ECE after the temperature fitted on
+    the held-out answers. The held-out answers' P(correct) is caught from the validation pass itself."""
+    from scipy.special import logit
+
     from calibtune import metrics
-    from calibtune.calibration import PlattScaler, TemperatureScaler
+    from calibtune.calibration import TemperatureScaler
     from calibtune.estimators import lora_prompt
+    from calibtune.estimators.adapters import held_out_score
     from calibtune.estimators.query import p_yes
+    from calibtune.estimators.splits import balanced_weights
 
     caught: dict[int, float] = {}
     real_logits, real_loop = lora_prompt.query_logits, lora_prompt.train_loop
@@ -133,28 +140,30 @@ def traced(est: LoraPromptEstimator, seqs, y_train: np.ndarray, eval_seqs, y_eva
         caught.update(zip(map(id, batch), p_yes(logits)))
         return logits
 
-    def entry(p_val: np.ndarray, y_val: np.ndarray) -> dict:
+    def entry(p_val: np.ndarray, y_val: np.ndarray, w_val: np.ndarray | None) -> dict:
         est.lm.model.eval()
         p_eval = lora_prompt.query_p_correct(est.lm, eval_seqs, est.token_ids, est.config.batch_size * 2,
                                              "trace: evaluation answers", est.readout)
         est.lm.model.train()
-        platt = PlattScaler.fit(p_val, y_val)
-        return {"val_auroc": round(metrics.auroc(p_val, y_val), 4),
-                "val_platt_nll": round(metrics.nll(platt.transform(p_val), y_val), 4),
+        z_val = logit(np.clip(p_val, 1e-12, 1 - 1e-12))
+        return {"val_loss": round(held_out_score("loss", z_val, y_val, w_val), 4),
+                "val_auroc": round(1 - held_out_score("auroc", z_val, y_val, w_val), 4),
+                "val_platt_nll": round(held_out_score("calibrated_loss", z_val, y_val, w_val), 4),
                 "eval_auroc": round(metrics.auroc(p_eval, y_eval), 4),
                 "eval_ece_ts": round(metrics.ece(TemperatureScaler.fit(p_val, y_val).transform(p_eval), y_eval), 4)}
 
     def tracing_loop(params, n_train, step_loss, val_loss, *rest, **options):
         val_seqs = [seqs[i] for i in est.val_indices]
         y_val = y_train[est.val_indices]
+        w_val = balanced_weights(y_train, groups)[est.val_indices] if est.config.balance == "dataset" else None
 
         def validate() -> float:
             caught.clear()
-            loss = val_loss()
-            trace.append(entry(np.array([caught[id(s)] for s in val_seqs]), y_val))
+            figure = val_loss()  # by the rule this run keeps by; the trace holds every rule's
+            trace.append(entry(np.array([caught[id(s)] for s in val_seqs]), y_val, w_val))
             # printed as it comes, so a trace cut short still says how far it got
-            print(json.dumps({"validation": len(trace) - 1, "val_loss": round(loss, 4), **trace[-1]}), flush=True)
-            return loss
+            print(json.dumps({"validation": len(trace) - 1, "criterion": round(figure, 4), **trace[-1]}), flush=True)
+            return figure
 
         validate()  # step 0: the adapters start at zero, so this is the base model
         return real_loop(params, n_train, step_loss, validate, *rest, **options)
