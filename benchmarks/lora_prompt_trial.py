@@ -101,9 +101,8 @@ def main() -> None:
         est = LoraPromptEstimator(lm, settings, seed=seed, readout=readout)
         trace: list[dict] = []
         start = time.perf_counter()
-        groups = [q.dataset for q in train]
-        with traced(est, seqs, y_train, groups, eval_seqs, y_eval, trace) if args.trace else nullcontext():
-            est.fit(seqs, y_train, groups=groups)
+        with traced(est, seqs, y_train, eval_seqs, y_eval, trace) if args.trace else nullcontext():
+            est.fit(seqs, y_train, groups=[q.dataset for q in train])
         fit_s = time.perf_counter() - start
         p = est.predict_proba(eval_seqs)
         est.release()
@@ -117,35 +116,33 @@ def main() -> None:
 
 
 @contextmanager
-def traced(est: LoraPromptEstimator, seqs, y_train: np.ndarray, groups, eval_seqs, y_eval: np.ndarray,
-           trace: list[dict]):
+def traced(est: LoraPromptEstimator, seqs, y_train: np.ndarray, eval_seqs, y_eval: np.ndarray, trace: list[dict]):
     """While ``est`` trains, each validation also appends to ``trace`` the held-out answers' figure for every
     ``keep`` rule (their loss, their loss after Platt scaling fitted on them, their AUROC: each as training computes
     it, whatever rule this run keeps by), and the evaluation answers' AUROC and ECE after the temperature fitted on
-    the held-out answers. The held-out answers' P(correct) is caught from the validation pass itself."""
-    from scipy.special import logit
+    the held-out answers. The held-out answers' logits are caught from the validation pass itself."""
+    from scipy.special import expit
 
     from calibtune import metrics
     from calibtune.calibration import TemperatureScaler
     from calibtune.estimators import lora_prompt
     from calibtune.estimators.adapters import held_out_score
-    from calibtune.estimators.query import p_yes
-    from calibtune.estimators.splits import balanced_weights
+    from calibtune.estimators.query import yes_logit
 
     caught: dict[int, float] = {}
     real_logits, real_loop = lora_prompt.query_logits, lora_prompt.train_loop
 
     def catching_logits(lm, batch, *rest):
         logits = real_logits(lm, batch, *rest)
-        caught.update(zip(map(id, batch), p_yes(logits)))
+        caught.update(zip(map(id, batch), yes_logit(logits)))
         return logits
 
-    def entry(p_val: np.ndarray, y_val: np.ndarray, w_val: np.ndarray | None) -> dict:
+    def entry(z_val: np.ndarray, y_val: np.ndarray, w_val: np.ndarray) -> dict:
         est.lm.model.eval()
         p_eval = lora_prompt.query_p_correct(est.lm, eval_seqs, est.token_ids, est.config.batch_size * 2,
                                              "trace: evaluation answers", est.readout)
         est.lm.model.train()
-        z_val = logit(np.clip(p_val, 1e-12, 1 - 1e-12))
+        p_val = expit(z_val)
         return {"val_loss": round(held_out_score("loss", z_val, y_val, w_val), 4),
                 "val_auroc": round(1 - held_out_score("auroc", z_val, y_val, w_val), 4),
                 "val_platt_nll": round(held_out_score("calibrated_loss", z_val, y_val, w_val), 4),
@@ -155,12 +152,11 @@ def traced(est: LoraPromptEstimator, seqs, y_train: np.ndarray, groups, eval_seq
     def tracing_loop(params, n_train, step_loss, val_loss, *rest, **options):
         val_seqs = [seqs[i] for i in est.val_indices]
         y_val = y_train[est.val_indices]
-        w_val = balanced_weights(y_train, groups)[est.val_indices] if est.config.balance == "dataset" else None
 
         def validate() -> float:
             caught.clear()
             figure = val_loss()  # by the rule this run keeps by; the trace holds every rule's
-            trace.append(entry(np.array([caught[id(s)] for s in val_seqs]), y_val, w_val))
+            trace.append(entry(np.array([caught[id(s)] for s in val_seqs]), y_val, est.val_weights))
             # printed as it comes, so a trace cut short still says how far it got
             print(json.dumps({"validation": len(trace) - 1, "criterion": round(figure, 4), **trace[-1]}), flush=True)
             return figure

@@ -129,6 +129,7 @@ class LoraPromptEstimator:
     log: TrainLog | None = None
     _peft: Any = field(default=None, repr=False)
     val_indices: np.ndarray | None = None
+    val_weights: np.ndarray | None = None  # the held-out answers' weights in the validation figure
 
     @property
     def token_ids(self) -> tuple[int, ...]:
@@ -171,6 +172,7 @@ class LoraPromptEstimator:
                 raise CalibtuneError("balance: dataset needs each training answer's dataset")
             weights = torch.from_numpy(balanced_weights(y, groups)).float()
         w_train, w_val = weights[idx_train], weights[idx_val].numpy()
+        self.val_weights = w_val
 
         def weighted_ce(logits: torch.Tensor, target: torch.Tensor, w: torch.Tensor,
                         total: torch.Tensor | None = None) -> torch.Tensor:
