@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.optimize import minimize_scalar
 from scipy.spatial.distance import jensenshannon
-from scipy.special import softmax
+from scipy.special import expit, softmax
 from scipy.stats import entropy
 from sklearn.metrics import log_loss, roc_auc_score
 
@@ -456,7 +456,6 @@ def test_held_out_scores_match_independent_computations():
     the calibrated loss is unchanged by a positive affine map of the logits (what Platt scaling undoes) and equals
     the log loss of a logistic regression fitted by scipy, and 1 - AUROC counts weighted concordant pairs."""
     from scipy.optimize import minimize
-    from scipy.special import expit
 
     from calibtune.estimators.adapters import held_out_score
 
@@ -530,3 +529,62 @@ def test_lora_prompt_validates_by_the_chosen_criterion(tiny_models, keep):
     if keep == "auroc":
         assert kept == pytest.approx(1 - roc_auc_score(labels[val], est.predict_proba([seqs[i] for i in val])))
     est.release()
+
+
+def test_kept_held_out_maps_each_validation_to_its_step():
+    from calibtune.estimators.adapters import TrainLog, kept_held_out
+
+    z = [np.full(3, float(i)) for i in range(4)]
+    log = TrainLog(best_step=4, val_loss=[(0, 1.0), (2, 0.9), (4, 0.8), (6, 0.85)])
+    np.testing.assert_array_equal(kept_held_out(log, z), z[2])  # every validation ran here, step 0 among them
+    # resumed after step 2: this process ran the validations at steps 4 and 6 only
+    np.testing.assert_array_equal(kept_held_out(log, z[:2]), z[0])
+    log = TrainLog(best_step=2, val_loss=log.val_loss)
+    assert kept_held_out(log, z[:2]) is None  # kept before the resume: not in memory
+    log = TrainLog(best_step=0, val_loss=log.val_loss)
+    np.testing.assert_array_equal(kept_held_out(log, z[1:], initial=z[0]), z[0])  # step 0 read apart
+    assert kept_held_out(log, [], initial=None) is None
+
+
+@pytest.mark.parametrize("learning_rate", [1e-2, 1e-9])
+def test_lora_prompt_keeps_the_kept_steps_held_out_scores_of_a_second_pass(tiny_models, learning_rate):
+    """The held-out P(correct) training keeps equals scoring the held-out answers again with the kept adapters
+    (fp32, 1e-6), whether training kept a later step or, with nothing learnt, the untrained model (step 0)."""
+    lm = load_model(str(tiny_models["llama"]), dtype="float32")
+    prompts, answers, labels = separable_toy(60)
+    seqs = encode_queries(lm.tokenizer, prompts, answers, DEFAULT_QUERY)
+    cfg = LoraPromptConfig(learning_rate=learning_rate, batch_size=8, epochs=2, eval_every=3, patience=20)
+    est = LoraPromptEstimator(lm, cfg).fit(seqs, labels)
+    assert (est.log.best_step > 0) == (learning_rate > 1e-6)
+    again = est.predict_proba([seqs[i] for i in est.val_indices])
+    np.testing.assert_allclose(expit(est.val_logits), again, atol=1e-6)
+    est.release()
+
+
+def test_lora_head_keeps_the_kept_steps_held_out_scores_of_a_second_pass(tiny_models):
+    lm = load_model(str(tiny_models["qwen"]), dtype="float32")
+    prompts, answers, labels = separable_toy(60)
+    seqs = encode_texts(lm.tokenizer, [p + a for p, a in zip(prompts, answers)])
+    cfg = LoraHeadConfig(learning_rate=1e-2, batch_size=8, epochs=2, eval_every=3, patience=20)
+    est = LoraHeadEstimator(lm, cfg).fit(seqs, labels)
+    assert est.log.best_step > 0
+    np.testing.assert_allclose(expit(est.val_logits), est.predict_proba([seqs[i] for i in est.val_indices]),
+                               atol=1e-6)
+    est.release()
+
+
+def test_a_resumed_lora_prompt_keeps_the_held_out_scores_of_a_step_it_validated_after_resuming(tiny_models, tmp_path):
+    lm = load_model(str(tiny_models["llama"]), dtype="float32")
+    prompts, answers, labels = separable_toy(48)
+    seqs = encode_queries(lm.tokenizer, prompts, answers, DEFAULT_QUERY)
+    cfg = LoraPromptConfig(learning_rate=1e-2, batch_size=4, max_steps=8, eval_every=2, patience=10)
+    checkpoint = tmp_path / "ckpt"
+    crashed = LoraPromptEstimator(lm, cfg)
+    with pytest.raises(KeyboardInterrupt), crash_after_checkpoints(2):  # dies after the checkpoint at step 4
+        crashed.fit(seqs, labels, checkpoint)
+    crashed.release()
+    resumed = LoraPromptEstimator(lm, cfg).fit(seqs, labels, checkpoint)
+    assert resumed.log.best_step == 8  # validated after the resume (at step 4), so in memory
+    np.testing.assert_allclose(expit(resumed.val_logits),
+                               resumed.predict_proba([seqs[i] for i in resumed.val_indices]), atol=1e-6)
+    resumed.release()

@@ -41,6 +41,19 @@ class TrainLog:
     step_seconds: float = 0.0  # of ``seconds``, the time in training steps (validations excluded)
 
 
+def kept_held_out(log: TrainLog, validated: Sequence[np.ndarray],
+                  initial: np.ndarray | None = None) -> np.ndarray | None:
+    """The held-out answers' logits at the step training kept, from those of the validations this process ran
+    (``validated``, in order: the last ``len(validated)`` entries of ``log.val_loss``) and, if known apart,
+    ``initial``, the untrained model's (step 0). None when the kept step was validated before a resume, so the
+    caller scores the held-out answers again; otherwise the kept adapters need no second pass over them."""
+    tail = log.val_loss[len(log.val_loss) - len(validated):] if validated else []
+    by_step = {step: z for (step, _), z in zip(tail, validated)}
+    if initial is not None:
+        by_step.setdefault(0, initial)
+    return by_step.get(log.best_step)
+
+
 # What ``TrainLog.val_loss`` holds for each ``keep``, as logs and tables name it.
 CRITERIA = {"loss": "loss", "last": "loss", "calibrated_loss": "calibrated loss", "auroc": "1 - AUROC"}
 

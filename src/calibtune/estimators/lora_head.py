@@ -25,6 +25,7 @@ from calibtune.estimators.adapters import (
     attach_lora,
     detach_lora,
     held_out_score,
+    kept_held_out,
     load_adapters,
     load_lora_state,
     lora_state,
@@ -76,6 +77,7 @@ class LoraHeadEstimator:
     log: TrainLog | None = None
     head: torch.nn.Module | None = None
     val_indices: np.ndarray | None = None
+    val_logits: np.ndarray | None = None  # the kept adapters' and head's logits of P(correct) on the held-out answers
     _peft: Any = field(default=None, repr=False)
 
     @property
@@ -151,6 +153,8 @@ class LoraHeadEstimator:
                                                                           reduction="none")
             return (losses * w).sum() / w_train[whole].sum().to(logits.device)
 
+        validated: list[np.ndarray] = []
+
         def val_score() -> float:
             self.lm.model.eval()
             self.head.eval()
@@ -158,7 +162,8 @@ class LoraHeadEstimator:
             z = self._logits([val_seqs[i] for i in mine])
             self.lm.model.train()
             self.head.train()
-            return held_out_score(cfg.keep, parallel.gather(mine, z, len(val_seqs)), y_val.numpy(), w_val)
+            validated.append(parallel.gather(mine, z, len(val_seqs)))
+            return held_out_score(cfg.keep, validated[-1], y_val.numpy(), w_val)
 
         def get_state() -> dict:
             return {"lora": lora_state(self._peft), "head": {k: v.clone() for k, v in self.head.state_dict().items()}}
@@ -173,6 +178,7 @@ class LoraHeadEstimator:
                               f"train LoRA {self.meta.get('estimator_model', self.lm.name)} on "
                               f"{self.meta.get('trained_on', '?')}", checkpoint,
                               lengths=[len(s.ids) for s in train_seqs], parallel=parallel)
+        self.val_logits = kept_held_out(self.log, validated)
         self.lm.model.eval()
         self.head.eval()
         return self

@@ -27,6 +27,7 @@ from calibtune.estimators.adapters import (
     attach_lora,
     detach_lora,
     held_out_score,
+    kept_held_out,
     load_adapters,
     load_lora_state,
     lora_state,
@@ -130,6 +131,7 @@ class LoraPromptEstimator:
     _peft: Any = field(default=None, repr=False)
     val_indices: np.ndarray | None = None
     val_weights: np.ndarray | None = None  # the held-out answers' weights in the validation figure
+    val_logits: np.ndarray | None = None  # the kept adapters' logits of P(correct) on the held-out answers
 
     @property
     def token_ids(self) -> tuple[int, ...]:
@@ -213,6 +215,8 @@ class LoraPromptEstimator:
                 loss = loss + cfg.kl_weight * divergence(adapted, target, cfg.divergence) * rows_share
             return loss
 
+        validated: list[np.ndarray] = []
+
         def val_score() -> float:
             self.lm.model.eval()
             mine = parallel.share(np.arange(len(val_seqs)))
@@ -222,13 +226,15 @@ class LoraPromptEstimator:
                     logits = query_logits(self.lm, [val_seqs[i] for i in mine[batch]], tokens, self.readout)
                     z[batch] = yes_logit(logits)
             self.lm.model.train()
-            return held_out_score(cfg.keep, parallel.gather(mine, z, len(val_seqs)), y_val, w_val)
+            validated.append(parallel.gather(mine, z, len(val_seqs)))
+            return held_out_score(cfg.keep, validated[-1], y_val, w_val)
 
         self.log = train_loop(params, len(train_seqs), step_loss, val_score, lambda: lora_state(self._peft),
                               lambda s: load_lora_state(self._peft, s), cfg, self.seed,
                               f"train LoRA + Prompt {self.meta.get('estimator_model', self.lm.name)} on "
                               f"{self.meta.get('trained_on', '?')}", checkpoint, initial_val_loss=score0,
                               lengths=[len(s.ids) for s in train_seqs], parallel=parallel)
+        self.val_logits = kept_held_out(self.log, validated, initial=yes_logit(val_two_way))
         base.drop_answers()  # the divergence's target is needed while training only
         self.lm.model.eval()
         return self

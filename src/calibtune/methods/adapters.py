@@ -44,17 +44,24 @@ def fit_and_score(ctx: CellContext, estimator, seqs: Sequence, labels: np.ndarra
                   **fit_options) -> CellScores:
     """Train an adapter estimator on T's answers (``seqs``, ``labels``), save it, and score T's evaluation
     answers and the answers it held out (those calibrate its temperature); the adapters come off after.
-    A group of processes (``ctx.parallel``) trains together and scores a share each; its leader saves."""
+    The held-out answers' P(correct) is the kept step's validation (``estimator.val_logits``) when training
+    ran it in this process, so they are not read twice. A group of processes (``ctx.parallel``) trains
+    together and scores a share each; its leader saves."""
+    from scipy.special import expit
+
     parallel = ctx.parallel
     try:
         estimator.fit(seqs, labels, ctx.checkpoint, parallel=parallel, **fit_options)
         if parallel.leader or parallel.sharded:  # sharded adapters are gathered by all (a non-leader: to scratch)
             estimator.save(ctx.out)
         val = estimator.val_indices
-        scored = list(eval_seqs) + [seqs[i] for i in val]
+        scored = list(eval_seqs)
+        if estimator.val_logits is None:  # kept before a resume: its validation is not in memory
+            scored += [seqs[i] for i in val]
         mine = parallel.share(np.arange(len(scored)))  # a group scores its share each, then puts them together
         p_all = parallel.gather(mine, estimator.predict_proba([scored[i] for i in mine]), len(scored))
     finally:
         estimator.release()
     n = len(eval_seqs)
-    return CellScores(p_all[:n], p_all[n:], labels[val])
+    p_val = p_all[n:] if estimator.val_logits is None else expit(estimator.val_logits)
+    return CellScores(p_all[:n], p_val, labels[val])
