@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 
 import torch
+from peak import matmul_peak
 
 from calibtune.config import StudyConfig, load_config
 from calibtune.plan import GPU_UTILISATION, GPUS, MachineRate, machine_rate, memory_per_device, model_info, plan_stages
@@ -27,8 +28,6 @@ from calibtune.questions import study_questions
 
 def gpu_rate() -> MachineRate:
     """The dry run's H100 rate and utilisation, with this GPU's bf16 matmul rate measured now named beside it."""
-    from run import matmul_peak  # here, not at the top: run.py imports this module
-
     best = matmul_peak(torch.bfloat16)
     return MachineRate(GPUS["H100 SXM"], GPU_UTILISATION,
                        f"the dry run's H100 figure, {GPUS['H100 SXM'] / 1e12:.0f} TFLOP/s at utilisation "

@@ -35,6 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import naive  # noqa: E402
 import reference_v01  # noqa: E402
+from peak import matmul_peak  # noqa: E402
 from plan_check import plan_against_run  # noqa: E402
 
 from calibtune.answer import ClozeSettings, cloze_answers  # noqa: E402
@@ -81,26 +82,6 @@ class PeakMemory:
             self.stop = True
             self.thread.join()
             self.gib = (self.peak - self.base) / 2**30
-
-
-def matmul_peak(dtype: torch.dtype, seconds: float = 1.5) -> float:
-    """FLOP/s of a large square matrix product in ``dtype`` on this machine, best of a few timed runs."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    n = 4096 if device == "cuda" else 2048
-    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
-    best = 0.0
-    with torch.inference_mode():
-        torch.mm(a, b)
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            if device == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            torch.mm(a, b)
-            if device == "cuda":
-                torch.cuda.synchronize()
-            best = max(best, 2 * n**3 / (time.perf_counter() - start))
-    return best
 
 
 def timed(fn):
