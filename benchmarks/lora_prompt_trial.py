@@ -8,7 +8,8 @@ so run a study with the same questions first. VARIANTS.json is a list of objects
 LoRA + Prompt settings over the default study's (e.g. ``{"learning_rate": 0.001, "kl_weight": 0.1}``;
 ``"readout_layer": "auto"`` trains the mid-layer read-out; ``"seed": 1`` changes only the estimator's seed: its
 validation split, adapter initialisation and batch order). For each variant it prints and appends one
-JSON line: the settings, the evaluation AUROC with its 95% bootstrap interval, ECE, the validation-loss
+JSON line: the settings, the evaluation AUROC with its 95% bootstrap interval and its paired difference
+from the Probe's on the same answers (the same 1,000 resamples as the study's paired table), ECE, the validation-loss
 curve, the step kept and the training time. With ``--trace`` it also scores the evaluation answers at every
 validation (and at step 0), so the line says how the estimator's AUROC moves along the training trajectory
 and which step other selection rules (the held-out answers' AUROC, or their loss after Platt scaling) would
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from calibtune.bootstrap import bootstrap_intervals
+from calibtune.bootstrap import bootstrap_intervals, paired_bootstrap
 from calibtune.bundled import cache_dir
 from calibtune.config import load_config
 from calibtune.estimator_settings import LoraPromptConfig
@@ -106,7 +107,9 @@ def main() -> None:
         fit_s = time.perf_counter() - start
         p = est.predict_proba(eval_seqs)
         est.release()
+        diff = paired_bootstrap(p, p_probe, y_eval, ["auroc"], n_resamples=1000, seed=cfg.seed)["auroc"]
         extra = {"fit_s": round(fit_s), "steps": est.log.steps, "best_step": est.log.best_step,
+                 "auroc_minus_probe": [round(v, 4) for v in diff],
                  "val_loss": [(s, round(v, 4)) for s, v in est.log.val_loss]}
         if args.trace:
             extra["trace"] = [{"step": s, **t} for (s, _), t in zip(est.log.val_loss, trace)]
