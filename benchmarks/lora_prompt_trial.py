@@ -9,7 +9,7 @@ LoRA + Prompt settings over the default study's (e.g. ``{"learning_rate": 0.001,
 ``"readout_layer": "auto"`` trains the mid-layer read-out; ``"seed": 1`` changes only the estimator's seed: its
 validation split, adapter initialisation and batch order). For each variant it prints and appends one
 JSON line: the settings, the evaluation AUROC with its 95% bootstrap interval and its paired difference
-from the Probe's on the same answers (the same 1,000 resamples as the study's paired table), ECE, the validation-loss
+from the Probe's on the same answers (1,000 paired resamples, seeded as the study's), ECE, the validation-loss
 curve, the step kept and the training time. With ``--trace`` it also scores the evaluation answers at every
 validation (and at step 0), so the line says how the estimator's AUROC moves along the training trajectory
 and which step other selection rules (the held-out answers' AUROC, or their loss after Platt scaling) would
