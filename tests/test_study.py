@@ -424,6 +424,18 @@ def test_a_data_scale_study_trains_on_nested_sizes(tmp_path, tiny_models, study_
     assert metrics[metrics.method == "probe"].auroc.item() == pytest.approx(roc_auc_score(largest.label,
                                                                                          largest.p_correct))
     assert (out / "data_scale.png").is_file() and "Data scale" in (out / "report.html").read_text()
+    # The trend: AUROC's least-squares slope per doubling, and the gap to the Probe, from the same points.
+    trend = pd.read_csv(out / "data_scale_trend.csv").set_index("method")
+    points = {m: rows.sort_values("train_size").auroc.to_numpy() for m, rows in scale.groupby("method")}
+    for method, auroc in points.items():
+        assert trend.loc[method, "slope"] == pytest.approx(np.polyfit(np.log2([12, 24, 48]), auroc, 1)[0])
+    gaps = points["lora_prompt_readout"] - points["probe"]
+    assert trend.loc["lora_prompt_readout", "gap_last"] == pytest.approx(gaps[-1])
+    assert trend.loc["lora_prompt_readout", "gap_slope"] == pytest.approx(np.polyfit(np.log2([12, 24, 48]), gaps, 1)[0])
+    assert "AUROC per doubling" in (out / "report.html").read_text()
+    markdown = runner.invoke(app, ["report", str(out), "--format", "markdown"])
+    assert markdown.exit_code == 0, markdown.output
+    assert f"{trend.loc['probe', 'slope']:+.3f}" in markdown.output and "gap per doubling" in markdown.output
 
 
 def test_the_paper_mix_takes_an_equal_share_of_every_set_without_the_evaluation_questions():

@@ -106,6 +106,34 @@ def _markdown_metrics(metrics, paired: list[dict]) -> str:
     return text
 
 
+def _markdown_data_scale(info: dict) -> str:
+    """A data-scale run's AUROC and ECE at each size and its trend per doubling, as Markdown ('' otherwise)."""
+    from calibtune.compare import render_table
+    from calibtune.report.labels import method_label
+
+    def cell(row: dict, m: str, sign: str = "") -> str:
+        value, low, high = (row.get(k) for k in (m, f"{m}_low", f"{m}_high"))
+        if value is None:
+            return "n/a"
+        return f"{value:{sign}.3f}" + ("" if low is None or high is None else f" [{low:{sign}.3f}, {high:{sign}.3f}]")
+
+    if not info.get("data_scale"):
+        return ""
+    ordered = sorted(info["data_scale"], key=lambda r: (r["method"], r["model"], r["trained_on"], r["train_size"]))
+    rows = [[method_label(r["method"]), r["model"], r["trained_on"], str(r["train_size"]), cell(r, "auroc"),
+             cell(r, "ece"), cell(r, "ece_ts")] for r in ordered]
+    text = "\n\n" + render_table(["method", "model", "trained on", "training answers", "AUROC", "ECE",
+                                  "ECE after TS"], rows, True)
+    trend = [[method_label(r["method"]), r["model"], r["trained_on"], cell(r, "slope", "+"),
+              cell(r, "gap_first", "+"), cell(r, "gap_last", "+"), cell(r, "gap_slope", "+")]
+             for r in info.get("data_scale_trend", [])]
+    if trend:
+        text += "\n\n" + render_table(["method", "model", "trained on", "AUROC per doubling",
+                                       "gap to the Probe, fewest", "gap to the Probe, most", "gap per doubling"],
+                                      trend, True)
+    return text
+
+
 @app.command()
 @_friendly
 def models(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
@@ -311,7 +339,8 @@ def report(
         raise CalibtuneError(f"unknown format '{fmt}': use text or markdown")
     metrics = write_results(run_dir, cfg, pd.read_parquet(scores_path))
     if fmt == "markdown":
-        typer.echo(_markdown_metrics(metrics, json.loads((run_dir / "metrics.json").read_text()).get("paired", [])))
+        info = json.loads((run_dir / "metrics.json").read_text())
+        typer.echo(_markdown_metrics(metrics, info.get("paired", [])) + _markdown_data_scale(info))
     else:
         _print_metrics(metrics)
     typer.echo(f"rebuilt {run_dir / 'report.html'}")

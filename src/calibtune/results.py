@@ -20,6 +20,7 @@ from calibtune.calibration import cross_fitted
 from calibtune.config import StudyConfig
 from calibtune.methods import ANSWERER_METHODS, MATRIX_METHODS, METHODS
 from calibtune.metrics import metrics_table
+from calibtune.trend import trend_table
 
 KEYS = ["method", "model", "trained_on", "evaluated_on"]
 TS_METRICS = ("ece", "ece_top_label", "brier", "nll")
@@ -85,10 +86,13 @@ def write_results(output: Path, config: StudyConfig, scores: pd.DataFrame, extra
 
     output = Path(output)
     settings = config.report
-    scale = None
+    scale = trend = None
     if "train_size" in scores and scores.train_size.nunique() > 1:  # a data-scale study
         scale = data_scale_metrics(scores, config)
         scale.to_csv(output / "data_scale.csv", index=False)
+        trend = trend_table(scores, REFERENCE_METHOD, "auroc", settings.bootstrap_resamples, config.seed,
+                            settings.level, settings.bins)
+        trend.to_csv(output / "data_scale_trend.csv", index=False)
         scores = scores[scores.train_size == scores.train_size.max()]  # everything else: the largest size
     metrics = study_metrics(scores, settings.bootstrap_resamples, config.seed, settings.bins, settings.level)
     metrics.to_csv(output / "metrics.csv", index=False)
@@ -113,6 +117,7 @@ def write_results(output: Path, config: StudyConfig, scores: pd.DataFrame, extra
                "subjects": json.loads(subjects.to_json(orient="records")) if subjects is not None else []}
     if scale is not None:
         payload["data_scale"] = json.loads(scale.to_json(orient="records"))
+        payload["data_scale_trend"] = json.loads(trend.to_json(orient="records"))
     (output / "metrics.json").write_text(json.dumps(payload, indent=2))
 
     for old_figure in list(output.glob("reliability_*.*")) + list(output.glob("subjects_auroc.*")):
@@ -120,7 +125,7 @@ def write_results(output: Path, config: StudyConfig, scores: pd.DataFrame, extra
     if scale is not None:
         from calibtune.report.figures import plot_data_scale
 
-        plot_data_scale(scale, output / "data_scale.png", config.models)
+        plot_data_scale(scale, output / "data_scale.png", config.models, trend)
     matrix = [m for m in config.heatmap if m in methods] or [m for m in MATRIX_METHODS if m in methods]
     baselines = [m for m in ANSWERER_METHODS if m in methods]
     order = {name: i for i, name in enumerate(config.models)}

@@ -131,9 +131,11 @@ def plot_subject_auroc(subjects: pd.DataFrame, png: Path, models: Sequence[str] 
     return save_figure(fig, png)
 
 
-def plot_data_scale(scale: pd.DataFrame, png: Path, models: Sequence[str]) -> Path:
+def plot_data_scale(scale: pd.DataFrame, png: Path, models: Sequence[str], trend: pd.DataFrame | None = None) -> Path:
     """AUROC and ECE against the number of training answers (log scale), a line per method and cell with its
-    bootstrap interval as a band: the paper's data-scale figure."""
+    bootstrap interval as a band: the paper's data-scale figure. With ``trend`` (``trend.trend_table``) each
+    line's label also gives AUROC's slope per doubling."""
+    slopes = {} if trend is None else {(r.method, r.model, r.trained_on): r.slope for r in trend.itertuples()}
     fig = Figure(figsize=(10, 4))
     axes = fig.subplots(1, 2)
     order = {m: i for i, m in enumerate(models)}
@@ -143,6 +145,8 @@ def plot_data_scale(scale: pd.DataFrame, png: Path, models: Sequence[str]) -> Pa
     for i, ((method, e, t), rows) in enumerate(groups):
         rows = rows.sort_values("train_size")
         label = method_label(method) + (f" ({short_model_name(e)} on {short_model_name(t)})" if several else "")
+        if np.isfinite(slopes.get((method, e, t), np.nan)):
+            label += f", AUROC {slopes[(method, e, t)]:+.3f} per doubling"
         colour, style = OKABE_ITO[i % len(OKABE_ITO)], LINE_STYLES[(i // len(OKABE_ITO)) % len(LINE_STYLES)]
         for ax, metric in zip(axes, ("auroc", "ece")):
             ax.plot(rows.train_size, rows[metric], marker="o", color=colour, linestyle=style, label=label)

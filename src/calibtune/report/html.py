@@ -164,6 +164,22 @@ def _data_scale_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _trend_table(rows: list[dict]) -> str:
+    """AUROC per doubling of the training answers, and the gap to the Probe at both ends and per doubling."""
+    headers = ["Method", "Model", "Trained on", "Training answers", "AUROC per doubling",
+               "Gap to the Probe, fewest", "Gap to the Probe, most", "Gap per doubling"]
+    lines = ["<table>", "<thead><tr>" + "".join(f"<th>{h}</th>" for h in headers) + "</tr></thead>", "<tbody>"]
+    for row in rows:
+        cells = [escape(method_label(row["method"])), escape(row["model"]), escape(row["trained_on"]),
+                 escape(str(row["sizes"]).replace(" ", ", "))]
+        text = "".join(f"<td>{c}</td>" for c in cells)
+        text += "".join(f'<td class="num">{_with_interval(row, m)}</td>'
+                        for m in ("slope", "gap_first", "gap_last", "gap_slope"))
+        lines.append(f"<tr>{text}</tr>")
+    lines += ["</tbody>", "</table>"]
+    return "\n".join(lines)
+
+
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         return {}
@@ -246,6 +262,12 @@ def write_report(run_dir: Path) -> Path:
                   '<p class="note">The same evaluation questions; each row an estimator trained on the first '
                   "n answers of one seeded shuffle of the training answers (the tables above: the largest n).</p>",
                   _data_scale_table(info["data_scale"])]
+        if info.get("data_scale_trend"):
+            parts += ['<p class="note">The trend: least-squares slope of AUROC against log2 of the number of '
+                      "training answers, and the gap to the Probe (method minus Probe; a positive slope: the "
+                      "method gains on the Probe as the answers double). Intervals from one set of resampled "
+                      "questions shared by every size and both methods.</p>",
+                      _trend_table(info["data_scale_trend"])]
     if info.get("paired"):
         parts += ["<h2>Paired differences</h2>",
                   '<p class="note">Paired bootstrap on the same questions; bold where the interval excludes 0.</p>',
