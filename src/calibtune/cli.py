@@ -82,19 +82,25 @@ def _print_metrics(metrics) -> None:
     console.print(table)
 
 
+def _value_with_interval(row: dict, m: str, sign: str = "") -> str:
+    """``0.712 [0.676, 0.748]`` from ``row``'s ``m``, ``m_low`` and ``m_high``; the value alone without an
+    interval; n/a without a value (NaN or None, as a JSON record has it)."""
+    value, low, high = (row.get(k) for k in (m, f"{m}_low", f"{m}_high"))
+    if value is None or value != value:
+        return "n/a"
+    if low is None or high is None or low != low or high != high:
+        return f"{value:{sign}.3f}"
+    return f"{value:{sign}.3f} [{low:{sign}.3f}, {high:{sign}.3f}]"
+
+
 def _markdown_metrics(metrics, paired: list[dict]) -> str:
     """The metrics table (with intervals) and the paired differences, as Markdown."""
     from calibtune.compare import render_table
     from calibtune.report.labels import method_label
 
-    def cell(row, m):
-        value = getattr(row, m, float("nan"))
-        low, high = getattr(row, f"{m}_low", float("nan")), getattr(row, f"{m}_high", float("nan"))
-        return f"{value:.3f} [{low:.3f}, {high:.3f}]" if low == low else f"{value:.3f}"
-
-    rows = [[method_label(r.method), r.model, r.trained_on, str(r.n), cell(r, "auroc"), cell(r, "ece"),
-             cell(r, "ece_ts"), cell(r, "ece_xfit"), cell(r, "brier"), cell(r, "aurc"), f"{r.accuracy:.3f}"]
-            for r in metrics.itertuples()]
+    rows = [[method_label(r["method"]), r["model"], r["trained_on"], str(r["n"])]
+            + [_value_with_interval(r, m) for m in ("auroc", "ece", "ece_ts", "ece_xfit", "brier", "aurc")]
+            + [f"{r['accuracy']:.3f}"] for r in metrics.to_dict("records")]
     text = render_table(["method", "model", "trained on", "n", "AUROC", "ECE", "ECE after TS",
                          "ECE after Platt (cross-fitted)", "Brier", "AURC", "accuracy"], rows, True)
     if paired:
@@ -111,21 +117,15 @@ def _markdown_data_scale(info: dict) -> str:
     from calibtune.compare import render_table
     from calibtune.report.labels import method_label
 
-    def cell(row: dict, m: str, sign: str = "") -> str:
-        value, low, high = (row.get(k) for k in (m, f"{m}_low", f"{m}_high"))
-        if value is None:
-            return "n/a"
-        return f"{value:{sign}.3f}" + ("" if low is None or high is None else f" [{low:{sign}.3f}, {high:{sign}.3f}]")
-
     if not info.get("data_scale"):
         return ""
     ordered = sorted(info["data_scale"], key=lambda r: (r["method"], r["model"], r["trained_on"], r["train_size"]))
-    rows = [[method_label(r["method"]), r["model"], r["trained_on"], str(r["train_size"]), cell(r, "auroc"),
-             cell(r, "ece"), cell(r, "ece_ts")] for r in ordered]
+    rows = [[method_label(r["method"]), r["model"], r["trained_on"], str(r["train_size"])]
+            + [_value_with_interval(r, m) for m in ("auroc", "ece", "ece_ts")] for r in ordered]
     text = "\n\n" + render_table(["method", "model", "trained on", "training answers", "AUROC", "ECE",
                                   "ECE after TS"], rows, True)
-    trend = [[method_label(r["method"]), r["model"], r["trained_on"], cell(r, "slope", "+"),
-              cell(r, "gap_first", "+"), cell(r, "gap_last", "+"), cell(r, "gap_slope", "+")]
+    trend = [[method_label(r["method"]), r["model"], r["trained_on"]]
+             + [_value_with_interval(r, m, "+") for m in ("slope", "gap_first", "gap_last", "gap_slope")]
              for r in info.get("data_scale_trend", [])]
     if trend:
         text += "\n\n" + render_table(["method", "model", "trained on", "AUROC per doubling",

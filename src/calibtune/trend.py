@@ -90,7 +90,7 @@ def trend_table(
     n_bins: int = DEFAULT_BINS,
 ) -> pd.DataFrame:
     """One row per cell (method, model, trained_on, evaluated_on) scored at two or more training
-    sizes (``train_size``): the sizes, the metric at the smallest and largest, and every
+    sizes (``train_size``): the sizes, the number of questions counted, and every
     :func:`scale_trend` interval (``<name>``, ``<name>_low``, ``<name>_high``; the gap columns
     NaN for the reference itself or where it did not run). Only the questions scored at every
     size, by both the method and the reference, count."""
