@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -117,3 +118,26 @@ def test_sigkill_during_training_then_resume(tmp_path, tiny_models):
     assert clean.returncode == 0, output
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "killed" / "scores.parquet"),
                                   pd.read_parquet(tmp_path / "clean" / "scores.parquet"))
+
+
+def test_listing_the_store_skips_a_folder_a_writer_moves_away_meanwhile(tmp_path, monkeypatch):
+    """A run renames its staging folder into place while `calibtune cache` (or a test) lists the store:
+    the listing leaves that folder out instead of failing."""
+    import calibtune.store as store_module
+
+    store = ArtifactStore(tmp_path / "store")
+    store.put_table("answers", "kept", pd.DataFrame({"a": [1, 2]}))
+    staging = tmp_path / "store" / "answers" / ".moving-abc123"
+    (staging / "sub").mkdir(parents=True)
+    (staging / "sub" / "part.parquet").write_bytes(b"x" * 10)
+    original = store_module.folder_size
+
+    def moved_while_read(path):
+        if path == staging:
+            shutil.rmtree(staging)  # the writer's rename lands between listing and reading the folder
+        return original(path)
+
+    monkeypatch.setattr(store_module, "folder_size", moved_while_read)
+    listed = list_artifacts(store)
+    assert [(a.stage, a.key, a.complete) for a in listed] == [("answers", "kept", True)]
+    assert listed[0].size == original(tmp_path / "store" / "answers" / "kept")

@@ -169,8 +169,14 @@ class ArtifactInfo:
 
 
 def folder_size(path: Path) -> int:
-    """Total bytes of the files under a folder."""
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    """Total bytes of the files under a folder (FileNotFoundError if the folder goes while it is read)."""
+    total = 0
+    for f in path.rglob("*"):
+        try:
+            total += f.stat().st_size if f.is_file() else 0
+        except FileNotFoundError:  # a file renamed or removed by a writer meanwhile
+            continue
+    return total
 
 
 def list_artifacts(store: ArtifactStore) -> list[ArtifactInfo]:
@@ -183,7 +189,10 @@ def list_artifacts(store: ArtifactStore) -> list[ArtifactInfo]:
         for folder in sorted(p for p in stage_dir.iterdir() if p.is_dir()):
             complete = stage != "scratch" and not folder.name.startswith(".") and (folder / "meta.json").is_file()
             key = folder.name.lstrip(".").split("-")[0] if not complete else folder.name
-            out.append(ArtifactInfo(stage, key, folder, folder_size(folder), folder.stat().st_mtime, complete))
+            try:
+                out.append(ArtifactInfo(stage, key, folder, folder_size(folder), folder.stat().st_mtime, complete))
+            except FileNotFoundError:  # a write in progress elsewhere renamed its staging folder into place
+                continue
     return out
 
 
