@@ -147,6 +147,9 @@ def test_precomputed_base_logits_give_the_same_training_as_recomputing_them(tiny
     tokens = option_token_ids(lm.tokenizer, DEFAULT_QUERY, (" no", " yes"))
     _, seq_logits = readings.read(lm, seqs[:2], tokens, answers=True, batch_size=2)
     assert [t.shape[0] for t in seq_logits] == [s.answer[1] - s.answer[0] for s in seqs[:2]]
+    # one read's outputs are views of one block (one allocation, freed whole), not a copy per sequence
+    assert len({t.untyped_storage().data_ptr() for t in seq_logits}) == 1
+    assert seq_logits[0].untyped_storage().nbytes() == sum(t.nbytes for t in seq_logits)
     assert readings.fits(lm, seqs[:2], budget=2**30) and not readings.fits(lm, seqs[:2], budget=10)
 
 
