@@ -337,10 +337,11 @@ class BaseReadings:
     def _run(self, lm, seqs, keys, tokens, answers: bool, batch_size: int, readout: int | None) -> None:
         head = lm.model.get_output_embeddings()
         lm.model.eval()
-        # The answer outputs of this read go into one block, each sequence's a view of it: thousands of
-        # separate 0.2-4 MB copies fragmented the heap, which the allocator then kept after they were dropped
-        # (a data-scale study peaked at 18 GB resident); one block is one mapping, returned whole when dropped.
-        block = _head_block(head, _answer_rows(seqs), lm.device) if answers else None
+        # The answer outputs of this read go into one block, each sequence's a view of it: the allocator kept
+        # thousands of separate 0.2-4 MB copies after they were dropped, while one block is returned whole
+        # (resident memory falls by its size at the end of a fit; the study's peak did not change: README).
+        block = (torch.empty(_answer_rows(seqs), head.weight.shape[0], dtype=head.weight.dtype, device=lm.device)
+                 if answers else None)
         filled = 0
         with torch.no_grad(), progress_bar(f"base model {lm.name}", len(seqs)) as advance:
             for batch in length_batches([len(s.ids) for s in seqs], batch_size, None):
@@ -365,11 +366,6 @@ class BaseReadings:
     def drop_answers(self) -> None:
         """Forget the answer-token outputs (large: a vocabulary per answer token); keep the (no, yes) logits."""
         self.answers.clear()
-
-
-def _head_block(head: torch.nn.Module, rows: int, device: torch.device) -> torch.Tensor:
-    """An uninitialised ``[rows, vocabulary]`` tensor for LM-head outputs, in the head's dtype."""
-    return torch.empty(rows, head.weight.shape[0], dtype=head.weight.dtype, device=device)
 
 
 def _head_into(head: torch.nn.Module, hidden: torch.Tensor, out: torch.Tensor) -> None:
