@@ -8,6 +8,7 @@ do; they are correct, and slow.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -53,14 +54,21 @@ def generate(lm, prompts: Sequence[str], max_new_tokens: int) -> list[list[int]]
     return out
 
 
+
+def _with_lora(lm):
+    """The research code's adapters: rank 8 on the query and value projections, every layer."""
+    from peft import LoraConfig, get_peft_model
+
+    with warnings.catch_warnings():  # peft calls a transformers method that transformers 5 deprecates
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(lm.model, LoraConfig(r=8, lora_alpha=32, lora_dropout=0.1,
+                                                   target_modules=["q_proj", "v_proj"]))
+
 def train_lora_prompt(lm, seqs, labels: np.ndarray, token_ids: Sequence[int], steps: int, kl_weight: float = 1.0,
                       learning_rate: float = 1e-4) -> float:
     """LoRA + Prompt training one example per step: full logits everywhere, the base model's by a second pass
     with the adapters off; returns the last loss."""
-    from peft import LoraConfig, get_peft_model
-
-    peft_model = get_peft_model(lm.model, LoraConfig(r=8, lora_alpha=32, lora_dropout=0.1,
-                                                     target_modules=["q_proj", "v_proj"]))
+    peft_model = _with_lora(lm)
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=learning_rate)
     peft_model.train()
     loss = torch.tensor(0.0)
@@ -85,15 +93,12 @@ def train_lora_prompt(lm, seqs, labels: np.ndarray, token_ids: Sequence[int], st
         peft_model.unload()
         lm.model.requires_grad_(False)
         lm.model.eval()
-    return float(loss)
+    return float(loss.detach())
 
 
 def train_lora_head(lm, seqs, labels: np.ndarray, layer: int, steps: int, learning_rate: float = 1e-4) -> float:
     """LoRA with a head, one example per step, the whole model run (head and all layers) to read one layer."""
-    from peft import LoraConfig, get_peft_model
-
-    peft_model = get_peft_model(lm.model, LoraConfig(r=8, lora_alpha=32, lora_dropout=0.1,
-                                                     target_modules=["q_proj", "v_proj"]))
+    peft_model = _with_lora(lm)
     hidden = lm.model.config.get_text_config().hidden_size
     head = torch.nn.Sequential(torch.nn.Linear(hidden, 64), torch.nn.GELU(), torch.nn.Linear(64, 1)).to(lm.device)
     params = [p for p in peft_model.parameters() if p.requires_grad] + list(head.parameters())
@@ -115,4 +120,4 @@ def train_lora_head(lm, seqs, labels: np.ndarray, layer: int, steps: int, learni
         peft_model.unload()
         lm.model.requires_grad_(False)
         lm.model.eval()
-    return float(loss)
+    return float(loss.detach())
