@@ -216,3 +216,28 @@ def test_each_process_of_a_launch_takes_the_gpu_of_its_local_rank(monkeypatch):
     monkeypatch.delenv("LOCAL_RANK")
     assert choose_device("auto") == torch.device("cuda", 0)
     assert choose_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_head_scratch_gives_the_log_softmax_and_is_reused_across_calls(tiny_models, monkeypatch, dtype):
+    """token_logprobs over several chunks of rows, with one scratch kept across calls of different sizes, gives
+    log softmax(head(h))[target] of every row (soft-capped as Gemma does), and writes into the same buffers."""
+    import calibtune.forward as forward
+
+    lm = load_model(str(tiny_models["gemma"]), dtype=dtype)
+    monkeypatch.setattr(lm.model.config, "final_logit_softcapping", 5.0)
+    monkeypatch.setattr(forward, "HEAD_CHUNK", 3)
+    head = lm.model.get_output_embeddings()
+    scratch = forward.HeadScratch()
+    generator = torch.Generator().manual_seed(0)
+    pointers = set()
+    for rows in (7, 3, 5):
+        hidden = torch.randn(rows, head.weight.shape[1], generator=generator).to(head.weight.dtype)
+        targets = torch.randint(0, head.weight.shape[0], (rows,), generator=generator)
+        with torch.no_grad():
+            logits = head(hidden).float()
+            expected = torch.log_softmax(torch.tanh(logits / 5.0) * 5.0, dim=-1)[torch.arange(rows), targets]
+            got = forward.token_logprobs(lm.model, hidden, targets, scratch)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        pointers.add(tuple(buf.data_ptr() for buf in scratch._buffers.values()))
+    assert len(pointers) == 1 and len(next(iter(pointers))) == 2

@@ -45,6 +45,7 @@ from calibtune.forward import (
     decoder_up_to,
     differentiable_attention,
     finish_logits,
+    head_into,
     length_batches,
     lm_head_logits,
     pad_ids,
@@ -354,7 +355,7 @@ class BaseReadings:
                     # the head's weights once per sequence made this pass 6x slower for Gemma (262k words)
                     rows, cols = _answer_positions(items)
                     into = block[filled:filled + len(rows)]
-                    _head_into(head, hidden[rows, cols], into)
+                    head_into(head, hidden[rows, cols], into)
                     filled += len(rows)
                     outputs = into.split(np.bincount(rows, minlength=len(items)).tolist())
                 for row, i in enumerate(batch):
@@ -366,15 +367,6 @@ class BaseReadings:
     def drop_answers(self) -> None:
         """Forget the answer-token outputs (large: a vocabulary per answer token); keep the (no, yes) logits."""
         self.answers.clear()
-
-
-def _head_into(head: torch.nn.Module, hidden: torch.Tensor, out: torch.Tensor) -> None:
-    """``out = head(hidden)``, written in place where the head is a plain bias-free linear map (no temporary of a
-    vocabulary per row)."""
-    if isinstance(head, torch.nn.Linear) and head.bias is None and hidden.dtype == out.dtype:
-        torch.mm(hidden, head.weight.t(), out=out)
-    else:
-        out.copy_(head(hidden))
 
 
 def _answer_rows(seqs: Sequence[QueryEncoded]) -> int:
