@@ -54,7 +54,6 @@ def generate(lm, prompts: Sequence[str], max_new_tokens: int) -> list[list[int]]
     return out
 
 
-
 def _with_lora(lm):
     """The research code's adapters: rank 8 on the query and value projections, every layer."""
     from peft import LoraConfig, get_peft_model
@@ -63,6 +62,7 @@ def _with_lora(lm):
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         return get_peft_model(lm.model, LoraConfig(r=8, lora_alpha=32, lora_dropout=0.1,
                                                    target_modules=["q_proj", "v_proj"]))
+
 
 def train_lora_prompt(lm, seqs, labels: np.ndarray, token_ids: Sequence[int], steps: int, kl_weight: float = 1.0,
                       learning_rate: float = 1e-4) -> float:

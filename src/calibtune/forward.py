@@ -191,8 +191,7 @@ class HeadScratch:
         """An ``n`` x ``vocab`` view of the buffer ``name``, grown (never shrunk) to hold it."""
         buf = self._buffers.get(name)
         if buf is None or buf.shape[0] < n or buf.shape[1] != vocab or buf.dtype != dtype or buf.device != device:
-            rows = max(n, buf.shape[0] if buf is not None and buf.shape[1] == vocab else 0)
-            buf = self._buffers[name] = torch.empty(rows, vocab, dtype=dtype, device=device)
+            buf = self._buffers[name] = torch.empty(n, vocab, dtype=dtype, device=device)
         return buf[:n]
 
 
