@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
+from calibtune.costs import DEFAULT_TOKEN_BUDGET
 from calibtune.errors import CalibtuneError, first_line
 from calibtune.methods import MATRIX_METHODS, METHODS
 from calibtune.prompts import DEFAULT_PROMPT, PROMPT_FIELDS, prompt_fields
@@ -114,7 +115,9 @@ class _StudySettings(_Strict):
     dtype: str = "auto"
     device: str = "auto"
     batch_size: int = Field(64, ge=1, description="sequences per forward pass, at most")
-    token_budget: int = Field(4096, ge=16, description="tokens per forward pass (padding included), at most")
+    token_budget: int = Field(DEFAULT_TOKEN_BUDGET, ge=16,
+                              description="tokens per forward pass (padding included), at most; on a GPU raise it "
+                              "(configs/paper-7b.yaml: 8192)")
     prompt: str = DEFAULT_PROMPT
     option_prefix: str = " "
     select: Literal["mean", "sum"] = "mean"

@@ -24,12 +24,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from calibtune.costs import HEAD_CHUNK
+from calibtune.costs import DEFAULT_TOKEN_BUDGET, HEAD_CHUNK
 from calibtune.errors import CalibtuneError
 from calibtune.models import LoadedModel, context_limit
 
 Progress = Callable[[int], None]
-DEFAULT_TOKEN_BUDGET = 4096  # tokens per forward pass, padding included
 
 
 def check_lengths(lm: LoadedModel, lengths: Sequence[int], names: Sequence[str] | None = None,
