@@ -90,8 +90,11 @@ def _generate(lm: LoadedModel, prompt_ids: Sequence[Sequence[int]], settings: Ge
         with torch.inference_mode():
             result = lm.model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
         new = result.sequences[:, ids.shape[1]:]
-        # log p of each chosen token, step by step: no [batch, steps, vocabulary] log-softmax copy
-        chosen = torch.stack([chosen_logprobs(step, new[:, j]) for j, step in enumerate(result.logits)], dim=1)
+        # log p of each chosen token, step by step, in one fp32 work buffer for all steps: no [batch, steps,
+        # vocabulary] log-softmax copy, and no fresh vocabulary-wide tensor per step (``forward.HeadScratch``)
+        work = torch.empty_like(result.logits[0], dtype=torch.float32)
+        chosen = torch.stack([chosen_logprobs(step, new[:, j], work=work) for j, step in enumerate(result.logits)],
+                             dim=1)
         for row in range(new.shape[0]):
             out[batch[row // k]].append(_cut(tok, new[row].tolist(), chosen[row].tolist(), settings.stop, eos))
         if progress:
