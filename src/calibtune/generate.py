@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from calibtune.forward import check_lengths, chosen_logprobs, length_batches
+from calibtune.forward import HeadScratch, check_lengths, chosen_logprobs, length_batches
 from calibtune.models import LoadedModel
 
 Progress = Callable[[int], None]
@@ -85,14 +85,16 @@ def _generate(lm: LoadedModel, prompt_ids: Sequence[Sequence[int]], settings: Ge
     out: list[list[Generated]] = [[] for _ in prompt_ids]
     # Fewer prompts per batch when sampling, so a batch holds about batch_size sequences.
     per_batch = max(1, settings.batch_size // k)
+    scratch = HeadScratch()
     for batch in length_batches([len(p) for p in prompt_ids], per_batch, None):
         ids, mask = _left_pad([prompt_ids[i] for i in batch], tok.pad_token_id, lm.device)
         with torch.inference_mode():
             result = lm.model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
         new = result.sequences[:, ids.shape[1]:]
-        # log p of each chosen token, step by step, in one fp32 work buffer for all steps: no [batch, steps,
-        # vocabulary] log-softmax copy, and no fresh vocabulary-wide tensor per step (``forward.HeadScratch``)
-        work = torch.empty_like(result.logits[0], dtype=torch.float32)
+        # log p of each chosen token, step by step, in one fp32 work buffer kept for every step and batch: no
+        # [batch, steps, vocabulary] log-softmax copy, and no fresh vocabulary-wide tensor per step
+        step0 = result.logits[0]
+        work = scratch.rows("work", step0.shape[0], step0.shape[1], torch.float32, step0.device)
         chosen = torch.stack([chosen_logprobs(step, new[:, j], work=work) for j, step in enumerate(result.logits)],
                              dim=1)
         for row in range(new.shape[0]):
