@@ -331,7 +331,7 @@ def test_lora_head_starts_from_a_fitted_probe(tiny_models):
     lm = load_model(str(tiny_models["llama"]), dtype="float32")
     prompts, answers, labels = separable_toy(40)
     x = extract_features(lm, prompts, answers, [1])
-    probe = ProbeEstimator(ProbeConfig(layer=1, max_epochs=20), layers=(1,)).fit(x, labels)
+    probe = ProbeEstimator(ProbeConfig(layer=1, max_epochs=20, folds=1), layers=(1,)).fit(x, labels)
     cfg = LoraHeadConfig(layer=1, learning_rate=1e-12, max_steps=1, eval_every=1)
     est = LoraHeadEstimator(lm, cfg).fit(answer_sequences(lm, prompts, answers), labels, probe=probe)
     np.testing.assert_allclose(est.predict_proba(answer_sequences(lm, prompts, answers)), probe.p_correct(x),

@@ -29,7 +29,7 @@ def _data(n: int, informative_layer: int, seed: int = 0):
 def test_probe_learns_and_auto_picks_the_layer_with_the_best_validation_auroc():
     x, y = _data(600, informative_layer=1)
     xt, yt = _data(300, informative_layer=1, seed=1)
-    probe = ProbeEstimator(ProbeConfig(max_epochs=60), layers=(4, 8, 12)).fit(x, y)
+    probe = ProbeEstimator(ProbeConfig(max_epochs=60, folds=1), layers=(4, 8, 12)).fit(x, y)
     assert probe.layer_ == 8 == max(probe.layer_scores_, key=probe.layer_scores_.get)
     p = probe.p_correct(xt)
     assert p.shape == (300,) and ((p >= 0) & (p <= 1)).all()
@@ -39,6 +39,30 @@ def test_probe_learns_and_auto_picks_the_layer_with_the_best_validation_auroc():
     _, expected_val = validation_split(y, 0.2, 0)
     np.testing.assert_array_equal(val, expected_val)
     assert probe.layer_scores_[8] == pytest.approx(roc_auc_score(y[val], probe.p_correct(x[val])))
+    np.testing.assert_array_equal(probe.held_out_[0], np.sort(val))
+
+
+def test_the_ensemble_is_the_mean_of_its_fold_heads_and_holds_out_every_answer_once():
+    """Each head is the one-head probe trained on the other folds and stopped on its own, seeded seed + k; the
+    held-out P(correct) of an answer is its fold's head's, and the layer is chosen on those."""
+    from sklearn.model_selection import StratifiedKFold
+
+    x, y = _data(300, informative_layer=1)
+    xt, _ = _data(100, informative_layer=1, seed=1)
+    config = ProbeConfig(max_epochs=30)
+    probe = ProbeEstimator(config, layers=(4, 8, 12), seed=2).fit(x, y)
+    assert len(probe.heads_) == 10 and probe.layer_ == 8
+    held, p_held = probe.held_out_
+    np.testing.assert_array_equal(held, np.arange(300))
+    singles = []
+    for k, (train, val) in enumerate(StratifiedKFold(10, shuffle=True, random_state=2).split(x, y)):
+        single = ProbeEstimator(config.model_copy(update={"layer": 8}), layers=(4, 8, 12), seed=2 + k)
+        single.fit(x[train], y[train], x[val], y[val])
+        np.testing.assert_allclose(p_held[val], single.p_correct(x[val]), rtol=0, atol=1e-6)
+        singles.append(single.p_correct(xt))
+    np.testing.assert_allclose(probe.p_correct(xt), np.mean(singles, axis=0), rtol=0, atol=1e-6)
+    assert probe.layer_scores_[8] == pytest.approx(roc_auc_score(y, p_held))
+    assert probe.layer_scores_[8] == max(probe.layer_scores_.values())
 
 
 def test_probe_last_and_fixed_layer():
@@ -112,9 +136,20 @@ def test_save_load_round_trip(tmp_path):
     assert info["chosen_layer"] == probe.layer_ and info["estimator_model"] == "m" and info["seed"] == 2
     assert info["config"] == ProbeConfig(max_epochs=20).model_dump(mode="json")
     assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["probe.json", "probe.safetensors"]
+    assert info["heads"] == 10 and len(info["epochs_by_head"]) == 10
     loaded = ProbeEstimator.load(tmp_path / "p")
     np.testing.assert_array_equal(loaded.p_correct(x), probe.p_correct(x))
     assert loaded.meta["estimator_model"] == "m" and loaded.seed == 2 and loaded.config == probe.config
+    # a one-head probe saved by an earlier calibtune (no "heads" in its JSON) loads too
+    one = ProbeEstimator(ProbeConfig(max_epochs=20, folds=1), layers=(4, 8, 12)).fit(x, y).save(tmp_path / "one")
+    info = json.loads((one / "probe.json").read_text())
+    for key in ("heads", "epochs_by_head"):
+        info.pop(key)
+    (one / "probe.json").write_text(json.dumps(info))
+    old = ProbeEstimator.load(one)
+    assert len(old.heads_) == 1 and "heads" not in old.meta
+    np.testing.assert_array_equal(old.p_correct(x), ProbeEstimator(ProbeConfig(max_epochs=20, folds=1),
+                                                                   layers=(4, 8, 12)).fit(x, y).p_correct(x))
 
 
 def test_deterministic_for_a_seed_and_different_for_another():
@@ -147,6 +182,9 @@ def test_a_class_with_one_example_is_a_one_line_error():
     with pytest.raises(CalibtuneError) as err:
         ProbeEstimator(layers=(4, 8, 12)).fit(x, y)
     assert "stratified" in str(err.value) and "1 correct, 19 wrong" in str(err.value)
+    # a smaller class with fewer answers than folds: as many heads as it has answers
+    y[[5, 7]] = 1
+    assert len(ProbeEstimator(ProbeConfig(max_epochs=2), layers=(4, 8, 12)).fit(x, y).heads_) == 3
     assert "\n" not in str(err.value)
     with pytest.raises(CalibtuneError, match="stratified"):
         validation_split(np.array([0, 1, 0, 1, 0]), 0.2, 0)  # too few to hold out one of each class

@@ -97,7 +97,7 @@ class LoraHeadEstimator:
             parallel: DataParallel = ONE_PROCESS) -> LoraHeadEstimator:
         """Train adapters and head jointly; a stratified ``val_fraction`` is held out for early stopping.
 
-        ``probe`` (a fitted ``ProbeEstimator`` on this layer, with the same hidden size) is where the head
+        ``probe`` (a fitted ``ProbeEstimator`` of one head on this layer, with the same hidden size) is where the head
         starts: its standardisation and weights. ``groups`` (each answer's dataset) weight the loss when the
         config balances by dataset. With ``checkpoint`` (a folder), training saves its state there and
         resumes from it after a crash. With ``parallel``, the processes of a group train together, each on
@@ -125,9 +125,9 @@ class LoraHeadEstimator:
                 self.head[0].std.copy_(feats.std(0) + 1e-6)
         if probe is not None:
             fitted = probe.fitted_
-            if cfg.hidden_size != probe.settings.hidden_size or not cfg.init_from_probe:
-                raise CalibtuneError("the LoRA head starts from a probe of the same hidden size, with "
-                                     "init_from_probe: true")
+            if cfg.hidden_size != probe.settings.hidden_size or not cfg.init_from_probe or len(probe.heads_) != 1:
+                raise CalibtuneError("the LoRA head starts from a probe of one head (folds: 1) of the same hidden "
+                                     "size, with init_from_probe: true")
             with torch.no_grad():
                 self.head[0].mean.copy_(fitted.mean)
                 self.head[0].std.copy_(fitted.std)

@@ -45,6 +45,12 @@ def _safe_auroc(y: np.ndarray, p: np.ndarray) -> float:
     return float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
 
 
+def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    from sklearn.metrics import log_loss
+
+    return float(log_loss(y, np.clip(p, 1e-7, 1 - 1e-7), labels=[0, 1]))
+
+
 @dataclass
 class _Fitted:
     position: int  # position among the candidate layers
@@ -56,6 +62,13 @@ class _Fitted:
     epochs: int
 
 
+def _head_p(fitted: _Fitted, x: np.ndarray) -> np.ndarray:
+    """One head's P(correct) from the features ``[n, n_layers, hidden]`` (its layer standardised as in training)."""
+    xt = (torch.from_numpy(x[:, fitted.position]).float() - fitted.mean) / fitted.std
+    with torch.no_grad():
+        return torch.sigmoid(fitted.head(xt).squeeze(-1)).double().numpy()
+
+
 class ProbeEstimator(ClassifierMixin, BaseEstimator):
     """Predict P(correct) from hidden-state features ``[n, len(layers), hidden]``.
 
@@ -64,7 +77,9 @@ class ProbeEstimator(ClassifierMixin, BaseEstimator):
     ``seed`` fixes the split and the initialisation, and ``meta`` carries provenance
     (estimator model, trained-on model, prompt, token position); all are saved with the probe.
     Fitted attributes: ``layer_`` (the layer read), ``layer_scores_`` (validation AUROC per
-    candidate layer), ``val_indices_`` (the held-out training rows, when ``fit`` held any out).
+    candidate layer: out-of-fold over every training answer for an ensemble), ``heads_`` (the fitted heads
+    at that layer, one per fold), ``held_out_`` (the training rows some head did not train on and their
+    P(correct) from that head, when ``fit`` held any out), ``val_indices_`` (the held-out rows of ``folds: 1``).
     """
 
     def __init__(self, config: ProbeConfig | None = None, layers: Sequence[int] = (), seed: int = 0,
@@ -81,26 +96,61 @@ class ProbeEstimator(ClassifierMixin, BaseEstimator):
 
     def fit(self, X: np.ndarray, y: np.ndarray, val_features: np.ndarray | None = None,
             val_labels: np.ndarray | None = None) -> ProbeEstimator:
-        """Train the head; without a validation set, hold out ``val_fraction`` of the training set."""
+        """Train the head, or the ensemble of ``folds`` heads, and choose the layer.
+
+        With ``folds`` above 1 (the default, 10), the training answers are split into that many stratified
+        folds; for each candidate layer one head trains on every fold but one and stops early on that one,
+        the layer with the best out-of-fold AUROC (over every training answer) is kept, and P(correct) is the
+        mean of its heads'. With ``folds: 1``, one head trains on the answers less a stratified
+        ``val_fraction`` held out. Given a validation set, one head trains on all of ``X`` and stops on it.
+        """
         layers = tuple(self.layers)
         x, y = _check(X, y, layers)
         if len(np.unique(y)) < 2:
             raise CalibtuneError(
                 f"cannot train a probe: all {len(y)} training labels are {bool(y[0])} (one class only)")
-        self.val_indices_ = None
-        if val_features is None:
-            idx_train, idx_val = validation_split(y, self.settings.val_fraction, self.seed)
-            self.val_indices_ = idx_val
-            x, xv, y, yv = x[idx_train], x[idx_val], y[idx_train], y[idx_val]
-        else:
+        self.val_indices_, self.held_out_ = None, None
+        positions = self._candidate_positions(layers)
+        if val_features is not None:
             xv, yv = _check(val_features, val_labels, layers)
-        fits = [self._fit_layer(x, y, xv, yv, pos) for pos in self._candidate_positions(layers)]
-        self.layer_scores_ = {layers[f.position]: f.val_auroc for f in fits}
+            fits = [[self._fit_layer(x, y, xv, yv, pos, self.seed)] for pos in positions]
+            scores = [(f[0].val_auroc, f[0].val_loss) for f in fits]
+        else:
+            splits = self._splits(y)
+            fits, scores, out_of_fold = [], [], []
+            for pos in positions:
+                heads, p = [], np.zeros(len(y))
+                for k, (train, val) in enumerate(splits):
+                    heads.append(self._fit_layer(x[train], y[train], x[val], y[val], pos, self.seed + k))
+                    p[val] = _head_p(heads[-1], x[val])
+                held = np.concatenate([val for _, val in splits])
+                fits.append(heads)
+                out_of_fold.append(p)
+                scores.append((_safe_auroc(y[held], p[held]), _log_loss(y[held], p[held])))
+        self.layer_scores_ = {layers[pos]: score[0] for pos, score in zip(positions, scores)}
         # Rank by validation AUROC; a tie (or NaN) falls back to the lower validation loss.
-        self.fitted_ = max(fits, key=lambda f: (np.nan_to_num(f.val_auroc, nan=-1.0), -f.val_loss))
+        best = max(range(len(fits)), key=lambda i: (np.nan_to_num(scores[i][0], nan=-1.0), -scores[i][1]))
+        self.heads_ = fits[best]
+        self.fitted_ = self.heads_[0]
+        self.val_loss_ = scores[best][1]
         self.layer_ = layers[self.fitted_.position]
+        if val_features is None:
+            held = np.sort(np.concatenate([val for _, val in splits]))
+            self.held_out_ = (held, out_of_fold[best][held])
+            if len(splits) == 1:
+                self.val_indices_ = splits[0][1]
         self.classes_ = np.array([0, 1])
         return self
+
+    def _splits(self, y: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(train, validation) row indices of each head: ``folds`` stratified folds (no more than the smaller
+        class has answers), or one hold-out split."""
+        folds = min(self.settings.folds, int((y == 1).sum()), int((y != 1).sum()))
+        if folds < 2:
+            return [validation_split(y, self.settings.val_fraction, self.seed)]
+        from sklearn.model_selection import StratifiedKFold
+
+        return list(StratifiedKFold(folds, shuffle=True, random_state=self.seed).split(np.zeros(len(y)), y))
 
     def _candidate_positions(self, layers: tuple[int, ...]) -> list[int]:
         layer = self.settings.layer
@@ -113,9 +163,10 @@ class ProbeEstimator(ClassifierMixin, BaseEstimator):
         raise CalibtuneError(f"probe layer {layer!r} is not among the extracted layers {list(layers)}; "
                              "use auto, last, or one of those")
 
-    def _fit_layer(self, x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, pos: int) -> _Fitted:
+    def _fit_layer(self, x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, pos: int,
+                   seed: int) -> _Fitted:
         cfg = self.settings
-        torch.manual_seed(self.seed)
+        torch.manual_seed(seed)
         xt = torch.from_numpy(x[:, pos]).float()
         mean, std = xt.mean(0), xt.std(0) + 1e-6
         xt = (xt - mean) / std
@@ -124,7 +175,7 @@ class ProbeEstimator(ClassifierMixin, BaseEstimator):
         head = _head(xt.shape[1], cfg)
         opt = torch.optim.AdamW(head.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         loss_fn = torch.nn.BCEWithLogitsLoss()
-        gen = torch.Generator().manual_seed(self.seed)
+        gen = torch.Generator().manual_seed(seed)
         best_loss, best_state, best_epoch, since = float("inf"), None, 0, 0
         for epoch in range(cfg.max_epochs):
             head.train()
@@ -155,12 +206,10 @@ class ProbeEstimator(ClassifierMixin, BaseEstimator):
         return fitted
 
     def p_correct(self, X: np.ndarray) -> np.ndarray:
-        """P(correct) for each example: ``predict_proba(X)[:, 1]``."""
-        fitted = self._require()
+        """P(correct) for each example (the mean of the heads'): ``predict_proba(X)[:, 1]``."""
+        self._require()
         x, _ = _check(X, None, tuple(self.layers))
-        xt = (torch.from_numpy(x[:, fitted.position]).float() - fitted.mean) / fitted.std
-        with torch.no_grad():
-            return torch.sigmoid(fitted.head(xt).squeeze(-1)).double().numpy()
+        return np.mean([_head_p(head, x) for head in self.heads_], axis=0)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """``(n, 2)``: P(wrong) and P(correct) of each example, as scikit-learn classifiers return them."""
@@ -172,30 +221,36 @@ class ProbeEstimator(ClassifierMixin, BaseEstimator):
         return (self.p_correct(X) >= 0.5).astype(np.int64)
 
     def describe(self) -> dict[str, Any]:
-        """Every setting and outcome of the fit, for the saved JSON and the run folder."""
+        """Every setting and outcome of the fit, for the saved JSON and the run folder. ``val_auroc_by_layer``
+        and ``val_loss`` are out-of-fold figures over every training answer when the probe is an ensemble."""
         fitted = self._require()
         return {
             "method": "probe", "config": self.settings.model_dump(mode="json"), "seed": self.seed,
             "layers": list(self.layers), "chosen_layer": self.layer_,
             "val_auroc_by_layer": {str(k): v for k, v in self.layer_scores_.items()},
-            "val_loss": fitted.val_loss, "epochs": fitted.epochs, "in_features": int(fitted.mean.shape[0]),
+            "val_loss": self.val_loss_, "epochs": fitted.epochs, "heads": len(self.heads_),
+            "epochs_by_head": [h.epochs for h in self.heads_], "in_features": int(fitted.mean.shape[0]),
             **(self.meta or {}),
         }
 
     def save(self, folder: Path) -> Path:
-        """Write ``probe.safetensors`` and ``probe.json`` into ``folder``."""
-        fitted = self._require()
+        """Write ``probe.safetensors`` (each head's weights and standardisation; the first head's names carry
+        no prefix, the others' ``head{k}.``) and ``probe.json`` into ``folder``."""
+        self._require()
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        tensors = {f"head.{k}": v.contiguous() for k, v in fitted.head.state_dict().items()}
-        tensors.update({"norm.mean": fitted.mean, "norm.std": fitted.std})
+        tensors = {}
+        for k, fitted in enumerate(self.heads_):
+            prefix = f"head{k}." if k else ""
+            tensors.update({f"{prefix}head.{n}": v.contiguous() for n, v in fitted.head.state_dict().items()})
+            tensors.update({f"{prefix}norm.mean": fitted.mean, f"{prefix}norm.std": fitted.std})
         save_file(tensors, str(folder / "probe.safetensors"))
         (folder / "probe.json").write_text(json.dumps(self.describe(), indent=2))
         return folder
 
     @classmethod
     def load(cls, folder: Path) -> ProbeEstimator:
-        """Read an estimator written by ``save``."""
+        """Read an estimator written by ``save`` (or by a calibtune that saved one head)."""
         folder = Path(folder)
         try:
             info = json.loads((folder / "probe.json").read_text())
@@ -205,21 +260,27 @@ class ProbeEstimator(ClassifierMixin, BaseEstimator):
             settings.pop("seed", None)  # saved inside the config by calibtune 0.1
             config = ProbeConfig(**settings)
             layers = tuple(info["layers"])
-            head = _head(int(info["in_features"]), config)
-            head.load_state_dict({k.removeprefix("head."): v for k, v in tensors.items() if k.startswith("head.")})
+            position = layers.index(info["chosen_layer"])
+            epochs = info.get("epochs_by_head", [info["epochs"]])
+            heads = []
+            for k in range(int(info.get("heads", 1))):
+                prefix = f"head{k}." if k else ""
+                head = _head(int(info["in_features"]), config)
+                head.load_state_dict({n.removeprefix(f"{prefix}head."): v for n, v in tensors.items()
+                                      if n.startswith(f"{prefix}head.")})
+                head.eval()
+                heads.append(_Fitted(position, head, tensors[f"{prefix}norm.mean"], tensors[f"{prefix}norm.std"],
+                                     float("nan"), float("nan"), int(epochs[k])))
         except Exception as exc:  # json, pydantic, safetensors and torch each raise their own kinds
             raise CalibtuneError(f"cannot load probe from {folder}: {first_line(exc)}") from exc
-        head.eval()
         meta_keys = set(info) - {"method", "config", "seed", "layers", "chosen_layer", "val_auroc_by_layer",
-                                 "val_loss", "epochs", "in_features"}
+                                 "val_loss", "epochs", "in_features", "heads", "epochs_by_head"}
         probe = cls(config=config, layers=layers, seed=seed, meta={k: info[k] for k in meta_keys})
         probe.layer_scores_ = {int(k): v for k, v in info["val_auroc_by_layer"].items()}
         probe.layer_ = info["chosen_layer"]
-        probe.val_indices_ = None
+        probe.val_indices_, probe.held_out_ = None, None
         probe.classes_ = np.array([0, 1])
-        probe.fitted_ = _Fitted(layers.index(info["chosen_layer"]), head, tensors["norm.mean"], tensors["norm.std"],
-                                probe.layer_scores_.get(info["chosen_layer"], float("nan")), info["val_loss"],
-                                info["epochs"])
+        probe.heads_, probe.fitted_, probe.val_loss_ = heads, heads[0], info["val_loss"]
         return probe
 
 

@@ -37,7 +37,7 @@ def make_cell(ctx: CellContext) -> CellScores:
 
 def starting_probe(ctx: CellContext, settings: LoraHeadConfig, layer: int, train, labels):
     """A Probe with the head's size fitted on E's features (at the head's layer) of the answers LoRA trains on,
-    with LoRA's validation fraction and seed, so it holds out the same answers LoRA validates on. Its other
+    with one head and LoRA's validation fraction and seed, so it holds out the same answers LoRA validates on. Its other
     settings are the Probe's defaults: LoRA's cells depend on LoRA's settings alone."""
     from calibtune.estimators.probe import ProbeEstimator
     from calibtune.features import extract_features
@@ -48,7 +48,7 @@ def starting_probe(ctx: CellContext, settings: LoraHeadConfig, layer: int, train
     else:
         x = extract_features(ctx.model(), *ctx.prompts(train), [layer], token=ctx.study.features.token)
     config = ProbeConfig(layer=layer, hidden_size=settings.hidden_size, dropout=settings.head_dropout,
-                         val_fraction=settings.val_fraction)
+                         folds=1, val_fraction=settings.val_fraction)
     return ProbeEstimator(config, layers=(layer,), seed=ctx.study.seed).fit(x, labels)
 
 

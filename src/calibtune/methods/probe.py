@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 
 
 def make_cell(ctx: CellContext) -> CellScores:
-    """Fit the Probe on E's features of T's training answers; score T's evaluation answers."""
+    """Fit the Probe on E's features of T's training answers; score T's evaluation answers. Its temperature is
+    fitted on the training answers' out-of-fold P(correct) (with ``folds: 1``, on the held-out share's)."""
     from calibtune.estimators.probe import ProbeEstimator
 
     table = ctx.probe_features()
@@ -25,11 +26,11 @@ def make_cell(ctx: CellContext) -> CellScores:
     probe = ProbeEstimator(ctx.settings, layers=table.layers, seed=ctx.study.seed, meta=meta).fit(x_train, y_train)
     probe.save(ctx.out)
     p = probe.p_correct(table.of(evaluation))
-    val = probe.val_indices_
+    held, p_held = probe.held_out_  # every training answer, each scored by a head that did not train on it
     scores = ", ".join(f"{k}: {v:.3f}" for k, v in probe.layer_scores_.items())
     ctx.log(f"probe {ctx.estimator_model} on {ctx.answering_model}: layer {probe.layer_} "
             f"(validation AUROC by layer {scores})")
-    return CellScores(p, probe.p_correct(x_train[val]), y_train[val])
+    return CellScores(p, p_held, y_train[held])
 
 
 def load(folder: Path, info: dict, lm: LoadedModel) -> AnswerEstimator:
