@@ -62,6 +62,25 @@ class _Fitted:
     epochs: int
 
 
+def _stacked_logits(heads: Sequence[torch.nn.Module], inputs: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+    """Each head's logits ``[heads, rows]`` of its own rows ``inputs[k]`` (``[heads, rows, features]``), the
+    heads' weights stacked so that each layer is one batched product; ``noise`` is the dropout after the
+    hidden layer (``[heads, rows, hidden]``: 0 or the kept values' scale), None without dropout."""
+    def stacked(linears):
+        weight = torch.stack([lin.weight for lin in linears]).transpose(1, 2)
+        return weight, torch.stack([lin.bias for lin in linears]).unsqueeze(1)
+
+    if isinstance(heads[0], torch.nn.Linear):
+        weight, bias = stacked(heads)
+        return torch.baddbmm(bias, inputs, weight).squeeze(-1)
+    weight, bias = stacked([head[0] for head in heads])
+    hidden = torch.nn.functional.gelu(torch.baddbmm(bias, inputs, weight))
+    if noise is not None:
+        hidden = hidden * noise
+    weight, bias = stacked([head[3] for head in heads])
+    return torch.baddbmm(bias, hidden, weight).squeeze(-1)
+
+
 def _head_p(fitted: _Fitted, x: np.ndarray) -> np.ndarray:
     """One head's P(correct) from the features ``[n, n_layers, hidden]`` (its layer standardised as in training)."""
     xt = (torch.from_numpy(x[:, fitted.position]).float() - fitted.mean) / fitted.std
@@ -113,16 +132,17 @@ class ProbeEstimator(ClassifierMixin, BaseEstimator):
         positions = self._candidate_positions(layers)
         if val_features is not None:
             xv, yv = _check(val_features, val_labels, layers)
-            fits = [[self._fit_layer(x, y, xv, yv, pos, self.seed)] for pos in positions]
+            fits = [self._fit_heads(pos, [(x, y, xv, yv)], [self.seed]) for pos in positions]
             scores = [(f[0].val_auroc, f[0].val_loss) for f in fits]
         else:
             splits = self._splits(y)
             fits, scores, out_of_fold = [], [], []
             for pos in positions:
-                heads, p = [], np.zeros(len(y))
-                for k, (train, val) in enumerate(splits):
-                    heads.append(self._fit_layer(x[train], y[train], x[val], y[val], pos, self.seed + k))
-                    p[val] = _head_p(heads[-1], x[val])
+                heads = self._fit_heads(pos, [(x[train], y[train], x[val], y[val]) for train, val in splits],
+                                        [self.seed + k for k in range(len(splits))])
+                p = np.zeros(len(y))
+                for head, (_, val) in zip(heads, splits):
+                    p[val] = _head_p(head, x[val])
                 held = np.concatenate([val for _, val in splits])
                 fits.append(heads)
                 out_of_fold.append(p)
@@ -163,41 +183,83 @@ class ProbeEstimator(ClassifierMixin, BaseEstimator):
         raise CalibtuneError(f"probe layer {layer!r} is not among the extracted layers {list(layers)}; "
                              "use auto, last, or one of those")
 
-    def _fit_layer(self, x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, pos: int,
-                   seed: int) -> _Fitted:
+    def _fit_heads(self, pos: int, parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+                   seeds: Sequence[int]) -> list[_Fitted]:
+        """One head per ``(x, y, x_val, y_val)`` part on candidate layer ``pos``, each trained on its ``x`` and
+        stopped early on its validation part, seeded by its own seed, all stepped together.
+
+        Each head is what training it alone would give (its own batches, dropout masks and early stopping;
+        the optimizer skips heads without a batch in a step), but the heads' products run as one batched
+        product per layer, so ten heads cost little more than one: a head's steps are too small for one
+        product to keep the CPU busy.
+        """
         cfg = self.settings
-        torch.manual_seed(seed)
-        xt = torch.from_numpy(x[:, pos]).float()
-        mean, std = xt.mean(0), xt.std(0) + 1e-6
-        xt = (xt - mean) / std
-        xvt = (torch.from_numpy(xv[:, pos]).float() - mean) / std
-        yt, yvt = torch.from_numpy(y).float(), torch.from_numpy(yv).float()
-        head = _head(xt.shape[1], cfg)
-        opt = torch.optim.AdamW(head.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         loss_fn = torch.nn.BCEWithLogitsLoss()
-        gen = torch.Generator().manual_seed(seed)
-        best_loss, best_state, best_epoch, since = float("inf"), None, 0, 0
-        for epoch in range(cfg.max_epochs):
-            head.train()
-            for batch in torch.randperm(len(yt), generator=gen).split(cfg.batch_size):
-                opt.zero_grad()
-                loss_fn(head(xt[batch]).squeeze(-1), yt[batch]).backward()
+        heads, xs, ys, xvs, yvs, means, stds, orders, masks = [], [], [], [], [], [], [], [], []
+        for (x, y, xv, yv), seed in zip(parts, seeds):
+            xt = torch.from_numpy(x[:, pos]).float()
+            mean, std = xt.mean(0), xt.std(0) + 1e-6
+            xs.append((xt - mean) / std)
+            xvs.append((torch.from_numpy(xv[:, pos]).float() - mean) / std)
+            ys.append(torch.from_numpy(y).float())
+            yvs.append(torch.from_numpy(yv).float())
+            means.append(mean)
+            stds.append(std)
+            torch.manual_seed(seed)
+            heads.append(_head(xt.shape[1], cfg))
+            masks.append(torch.Generator())  # dropout: the global generator's state after this head's initialisation
+            masks[-1].set_state(torch.get_rng_state())
+            orders.append(torch.Generator().manual_seed(seed))
+        # foreach: one kernel per update over every head's tensors (the same numbers as the per-tensor loop)
+        opt = torch.optim.AdamW([p for head in heads for p in head.parameters()], lr=cfg.learning_rate,
+                                weight_decay=cfg.weight_decay, foreach=True)
+        n = len(heads)
+        best_loss, best_state, best_epoch, since = [float("inf")] * n, [None] * n, [0] * n, [0] * n
+        active = list(range(n))
+        for _epoch in range(cfg.max_epochs):
+            batches = {k: torch.randperm(len(ys[k]), generator=orders[k]).split(cfg.batch_size) for k in active}
+            for step in range(max(len(b) for b in batches.values())):
+                live = [k for k in active if step < len(batches[k])]
+                rows = [batches[k][step] for k in live]
+                width = max(len(r) for r in rows)
+                # a head with fewer rows than the widest pads with rows of weight 0 (and no dropout draw)
+                ragged = any(len(r) < width for r in rows)
+                make = torch.zeros if ragged else torch.empty
+                inputs = make(len(live), width, xs[0].shape[1])
+                target, weight = make(len(live), width), make(len(live), width)
+                noise = None if cfg.hidden_size <= 0 or cfg.dropout == 0 else make(len(live), width, cfg.hidden_size)
+                for i, (k, r) in enumerate(zip(live, rows)):
+                    torch.index_select(xs[k], 0, r, out=inputs[i, :len(r)])
+                    target[i, :len(r)], weight[i, :len(r)] = ys[k][r], 1.0 / len(r)
+                    if noise is not None:  # as torch's dropout draws it, from this head's generator
+                        noise[i, :len(r)].bernoulli_(1 - cfg.dropout, generator=masks[k]).div_(1 - cfg.dropout)
+                opt.zero_grad(set_to_none=True)
+                logits = _stacked_logits([heads[k] for k in live], inputs, noise)
+                losses = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+                (losses * weight).sum().backward()
                 opt.step()
+            for k in list(active):
+                heads[k].eval()
+                with torch.no_grad():
+                    val_loss = float(loss_fn(heads[k](xvs[k]).squeeze(-1), yvs[k]))
+                if val_loss < best_loss[k] - 1e-5:
+                    best_loss[k], best_epoch[k], since[k] = val_loss, _epoch + 1, 0
+                    best_state[k] = {name: v.clone() for name, v in heads[k].state_dict().items()}
+                else:
+                    since[k] += 1
+                    if since[k] >= cfg.patience:
+                        active.remove(k)
+            if not active:
+                break
+        fitted = []
+        for k, head in enumerate(heads):
+            head.load_state_dict(best_state[k])
             head.eval()
             with torch.no_grad():
-                val_loss = float(loss_fn(head(xvt).squeeze(-1), yvt))
-            if val_loss < best_loss - 1e-5:
-                best_loss, best_epoch, since = val_loss, epoch + 1, 0
-                best_state = {k: v.clone() for k, v in head.state_dict().items()}
-            else:
-                since += 1
-                if since >= cfg.patience:
-                    break
-        head.load_state_dict(best_state)
-        head.eval()
-        with torch.no_grad():
-            pv = torch.sigmoid(head(xvt).squeeze(-1)).numpy()
-        return _Fitted(pos, head, mean, std, _safe_auroc(yv, pv), best_loss, best_epoch)
+                pv = torch.sigmoid(head(xvs[k]).squeeze(-1)).numpy()
+            fitted.append(_Fitted(pos, head, means[k], stds[k], _safe_auroc(parts[k][3], pv), best_loss[k],
+                                  best_epoch[k]))
+        return fitted
 
     def _require(self) -> _Fitted:
         fitted = getattr(self, "fitted_", None)
