@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 
 from calibtune.errors import CalibtuneError
 from calibtune.estimator_settings import ProbeConfig
-from calibtune.estimators.probe import ProbeEstimator
+from calibtune.estimators.probe import ProbeEstimator, _head_p
 from calibtune.estimators.splits import validation_split
 
 
@@ -113,17 +113,8 @@ def test_heads_trained_together_are_each_the_head_trained_alone():
     for k, (train, val) in enumerate(StratifiedKFold(10, shuffle=True, random_state=4).split(x, y)):
         sizes.add(len(train))
         alone = _one_head_alone(x[train, 1], y[train], x[val, 1], y[val], config, seed=4 + k)
-        head = probe.heads_[k]
-        mine = _head_p_of(head, xt[:, 1])
-        np.testing.assert_allclose(mine, alone(xt[:, 1]), rtol=0, atol=1e-5)
+        np.testing.assert_allclose(_head_p(probe.heads_[k], xt), alone(xt[:, 1]), rtol=0, atol=1e-5)
     assert sizes == {640, 641}
-
-
-def _head_p_of(fitted, z):
-    import torch
-
-    with torch.no_grad():
-        return torch.sigmoid(fitted.head((torch.from_numpy(z).float() - fitted.mean) / fitted.std).squeeze(-1)).numpy()
 
 
 def test_probe_last_and_fixed_layer():

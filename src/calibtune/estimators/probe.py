@@ -29,6 +29,7 @@ from sklearn.metrics import roc_auc_score
 from calibtune.errors import CalibtuneError, first_line
 from calibtune.estimator_settings import ProbeConfig
 from calibtune.estimators.splits import validation_split
+from calibtune.metrics import nll
 from calibtune.records import Question
 
 
@@ -43,12 +44,6 @@ def _head(in_features: int, config: ProbeConfig) -> torch.nn.Module:
 
 def _safe_auroc(y: np.ndarray, p: np.ndarray) -> float:
     return float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
-
-
-def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
-    from sklearn.metrics import log_loss
-
-    return float(log_loss(y, np.clip(p, 1e-7, 1 - 1e-7), labels=[0, 1]))
 
 
 @dataclass
@@ -136,6 +131,7 @@ class ProbeEstimator(ClassifierMixin, BaseEstimator):
             scores = [(f[0].val_auroc, f[0].val_loss) for f in fits]
         else:
             splits = self._splits(y)
+            held = np.sort(np.concatenate([val for _, val in splits]))  # every row some head did not train on
             fits, scores, out_of_fold = [], [], []
             for pos in positions:
                 heads = self._fit_heads(pos, [(x[train], y[train], x[val], y[val]) for train, val in splits],
@@ -143,10 +139,9 @@ class ProbeEstimator(ClassifierMixin, BaseEstimator):
                 p = np.zeros(len(y))
                 for head, (_, val) in zip(heads, splits):
                     p[val] = _head_p(head, x[val])
-                held = np.concatenate([val for _, val in splits])
                 fits.append(heads)
                 out_of_fold.append(p)
-                scores.append((_safe_auroc(y[held], p[held]), _log_loss(y[held], p[held])))
+                scores.append((_safe_auroc(y[held], p[held]), nll(p[held], y[held])))
         self.layer_scores_ = {layers[pos]: score[0] for pos, score in zip(positions, scores)}
         # Rank by validation AUROC; a tie (or NaN) falls back to the lower validation loss.
         best = max(range(len(fits)), key=lambda i: (np.nan_to_num(scores[i][0], nan=-1.0), -scores[i][1]))
@@ -155,7 +150,6 @@ class ProbeEstimator(ClassifierMixin, BaseEstimator):
         self.val_loss_ = scores[best][1]
         self.layer_ = layers[self.fitted_.position]
         if val_features is None:
-            held = np.sort(np.concatenate([val for _, val in splits]))
             self.held_out_ = (held, out_of_fold[best][held])
             if len(splits) == 1:
                 self.val_indices_ = splits[0][1]
@@ -210,13 +204,12 @@ class ProbeEstimator(ClassifierMixin, BaseEstimator):
             masks.append(torch.Generator())  # dropout: the global generator's state after this head's initialisation
             masks[-1].set_state(torch.get_rng_state())
             orders.append(torch.Generator().manual_seed(seed))
-        # foreach: one kernel per update over every head's tensors (the same numbers as the per-tensor loop)
         opt = torch.optim.AdamW([p for head in heads for p in head.parameters()], lr=cfg.learning_rate,
-                                weight_decay=cfg.weight_decay, foreach=True)
+                                weight_decay=cfg.weight_decay)
         n = len(heads)
         best_loss, best_state, best_epoch, since = [float("inf")] * n, [None] * n, [0] * n, [0] * n
         active = list(range(n))
-        for _epoch in range(cfg.max_epochs):
+        for epoch in range(cfg.max_epochs):
             batches = {k: torch.randperm(len(ys[k]), generator=orders[k]).split(cfg.batch_size) for k in active}
             for step in range(max(len(b) for b in batches.values())):
                 live = [k for k in active if step < len(batches[k])]
@@ -243,7 +236,7 @@ class ProbeEstimator(ClassifierMixin, BaseEstimator):
                 with torch.no_grad():
                     val_loss = float(loss_fn(heads[k](xvs[k]).squeeze(-1), yvs[k]))
                 if val_loss < best_loss[k] - 1e-5:
-                    best_loss[k], best_epoch[k], since[k] = val_loss, _epoch + 1, 0
+                    best_loss[k], best_epoch[k], since[k] = val_loss, epoch + 1, 0
                     best_state[k] = {name: v.clone() for name, v in heads[k].state_dict().items()}
                 else:
                     since[k] += 1
