@@ -102,6 +102,14 @@ def test_the_plan_counts_no_pass_the_study_shares_or_stops_early():
     by = {s.stage: s.flops for s in plan_stages(shared, inputs, infos, False)}
     assert by["zero_shot"] == 0  # its P(correct) comes from LoRA + Prompt's base pass
     assert abs(by["lora_prompt_readout"] / by["lora_prompt"] - 10 / 30) < 0.02  # 10 of SmolLM2's 30 layers
+    # a step of adapters on the top half runs the upper 15 of 30 layers (those below are read once by the base pass)
+    step = {}
+    for layers in ("all", "top_half"):
+        flops = [{s.stage: s.flops for s in plan_stages(StudyConfig.model_validate(
+            {**base, "methods": ["lora_prompt"], "lora_prompt": {"layers": layers, "max_steps": n}}), inputs, infos,
+            False)}["lora_prompt"] for n in (1, 2)]
+        step[layers] = flops[1] - flops[0]
+    assert step["top_half"] == pytest.approx(step["all"] / 2, rel=1e-12) and step["all"] > 0
     alone = StudyConfig.model_validate({**base, "methods": ["zero_shot"]})
     assert [s.flops > 0 for s in plan_stages(alone, inputs, infos, False) if s.stage == "zero_shot"] == [True]
 

@@ -322,6 +322,71 @@ def test_a_decoder_cut_at_a_layer_gives_that_layers_hidden_states(tiny_models, a
     torch.testing.assert_close(again[2], full[2], rtol=0, atol=0)  # the whole model is back
 
 
+@pytest.mark.parametrize("arch", [*ARCHS, "gemma-mixed"])
+def test_a_decoder_started_at_a_layer_from_its_entering_states_gives_the_whole_models_output(tiny_models, arch,
+                                                                                            tmp_path):
+    from calibtune.forward import decoder_up_to
+    from conftest import build_model
+
+    folder = tiny_models[arch.split("-")[0]]
+    if arch == "gemma-mixed":  # a full-attention layer under a sliding one: each keeps its own type and rotary
+        model = build_model("gemma", load_model(str(folder)).tokenizer.vocab_size + 8)
+        model.config.layer_types = ["full_attention", "sliding_attention"]
+        model.save_pretrained(tmp_path)
+        load_model(str(folder)).tokenizer.save_pretrained(tmp_path)
+        folder = tmp_path
+    lm = load_model(str(folder), dtype="float32")
+    types = list(getattr(lm.model.config, "layer_types", None) or [])
+    ids, mask = pad_ids([lm.tokenizer("Question: Which planet?\nAnswer: Jupiter")["input_ids"],
+                         lm.tokenizer("Answer: no")["input_ids"]], lm.tokenizer.pad_token_id, lm.device)
+    with torch.no_grad():
+        whole = lm.model(ids, attention_mask=mask, output_hidden_states=True)
+        with decoder_up_to(lm, None, final_norm=True, start=1) as decoder:
+            assert len(decoder.layers) == 1
+            top = decoder(inputs_embeds=whole.hidden_states[1], attention_mask=mask, use_cache=False).last_hidden_state
+    real = mask.bool()
+    torch.testing.assert_close(top[real], whole.hidden_states[2][real], rtol=1e-5, atol=1e-5)
+    assert len(lm.model.get_decoder().layers) == 2
+    assert list(getattr(lm.model.config, "layer_types", None) or []) == types
+    if arch == "gemma-mixed":  # what a decoder that took the first layer's type would give differs
+        lm.model.config.layer_types = ["full_attention", "full_attention"]
+        with torch.no_grad(), decoder_up_to(lm, None, final_norm=True, start=1) as decoder:
+            wrong = decoder(inputs_embeds=whole.hidden_states[1], attention_mask=mask,
+                            use_cache=False).last_hidden_state
+        assert not torch.allclose(wrong[real], whole.hidden_states[2][real], atol=1e-3)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma"])
+def test_top_half_adapters_train_from_the_kept_lower_states_as_from_whole_passes(tiny_models, monkeypatch, arch):
+    from calibtune.estimators import lora_prompt
+
+    lm = load_model(str(tiny_models[arch]), dtype="float32")
+    prompts, answers, labels = separable_toy(32)
+    seqs = encode_queries(lm.tokenizer, prompts, answers, DEFAULT_QUERY)
+    cfg = LoraPromptConfig(layers="top_half", kl_weight=1.0, learning_rate=1e-2, batch_size=8, max_steps=6,
+                           eval_every=3)
+    first_layer = lm.model.get_decoder().layers[0]
+    runs = []
+    for budget in (lora_prompt.LOWER_STATES_BUDGET, 0):
+        monkeypatch.setattr(lora_prompt, "LOWER_STATES_BUDGET", budget)
+        calls = []
+        hook = first_layer.register_forward_hook(lambda module, args, out, calls=calls: calls.append(1))
+        est = LoraPromptEstimator(lm, cfg).fit(seqs, labels)
+        hook.remove()
+        runs.append((est.log.train_loss, [v for _, v in est.log.val_loss], est.val_logits, len(calls),
+                     est.predict_proba(seqs)))
+        passes = est.log.steps + len(est.log.val_loss) - 1  # each step, each validation after step 0 (one batch)
+        est.release()
+    kept, whole = runs
+    np.testing.assert_allclose(kept[0], whole[0], rtol=1e-5)  # every step's loss
+    np.testing.assert_allclose(kept[1], whole[1], rtol=1e-5)  # every validation
+    np.testing.assert_allclose(kept[2], whole[2], atol=1e-5)
+    np.testing.assert_allclose(kept[4], whole[4], atol=1e-6)
+    # the frozen first layer ran in the base pass only (7 held-out and 25 training answers: 3 batches of up to 16),
+    # not again in every step and validation
+    assert kept[3] == 3 and whole[3] == 3 + passes and passes >= 5
+
+
 def test_lora_head_starts_from_a_fitted_probe(tiny_models):
     """Before any update LoRA with a head is the Probe it starts from: the same standardisation and weights."""
     from calibtune.estimator_settings import ProbeConfig

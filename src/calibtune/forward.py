@@ -348,25 +348,34 @@ def continuation_logprobs(lm: LoadedModel, seqs: Sequence[Encoded], token_budget
 
 
 @contextmanager
-def decoder_up_to(lm: LoadedModel, n_layers: int | None, final_norm: bool = False) -> Iterator:
-    """The decoder with only its first ``n_layers`` blocks (all when None), so the layers above cost nothing.
+def decoder_up_to(lm: LoadedModel, n_layers: int | None, final_norm: bool = False, start: int = 0) -> Iterator:
+    """The decoder with only its blocks ``start`` to ``n_layers`` - 1 (all when None and 0), so the layers outside
+    cost nothing.
 
     Without ``final_norm`` its ``last_hidden_state`` is ``hidden_states[n_layers]`` of the whole model (no
     final norm); with it, that state through the final norm, ready for the LM head (a read-out at that
-    layer). The full decoder is put back on exit (the blocks are the same modules: adapters on them stay).
+    layer). With ``start``, it is called with ``inputs_embeds``: the states entering block ``start``
+    (``hidden_states[start]`` of the whole model), each block keeping its own attention type. The full decoder
+    is put back on exit (the blocks are the same modules: adapters on them stay).
     """
     decoder = lm.model.get_decoder()
-    if n_layers is None or n_layers >= lm.num_layers:
+    stop = lm.num_layers if n_layers is None else min(n_layers, lm.num_layers)
+    if start == 0 and stop == lm.num_layers:
         yield decoder
         return
-    layers, norm = decoder.layers, decoder.norm
-    decoder.layers = torch.nn.ModuleList(list(layers)[:n_layers])
+    layers, norm, config = decoder.layers, decoder.norm, decoder.config
+    types = getattr(config, "layer_types", None)  # indexed by position in the loop (Gemma-3, Qwen-2, ...)
+    decoder.layers = torch.nn.ModuleList(list(layers)[start:stop])
+    if isinstance(types, list):
+        config.layer_types = types[start:stop]
     if not final_norm:
         decoder.norm = torch.nn.Identity()
     try:
         yield decoder
     finally:
         decoder.layers, decoder.norm = layers, norm
+        if isinstance(types, list):
+            config.layer_types = types
 
 
 @contextmanager

@@ -194,7 +194,10 @@ def _cell_stages(config: StudyConfig, inputs: StudyInputs, infos: dict[str, Mode
                 if method in ("lora", "lora_prompt_readout"):
                     layer = getattr(settings, "readout_layer", getattr(settings, "layer", -1))
                     depth = info.shape.layers // 2 if layer in ("auto", -1) else int(layer)
-                step = training_flops(settings.batch_size * sequence_flops(info.shape, seq, depth))
+                trained = depth if depth is not None else info.shape.layers
+                if getattr(settings, "layers", "all") == "top_half":  # the layers below the adapters run once
+                    trained -= trained // 2
+                step = training_flops(settings.batch_size * sequence_flops(info.shape, seq, trained))
                 reads = (len(inputs.eval) + train) * sequence_flops(info.shape, seq, depth)  # base pass, predictions
                 stages.append(StagePlan(f"{method}{size}", e, f"{cells} cells, {steps} steps each",
                                         cells * (steps * step + reads), training=True, cells=cells))

@@ -57,6 +57,9 @@ from calibtune.records import Question
 # The base model's answer-token logits are computed once before training and kept in memory
 # when they fit in this many bytes; otherwise each step recomputes them with the adapter disabled.
 BASE_LOGITS_BUDGET = 4 * 2**30
+# With adapters on the upper layers only, the states entering the first adapted layer are read once by the base
+# pass and kept when they fit in this many bytes, so training and validation run only the layers from there on.
+LOWER_STATES_BUDGET = 2 * 2**30
 
 
 @dataclass(frozen=True)
@@ -86,18 +89,26 @@ def _pad(seqs: Sequence[QueryEncoded], pad_id: int, device) -> tuple[torch.Tenso
     return ids, mask, mask.sum(dim=1) - 1
 
 
-def final_hidden(lm: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, readout: int | None) -> torch.Tensor:
+def final_hidden(lm: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, readout: int | None,
+                 start: int = 0, states: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
     """Hidden states ready for the LM head: after the last layer, or after ``readout`` layers and the final norm
-    (the read-out at an intermediate layer; the layers above it are not run)."""
-    with decoder_up_to(lm, readout, final_norm=True) as decoder:
-        return decoder(input_ids=ids, attention_mask=mask).last_hidden_state
+    (the read-out at an intermediate layer; the layers above it are not run). With ``states`` (each sequence's
+    states entering layer ``start``, from ``BaseReadings.states``), the layers below ``start`` are not run either."""
+    with decoder_up_to(lm, readout, final_norm=True, start=start if states is not None else 0) as decoder:
+        if states is None:
+            return decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        embeds = torch.nn.utils.rnn.pad_sequence(list(states), batch_first=True)
+        # no key/value cache: a cache sized for the blocks run would be indexed by each block's own layer number
+        return decoder(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
 
 
 def query_logits(lm: LoadedModel, seqs: Sequence[QueryEncoded], token_ids: Sequence[int],
-                 readout: int | None = None) -> torch.Tensor:
-    """(no, yes) logits at the end of each sequence (gradients flow if enabled)."""
+                 readout: int | None = None, start: int = 0,
+                 states: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+    """(no, yes) logits at the end of each sequence (gradients flow if enabled); ``start`` and ``states`` as for
+    ``final_hidden``."""
     ids, mask, last = _pad(seqs, lm.tokenizer.pad_token_id, lm.device)
-    hidden = final_hidden(lm, ids, mask, readout)
+    hidden = final_hidden(lm, ids, mask, readout, start, states)
     return two_way_logits(lm.model, hidden[torch.arange(len(seqs)), last], token_ids)
 
 
@@ -165,10 +176,15 @@ class LoraPromptEstimator:
         val_seqs, y_val = [seqs[i] for i in idx_val], y[idx_val]
         base = base if base is not None else BaseReadings()
         want_answers = cfg.kl_weight > 0 and base.fits(self.lm, train_seqs)
+        adapted = self.adapted_layers()
+        # the frozen layers below the first adapter: read once by the base pass, not by every step and validation
+        start = adapted[0] if adapted and not parallel.sharded and base.lower_fits(self.lm, seqs) else 0
         val_two_way, _ = base.read(self.lm, val_seqs, tokens, answers=False, batch_size=cfg.batch_size * 2,
-                                   readout=self.readout)
+                                   readout=self.readout, start=start)
         _, base_cache = base.read(self.lm, train_seqs, tokens, answers=want_answers, batch_size=cfg.batch_size * 2,
-                                  readout=self.readout)
+                                  readout=self.readout, start=start)
+        train_states = base.states(train_seqs, start) if start else None
+        val_states = base.states(val_seqs, start) if start else None
         weights = torch.ones(len(y), dtype=torch.float32)
         if cfg.balance == "dataset":
             if groups is None:
@@ -184,10 +200,7 @@ class LoraPromptEstimator:
             return (losses * w.to(losses.device)).sum() / (w.sum() if total is None else total)
 
         score0 = held_out_score(cfg.keep, yes_logit(val_two_way), y_val, w_val)
-        below = None if self.readout is None else list(range(self.readout))  # the layers the read-out sees
-        if below is not None and cfg.layers == "top_half":
-            below = below[len(below) // 2:]
-        self._peft = attach_lora(self.lm, cfg, self.seed, layers=below, parallel=parallel)
+        self._peft = attach_lora(self.lm, cfg, self.seed, layers=adapted, parallel=parallel)
         self.lm.model.train()
         params = [p for p in self._peft.parameters() if p.requires_grad]
         y_train = torch.from_numpy(y[idx_train])
@@ -199,8 +212,9 @@ class LoraPromptEstimator:
                 return torch.zeros(())
             items = [train_seqs[i] for i in batch]
             ids, mask, last = _pad(items, self.lm.tokenizer.pad_token_id, self.lm.device)
+            states = None if train_states is None else [train_states[i] for i in batch]
             with differentiable_attention(self.lm):
-                hidden = final_hidden(self.lm, ids, mask, self.readout)
+                hidden = final_hidden(self.lm, ids, mask, self.readout, start, states)
             logits = two_way_logits(self.lm.model, hidden[torch.arange(len(items)), last], tokens)
             loss = weighted_ce(logits, y_train[batch].to(logits.device), w_train[batch], total=w_train[whole].sum())
             if cfg.kl_weight > 0:
@@ -210,7 +224,7 @@ class LoraPromptEstimator:
                     target = finish_logits(self.lm.model, torch.cat([base_cache[i] for i in batch]))
                 else:  # too large to keep: the base model again, with the adapters off
                     with torch.no_grad(), self._peft.disable_adapter():
-                        base_hidden = final_hidden(self.lm, ids, mask, self.readout)
+                        base_hidden = final_hidden(self.lm, ids, mask, self.readout, start, states)
                         target = lm_head_logits(self.lm.model, base_hidden[rows, cols])
                 rows_share = len(rows) / len(_answer_positions([train_seqs[i] for i in whole])[0])
                 loss = loss + cfg.kl_weight * divergence(adapted, target, cfg.divergence) * rows_share
@@ -224,7 +238,9 @@ class LoraPromptEstimator:
             z = np.zeros(len(mine))
             with torch.no_grad():
                 for batch in length_batches([len(val_seqs[i].ids) for i in mine], cfg.batch_size * 2, None):
-                    logits = query_logits(self.lm, [val_seqs[i] for i in mine[batch]], tokens, self.readout)
+                    states = None if val_states is None else [val_states[i] for i in mine[batch]]
+                    logits = query_logits(self.lm, [val_seqs[i] for i in mine[batch]], tokens, self.readout, start,
+                                          states)
                     z[batch] = yes_logit(logits)
             self.lm.model.train()
             validated.append(parallel.gather(mine, z, len(val_seqs)))
@@ -239,6 +255,14 @@ class LoraPromptEstimator:
         base.drop_answers()  # the divergence's target is needed while training only
         self.lm.model.eval()
         return self
+
+    def adapted_layers(self) -> list[int] | None:
+        """The layers that carry adapters (None: every layer): those below the read-out layer when there is one,
+        and of those (or of all) the upper half with ``layers: top_half``."""
+        if self.readout is None and self.config.layers == "all":
+            return None
+        below = list(range(self.lm.num_layers if self.readout is None else self.readout))
+        return below[len(below) // 2:] if self.config.layers == "top_half" else below
 
     def predict_proba(self, seqs: Sequence[QueryEncoded]) -> np.ndarray:
         """P(correct) for each sequence."""
@@ -307,14 +331,18 @@ class LoraPromptEstimator:
 class BaseReadings:
     """What the base estimator model (no adapters) makes of query sequences, each read once and kept:
     the (no, yes) logits at the end (the zero-shot query's P(correct), the untrained model's validation
-    loss) and the raw LM-head outputs at the answer tokens (LoRA + Prompt's divergence target).
+    loss) and the raw LM-head outputs at the answer tokens (LoRA + Prompt's divergence target); when asked, the
+    states entering a layer (what adapters on the layers from there on start from: the frozen layers below
+    are then run once per sequence).
 
-    Both come from one pass over "prompt + answer + query", the answer positions being causal and so
-    unaffected by the query after them. Keyed by the sequence and the option tokens.
+    All come from one pass over "prompt + answer + query", the answer positions being causal and so
+    unaffected by the query after them. Keyed by the sequence and the option tokens (the states by the sequence
+    and the layer).
     """
 
     two_way: dict[tuple, torch.Tensor] = field(default_factory=dict)
     answers: dict[tuple, torch.Tensor] = field(default_factory=dict)
+    lower: dict[tuple, torch.Tensor] = field(default_factory=dict)
 
     def fits(self, lm: LoadedModel, seqs: Sequence[QueryEncoded], budget: int | None = None) -> bool:
         """Whether the answer-token logits of ``seqs`` fit in memory (``BASE_LOGITS_BUDGET`` bytes)."""
@@ -322,22 +350,40 @@ class BaseReadings:
         head = lm.model.get_output_embeddings()
         return _answer_rows(seqs) * head.weight.shape[0] * head.weight.element_size() <= budget
 
+    def lower_fits(self, lm: LoadedModel, seqs: Sequence[QueryEncoded], budget: int | None = None) -> bool:
+        """Whether one layer's states of every token of ``seqs`` fit in ``LOWER_STATES_BUDGET`` bytes."""
+        budget = LOWER_STATES_BUDGET if budget is None else budget
+        embeddings = lm.model.get_input_embeddings().weight
+        return sum(len(s.ids) for s in seqs) * embeddings.shape[1] * embeddings.element_size() <= budget
+
     def read(self, lm: LoadedModel, seqs: Sequence[QueryEncoded], token_ids: Sequence[int], answers: bool,
-             batch_size: int = 16, readout: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+             batch_size: int = 16, readout: int | None = None,
+             start: int = 0) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
         """(no, yes) logits ``[n, 2]`` (fp32) and, with ``answers``, each sequence's answer-token LM-head outputs,
-        read after the last layer or after ``readout`` layers; only sequences not read before (or read without
-        their answer outputs, when those are wanted) are run."""
+        read after the last layer or after ``readout`` layers; with ``start`` > 0 the states entering layer
+        ``start`` are kept too (``states``). Only sequences not read before (or read without what is wanted now)
+        are run."""
         tokens = tuple(token_ids)
         keys = [(tokens, readout, s.ids) for s in seqs]
-        todo = [i for i, k in enumerate(keys) if k not in self.two_way or (answers and k not in self.answers)]
+        todo = [i for i, (k, s) in enumerate(zip(keys, seqs)) if k not in self.two_way or
+                (answers and k not in self.answers) or (start and (start, s.ids) not in self.lower)]
         if todo:
-            self._run(lm, [seqs[i] for i in todo], [keys[i] for i in todo], tokens, answers, batch_size, readout)
+            self._run(lm, [seqs[i] for i in todo], [keys[i] for i in todo], tokens, answers, batch_size, readout,
+                      start)
         two_way = torch.stack([self.two_way[k] for k in keys]) if keys else torch.zeros(0, 2)
         return two_way, [self.answers[k] for k in keys] if answers else None
 
-    def _run(self, lm, seqs, keys, tokens, answers: bool, batch_size: int, readout: int | None) -> None:
+    def states(self, seqs: Sequence[QueryEncoded], start: int) -> list[torch.Tensor]:
+        """Each sequence's states entering layer ``start`` (``[tokens, hidden]``), kept by a ``read`` with it."""
+        return [self.lower[(start, s.ids)] for s in seqs]
+
+    def _run(self, lm, seqs, keys, tokens, answers: bool, batch_size: int, readout: int | None, start: int) -> None:
         head = lm.model.get_output_embeddings()
         lm.model.eval()
+        width = lm.model.get_input_embeddings().weight.shape[1]
+        lower = (torch.empty(sum(len(s.ids) for s in seqs), width, dtype=head.weight.dtype, device=lm.device)
+                 if start else None)  # one block, as for the answer outputs below
+        stored = 0
         # The answer outputs of this read go into one block, each sequence's a view of it: the allocator kept
         # thousands of separate 0.2-4 MB copies after they were dropped, while one block is returned whole
         # (resident memory falls by its size at the end of a fit; the study's peak did not change: README).
@@ -348,7 +394,18 @@ class BaseReadings:
             for batch in length_batches([len(s.ids) for s in seqs], batch_size, None):
                 items = [seqs[i] for i in batch]
                 ids, mask, last = _pad(items, lm.tokenizer.pad_token_id, lm.device)
-                hidden = final_hidden(lm, ids, mask, readout)
+                states = None
+                if lower is not None:
+                    with decoder_up_to(lm, start) as below:
+                        entering = below(input_ids=ids, attention_mask=mask).last_hidden_state
+                    states = []
+                    for row, item in enumerate(items):
+                        into = lower[stored:stored + len(item.ids)]
+                        into.copy_(entering[row, :len(item.ids)])
+                        stored += len(item.ids)
+                        states.append(into)
+                        self.lower[(start, item.ids)] = into
+                hidden = final_hidden(lm, ids, mask, readout, start, states)
                 logits = two_way_logits(lm.model, hidden[torch.arange(len(items)), last], tokens)
                 outputs = None
                 if block is not None:  # one head pass for the whole batch: with a few rows per sequence, reading
@@ -365,8 +422,10 @@ class BaseReadings:
                 advance(len(batch))
 
     def drop_answers(self) -> None:
-        """Forget the answer-token outputs (large: a vocabulary per answer token); keep the (no, yes) logits."""
+        """Forget the answer-token outputs (large: a vocabulary per answer token) and the layers' states; keep the
+        (no, yes) logits."""
         self.answers.clear()
+        self.lower.clear()
 
 
 def _answer_rows(seqs: Sequence[QueryEncoded]) -> int:
