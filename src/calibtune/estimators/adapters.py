@@ -124,12 +124,10 @@ def target_modules(lm: LoadedModel, settings: AdapterConfig) -> list[str]:
 
 def attach_lora(lm: LoadedModel, settings: AdapterConfig, seed: int, layers: Sequence[int] | None = None,
                 parallel: DataParallel = ONE_PROCESS):
-    """Wrap the model with fresh LoRA adapters (peft), on ``layers`` only if given; returns the PeftModel. A group
-    that shards the weights (``parallel.sharded``) shards them now, adapters included."""
+    """Wrap the model with fresh LoRA adapters (peft), on ``layers`` only if given (None: every layer; the caller
+    chooses them, as ``LoraPromptEstimator.adapted_layers`` does for ``layers: top_half``); returns the PeftModel.
+    A group that shards the weights (``parallel.sharded``) shards them now, adapters included."""
     from peft import LoraConfig, get_peft_model
-
-    if layers is None and settings.layers == "top_half":
-        layers = range(lm.num_layers // 2, lm.num_layers)
     from transformers.pytorch_utils import Conv1D
 
     torch.manual_seed(seed)
