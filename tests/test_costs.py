@@ -110,6 +110,15 @@ def test_the_plan_counts_no_pass_the_study_shares_or_stops_early():
             False)}["lora_prompt"] for n in (1, 2)]
         step[layers] = flops[1] - flops[0]
     assert step["top_half"] == pytest.approx(step["all"] / 2, rel=1e-12) and step["all"] > 0
+    # the Probe's features of any model's cloze answers come from the estimator model's answering pass; averaged
+    # over the answer's tokens they do not, and then take a pass of their own per answering model
+    two = {"smollm2-135m": infos["smollm2-135m"], "gemma3-270m": model_info("gemma3-270m")}
+    planned = {}
+    for token in ("last", "mean"):
+        probe = StudyConfig.model_validate({**base, "models": list(two), "methods": ["probe"],
+                                            "features": {"token": token}})
+        planned[token] = [(s.model, s.items) for s in plan_stages(probe, inputs, two, False) if s.stage == "features"]
+    assert planned == {"last": [], "mean": [(m, "2 x 20 answers") for m in two]}
     alone = StudyConfig.model_validate({**base, "methods": ["zero_shot"]})
     assert [s.flops > 0 for s in plan_stages(alone, inputs, infos, False) if s.stage == "zero_shot"] == [True]
 

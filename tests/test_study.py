@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -366,12 +367,16 @@ def test_editing_a_question_recomputes_exactly_what_depends_on_it(tmp_path, tiny
     assert output.count("Probe") >= 4 and "from the cache" in output
 
 
-def test_the_probe_reads_a_models_own_answers_from_its_answering_pass(tmp_path, tiny_models, study_files,
-                                                                      isolated_cache):
+def test_the_probe_reads_every_models_answers_from_the_estimators_answering_pass(tmp_path, tiny_models, study_files,
+                                                                               isolated_cache, monkeypatch):
+    import calibtune.features
     from calibtune.features import extract_features
     from calibtune.models import load_model
     from calibtune.store import ArtifactStore, list_artifacts
 
+    passes = []
+    separate_pass = calibtune.features.extract_features
+    monkeypatch.setattr(calibtune.features, "extract_features", lambda *a, **k: passes.append(1) or separate_pass(*a, **k))
     config = _config(tmp_path, tiny_models, *study_files, "methods: [probe, zero_shot, lora_prompt]\n"
                      "lora_prompt: {max_steps: 2, eval_every: 1, batch_size: 4}\nzero_shot_calibration: 10\n")
     out = tmp_path / "run"
@@ -379,23 +384,40 @@ def test_the_probe_reads_a_models_own_answers_from_its_answering_pass(tmp_path, 
     assert result.exit_code == 0, result.output
     said = " ".join(result.output.split())
     llama, gemma = str(tiny_models["llama"]), str(tiny_models["gemma"])
-    # E = T: the answering pass kept the features; E != T: a features pass of its own
+    # E = T: the answering pass wrote the features shard; E != T: taken from E's states at every option
     assert f"features of {llama}'s answers read by {llama}: from the cache" in said
-    assert f"features of {gemma}'s answers read by {llama}: from the cache" not in said
+    assert f"features of {gemma}'s answers read by {llama}: 1 of 1 shards from {llama}'s answering pass" in said
+    assert f"features of {llama}'s answers read by {gemma}: 1 of 1 shards from {gemma}'s answering pass" in said
+    assert passes == []  # no features pass of its own
     store = ArtifactStore(isolated_cache / "store")
-    shared = [a for a in list_artifacts(store) if a.stage == "features"
-              and json.loads((a.path / "meta.json").read_text()).get("from") == "answering pass"]
-    assert len(shared) == 2  # one shard (72 questions) for each model's own answers
-    # the same numbers as a separate pass over the same prompts and answers (fp32: to 1e-4)
-    answers = pd.read_parquet(out / "answers" / "llama.parquet")
+
+    def stored(stage, source, model):
+        return [store.get_arrays(stage, a.key) for a in list_artifacts(store) if a.stage == stage
+                and (meta := json.loads((a.path / "meta.json").read_text()))["from"] == source
+                and meta["settings"]["model"] == model]
+
+    assert len(stored("features", "answering pass", llama)) == 1  # one shard (72 questions) of its own answers
+    (options,) = stored("option_features", "answering pass", llama)
+    assert len(options["offsets"]) == 73 and len(options["features"]) == options["offsets"][-1] == 72 * 3
+    # the same numbers as a separate pass over the same prompts and answers (fp32: to 1e-4), for both answerers
     questions = {json.loads(line)["id"]: json.loads(line)["question"]
                  for f in study_files for line in f.read_text().splitlines()}
-    prompts = [f"Question: {questions[q.split('/')[1]]}\nAnswer:" for q in answers.question_id]
     lm = load_model(llama, dtype="float32")
-    separate = extract_features(lm, prompts, [" " + t for t in answers.text], [1, 2])
-    from_answering = [store.get_arrays("features", a.key)["features"] for a in shared
-                      if json.loads((a.path / "meta.json").read_text())["settings"]["model"] == llama][0]
-    np.testing.assert_allclose(from_answering, separate, atol=1e-4)
+    for answering, source in ((llama, "answering pass"), (gemma, f"{llama}'s answering pass")):
+        answers = pd.read_parquet(out / "answers" / f"{Path(answering).name}.parquet")
+        prompts = [f"Question: {questions[q.split('/')[1]]}\nAnswer:" for q in answers.question_id]
+        separate = extract_features(lm, prompts, [" " + t for t in answers.text], [1, 2])
+        (taken,) = stored("features", source, llama)
+        np.testing.assert_allclose(taken["features"], separate, atol=1e-4)
+    mine, theirs = (pd.read_parquet(out / "answers" / f"{m}.parquet").text for m in ("llama", "gemma"))
+    assert 0 < (mine != theirs).sum() < len(mine)  # the two models' answers differ, so the check above has teeth
+
+    # averaged over the answer's tokens, the features are not what the answering pass reads: a pass of their own
+    passes.clear()
+    mean = _config(tmp_path, tiny_models, *study_files, "methods: [probe]\nfeatures: {token: mean}\n")
+    result = runner.invoke(app, ["run", mean, "-o", str(tmp_path / "mean")])
+    assert result.exit_code == 0, result.output
+    assert len(passes) == 4 and "answering pass" not in result.output
 
 
 def test_a_data_scale_study_trains_on_nested_sizes(tmp_path, tiny_models, study_files, isolated_cache):

@@ -45,9 +45,10 @@ def answer_multiple_choice(
 def cloze_answers(
     lm: LoadedModel, questions: Sequence[Question], settings: ClozeSettings = ClozeSettings(),
     progress: Callable[[int], None] | None = None, layers: Sequence[int] | None = None,
-) -> tuple[list[Answer], np.ndarray | None]:
-    """The model's (ungraded) answers and, with ``layers``, its hidden states ``[n, len(layers), hidden]`` at the
-    last token of each chosen option: what the Probe reads of "question + answer", from the same pass.
+) -> tuple[list[Answer], list[np.ndarray] | None]:
+    """The model's (ungraded) answers and, with ``layers``, its hidden states at the last token of every option of
+    each question (``[n_options, len(layers), hidden]`` per question): what the Probe reads of "question +
+    answer" for whichever option an answering model chose, from the same pass (``chosen_features`` picks them).
 
     Each question is one tree: its prompt, then every option (``calibtune.forward.tree_pass``).
     """
@@ -75,20 +76,20 @@ def cloze_answers(
             out = read(advance)
     else:
         out = read(progress)
-    answers, chosen = [], []
+    answers = []
     for question, q_sum, opts in zip(questions, out.logprobs, options):
         q_mean = q_sum / np.array([len(o) for o in opts])
         choice = int(np.argmax(q_mean if settings.select == "mean" else q_sum))
-        chosen.append(choice)
         answers.append(Answer(
             question_id=question.id, model=lm.name, text=question.choices[choice], logprob=float(q_sum[choice]),
             choice=choice, option_logprob_sum=tuple(map(float, q_sum)), option_logprob_mean=tuple(map(float, q_mean)),
         ))
-    features = None
-    if out.features is not None:
-        features = (np.stack([f[k] for f, k in zip(out.features, chosen)]) if questions
-                    else np.zeros((0, len(layers), 0), dtype=np.float32))
-    return answers, features
+    return answers, out.features
+
+
+def chosen_features(option_features: Sequence[np.ndarray], choices: Sequence[int]) -> np.ndarray:
+    """Each question's features of one option (``choices[i]`` of question i): ``[n, layers, hidden]``."""
+    return np.stack([f[k] for f, k in zip(option_features, choices)])
 
 
 def option_confidence(answer: Answer, select: str = "mean") -> float:

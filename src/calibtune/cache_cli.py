@@ -29,7 +29,7 @@ def _store():
 
 @cache_app.command("ls")
 @_friendly
-def cache_ls(stage: Annotated[Optional[str], typer.Option("--stage", help="Only this stage (answers, features, cell).")] = None) -> None:
+def cache_ls(stage: Annotated[Optional[str], typer.Option("--stage", help="Only this stage (answers, features, option_features, cell).")] = None) -> None:
     """List the stored artifacts: stage, key, size, age and what they belong to."""
     import time
 

@@ -173,11 +173,10 @@ def _cell_stages(config: StudyConfig, inputs: StudyInputs, infos: dict[str, Mode
     for e, info in infos.items():
         lengths = [c + 4 for c in prompt_tokens[e]]  # the prompt and a short answer
         mean_len = sum(lengths) / len(lengths)
-        if reads_features:  # E's own cloze answers give their features in the answering pass
-            others = [t for t in infos if t != e or config.task != "multiple_choice"]
-            flops = len(others) * sum(sequence_flops(info.shape, n) for n in lengths)
-            if flops:
-                stages.append(StagePlan("features", e, f"{len(others)} x {n_all} answers", flops))
+        # E's cloze answering pass reads every option, so it gives the features of every model's answers
+        if reads_features and not (config.task == "multiple_choice" and config.features.token == "last"):
+            flops = len(infos) * sum(sequence_flops(info.shape, n) for n in lengths)
+            stages.append(StagePlan("features", e, f"{len(infos)} x {n_all} answers", flops))
         for method in config.methods:
             m = METHODS[method]
             settings = method_settings(config, method)

@@ -23,7 +23,7 @@ from calibtune.progress import progress_bar
 from calibtune.questions import StudyInputs
 from calibtune.records import Answer, Question, answers_from_table, answers_to_table
 from calibtune.stages.base import ModelStage, Runtime
-from calibtune.stages.features import features_stage, study_reads_features
+from calibtune.stages.features import features_stage, put_option_features, study_reads_features
 
 # A study warns when at least this share of a model's open-ended answers are empty.
 EMPTY_WARNING_SHARE = 0.2
@@ -43,9 +43,9 @@ class ClozeAnswers(ModelStage):
     token_budget: int
 
     def answer(self, lm: LoadedModel, questions: Sequence[Question], progress,
-               layers: Sequence[int] | None = None) -> tuple[list[Answer], np.ndarray | None]:
-        """The model's (ungraded) answers to ``questions``, and its hidden states at ``layers`` at the end of each
-        chosen option (the Probe's features of its own answers, read in the same pass)."""
+               layers: Sequence[int] | None = None) -> tuple[list[Answer], list[np.ndarray] | None]:
+        """The model's (ungraded) answers to ``questions``, and its hidden states at ``layers`` at the end of every
+        option of each question (the Probe's features of any answer to them, read in the same pass)."""
         from calibtune.answer import ClozeSettings, cloze_answers
 
         settings = ClozeSettings(self.prompt, self.option_prefix, self.select, self.batch_size, self.token_budget)
@@ -95,9 +95,11 @@ def graded_answers(rt: Runtime, config: StudyConfig, inputs: StudyInputs, model:
     plan = stage.shards([q.seen(with_choices=config.task == "multiple_choice") for q in questions])
     missing, mine = rt.my_missing("answers", plan)
     rt.report_shards(f"answers of {model}", plan, missing)
-    # The Probe reads the model's own answers as the answering pass does: that pass keeps the features.
+    # The Probe reads any model's answers as this answering pass reads the options: the pass keeps their features.
     features = features_stage(config, model) if _shares_features(config) else None
     if mine:
+        from calibtune.answer import chosen_features
+
         lm = rt.models.get(model)
         verb = "answer " if config.task == "multiple_choice" else "generate"
         with rt.timed(f"answer {model}"), progress_bar(f"{rt.ranks.tag()}{verb} {model}",
@@ -106,10 +108,12 @@ def graded_answers(rt: Runtime, config: StudyConfig, inputs: StudyInputs, model:
                 answers, feats = stage.answer(lm, questions[part], advance, features.layers if features else None)
                 rt.store.put_table("answers", key, answers_to_table(answers), meta={"settings": stage.settings()})
                 if feats is not None:
+                    put_option_features(rt, features, config, questions[part], feats)
                     by_id = {a.question_id: a for a in answers}
                     (feature_key, _), = features.shards(features.shard_contents(config, questions[part], by_id),
                                                         size=len(questions[part]))
-                    rt.store.put_arrays("features", feature_key, {"features": feats},
+                    rt.store.put_arrays("features", feature_key,
+                                        {"features": chosen_features(feats, [a.choice for a in answers])},
                                         meta={"settings": features.settings(), "from": "answering pass"})
     rt.ranks.wait()  # every shard is in the store
     answers = [a for key, _ in plan for a in answers_from_table(rt.store.get_table("answers", key))]

@@ -2,9 +2,11 @@
 
 Stored per (estimator model E, answering model T) in shards aligned with T's answer
 shards, each keyed by its questions' prompts and T's answers; editing one question
-recomputes one shard. Where E is T and its answers are made by cloze scoring, the
-answering pass reads the same tokens and fills these shards as it goes
-(``calibtune.stages.answers``), so no second pass is made.
+recomputes one shard. Where E answers the study's questions by cloze scoring, its
+answering pass reads every option of every question, which is every text T can have
+answered: that pass keeps the states at each option's last token (``option_features``,
+per answering shard), and the shards of every T are taken from them, so no second pass
+is made, for E's own answers or for any other model's (``calibtune.stages.answers``).
 """
 
 from __future__ import annotations
@@ -52,6 +54,46 @@ def features_stage(config: StudyConfig, model: str) -> FeaturesStage:
                             batch_size=config.batch_size, token_budget=config.token_budget)
 
 
+# The store's stage for an estimator model's states at the end of every option, from its answering pass.
+OPTION_FEATURES = "option_features"
+
+
+def option_features_key(stage: FeaturesStage, config: StudyConfig, questions: Sequence[Question]) -> str:
+    """The key of ``stage``'s model's states at every option of ``questions`` (one answering shard): what they
+    depend on is each question's id, prompt and options as read."""
+    contents = [[q.id, format_prompt(q, config.prompt), [config.option_prefix + c for c in q.choices]]
+                for q in questions]
+    (key, _), = stage.shards(contents, {"of": "every option"}, size=max(1, len(questions)))
+    return key
+
+
+def put_option_features(rt: Runtime, stage: FeaturesStage, config: StudyConfig, questions: Sequence[Question],
+                        option_features: Sequence[np.ndarray]) -> None:
+    """Keep the states at every option of ``questions`` (``[n_options, layers, hidden]`` each), read by the
+    answering pass, as one flat array and each question's offset into it."""
+    offsets = np.cumsum([0] + [len(f) for f in option_features])
+    rt.store.put_arrays(OPTION_FEATURES, option_features_key(stage, config, questions),
+                        {"features": np.concatenate(option_features), "offsets": offsets},
+                        meta={"settings": stage.settings(), "from": "answering pass"})
+
+
+def features_from_options(rt: Runtime, stage: FeaturesStage, config: StudyConfig, questions: Sequence[Question],
+                          answers: Mapping[str, Answer]) -> np.ndarray | None:
+    """The features of ``answers`` to ``questions`` taken from the stored states at every option (None when
+    those are not stored, or an answer is not one of its question's options as they were read)."""
+    if config.task != "multiple_choice" or stage.token != "last":
+        return None
+    key = option_features_key(stage, config, questions)
+    if not rt.store.has(OPTION_FEATURES, key):
+        return None
+    choices = [answers[q.id].choice for q in questions]
+    if any(k is None or not 0 <= k < len(q.choices) or q.choices[k] != answers[q.id].text
+           for q, k in zip(questions, choices)):
+        return None
+    stored = rt.store.get_arrays(OPTION_FEATURES, key)
+    return stored["features"][stored["offsets"][:-1] + np.asarray(choices)]
+
+
 def study_reads_features(config: StudyConfig) -> bool:
     """Whether a method of the study reads the features stage (it declares the ``features`` settings)."""
     return any("features" in METHODS[m].study_settings for m in config.methods)
@@ -67,7 +109,19 @@ def probe_features(rt: Runtime, config: StudyConfig, model: str, answering_model
     contents = stage.shard_contents(config, questions, answers)
     plan = stage.shards(contents)
     missing, mine = rt.my_missing("features", plan)
-    rt.report_shards(f"features of {answering_model}'s answers read by {model}", plan, missing)
+    what = f"features of {answering_model}'s answers read by {model}"
+    rt.report_shards(what, plan, missing)
+    with rt.timed(f"features {model}"):
+        taken = []
+        for key, part in mine:
+            feats = features_from_options(rt, stage, config, questions[part], answers)
+            if feats is not None:
+                rt.store.put_arrays("features", key, {"features": feats},
+                                    meta={"settings": stage.settings(), "from": f"{model}'s answering pass"})
+                taken.append(key)
+    if taken:
+        rt.log(f"{what}: {len(taken)} of {len(plan)} shards from {model}'s answering pass")
+    mine = [(key, part) for key, part in mine if key not in taken]
     if mine:
         lm = rt.models.get(model)
         with rt.timed(f"features {model}"), progress_bar(f"{rt.ranks.tag()}features {model}",
