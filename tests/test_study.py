@@ -376,7 +376,8 @@ def test_the_probe_reads_every_models_answers_from_the_estimators_answering_pass
 
     passes = []
     separate_pass = calibtune.features.extract_features
-    monkeypatch.setattr(calibtune.features, "extract_features", lambda *a, **k: passes.append(1) or separate_pass(*a, **k))
+    monkeypatch.setattr(calibtune.features, "extract_features",
+                        lambda *a, **k: passes.append(1) or separate_pass(*a, **k))
     config = _config(tmp_path, tiny_models, *study_files, "methods: [probe, zero_shot, lora_prompt]\n"
                      "lora_prompt: {max_steps: 2, eval_every: 1, batch_size: 4}\nzero_shot_calibration: 10\n")
     out = tmp_path / "run"
