@@ -358,11 +358,14 @@ def test_a_decoder_started_at_a_layer_from_its_entering_states_gives_the_whole_m
 
 @pytest.mark.parametrize("arch", ["llama", "gemma"])
 def test_top_half_adapters_train_from_the_kept_lower_states_as_from_whole_passes(tiny_models, monkeypatch, arch):
+    """Training, validation and scoring start from the states the base pass kept, as the study runs them: the
+    answers to be scored afterwards (the zero-shot query's) are read by the base model before training."""
     from calibtune.estimators import lora_prompt
 
     lm = load_model(str(tiny_models[arch]), dtype="float32")
-    prompts, answers, labels = separable_toy(32)
+    prompts, answers, labels = separable_toy(40)
     seqs = encode_queries(lm.tokenizer, prompts, answers, DEFAULT_QUERY)
+    train, scored = seqs[:32], seqs[32:]
     cfg = LoraPromptConfig(layers="top_half", kl_weight=1.0, learning_rate=1e-2, batch_size=8, max_steps=6,
                            eval_every=3)
     first_layer = lm.model.get_decoder().layers[0]
@@ -371,20 +374,27 @@ def test_top_half_adapters_train_from_the_kept_lower_states_as_from_whole_passes
         monkeypatch.setattr(lora_prompt, "LOWER_STATES_BUDGET", budget)
         calls = []
         hook = first_layer.register_forward_hook(lambda module, args, out, calls=calls: calls.append(1))
-        est = LoraPromptEstimator(lm, cfg).fit(seqs, labels)
+        base, est = lora_prompt.BaseReadings(), LoraPromptEstimator(lm, cfg)
+        start = est.kept_states_start(base, train + scored)
+        base.read(lm, scored, est.token_ids, answers=False, start=start)
+        est.fit(train, labels[:32], base=base)
+        p_scored = est.predict_proba(scored)
         hook.remove()
-        runs.append((est.log.train_loss, [v for _, v in est.log.val_loss], est.val_logits, len(calls),
-                     est.predict_proba(seqs)))
+        runs.append((est.log.train_loss, [v for _, v in est.log.val_loss], est.val_logits, len(calls), p_scored,
+                     start))
         passes = est.log.steps + len(est.log.val_loss) - 1  # each step, each validation after step 0 (one batch)
+        assert set(base.lower) == {(start, s.ids) for s in scored} if start else not base.lower
         est.release()
+        assert not base.lower  # the kept states go with the adapters
     kept, whole = runs
+    assert kept[5] == 1 and whole[5] == 0  # the first of the two layers carries no adapters
     np.testing.assert_allclose(kept[0], whole[0], rtol=1e-5)  # every step's loss
     np.testing.assert_allclose(kept[1], whole[1], rtol=1e-5)  # every validation
     np.testing.assert_allclose(kept[2], whole[2], atol=1e-5)
-    np.testing.assert_allclose(kept[4], whole[4], atol=1e-6)
-    # the frozen first layer ran in the base pass only (7 held-out and 25 training answers: 3 batches of up to 16),
-    # not again in every step and validation
-    assert kept[3] == 3 and whole[3] == 3 + passes and passes >= 5
+    np.testing.assert_allclose(kept[4], whole[4], atol=1e-6)  # the answers scored after training
+    # the frozen first layer ran in the base passes only (8 answers to score: one batch of up to 16; then 7 held-out
+    # and 25 training answers: 3 batches), not again in every step, validation and scoring
+    assert kept[3] == 4 and whole[3] == 4 + passes + 1 and passes >= 5
 
 
 def test_lora_head_starts_from_a_fitted_probe(tiny_models):

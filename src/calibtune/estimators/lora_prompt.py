@@ -113,13 +113,15 @@ def query_logits(lm: LoadedModel, seqs: Sequence[QueryEncoded], token_ids: Seque
 
 
 def query_p_correct(lm: LoadedModel, seqs: Sequence[QueryEncoded], token_ids: Sequence[int],
-                    batch_size: int = 16, description: str | None = None, readout: int | None = None) -> np.ndarray:
-    """P(yes) for each sequence, batched, without gradients."""
+                    batch_size: int = 16, description: str | None = None, readout: int | None = None,
+                    start: int = 0, states: Sequence[torch.Tensor] | None = None) -> np.ndarray:
+    """P(yes) for each sequence, batched, without gradients; ``start`` and ``states`` as for ``final_hidden``."""
     check_lengths(lm, [len(s.ids) for s in seqs])
     out = np.zeros(len(seqs))
     with torch.inference_mode(), progress_bar(description or f"query {lm.name}", len(seqs)) as advance:
         for batch in length_batches([len(s.ids) for s in seqs], batch_size, None):
-            out[batch] = p_yes(query_logits(lm, [seqs[i] for i in batch], token_ids, readout))
+            entering = None if states is None else [states[i] for i in batch]
+            out[batch] = p_yes(query_logits(lm, [seqs[i] for i in batch], token_ids, readout, start, entering))
             advance(len(batch))
     return out
 
@@ -144,6 +146,8 @@ class LoraPromptEstimator:
     val_indices: np.ndarray | None = None
     val_weights: np.ndarray | None = None  # the held-out answers' weights in the validation figure
     val_logits: np.ndarray | None = None  # the kept adapters' logits of P(correct) on the held-out answers
+    _base: BaseReadings | None = field(default=None, repr=False)  # the base pass ``fit`` read, with its kept states
+    _start: int = 0  # the layer whose entering states ``_base`` keeps (0: none kept)
 
     @property
     def token_ids(self) -> tuple[int, ...]:
@@ -176,9 +180,9 @@ class LoraPromptEstimator:
         val_seqs, y_val = [seqs[i] for i in idx_val], y[idx_val]
         base = base if base is not None else BaseReadings()
         want_answers = cfg.kl_weight > 0 and base.fits(self.lm, train_seqs)
-        adapted = self.adapted_layers()
         # the frozen layers below the first adapter: read once by the base pass, not by every step and validation
-        start = adapted[0] if adapted and not parallel.sharded and base.lower_fits(self.lm, seqs) else 0
+        start = self.kept_states_start(base, seqs, parallel)
+        self._base, self._start = base, start
         val_two_way, _ = base.read(self.lm, val_seqs, tokens, answers=False, batch_size=cfg.batch_size * 2,
                                    readout=self.readout, start=start)
         _, base_cache = base.read(self.lm, train_seqs, tokens, answers=want_answers, batch_size=cfg.batch_size * 2,
@@ -200,7 +204,7 @@ class LoraPromptEstimator:
             return (losses * w.to(losses.device)).sum() / (w.sum() if total is None else total)
 
         score0 = held_out_score(cfg.keep, yes_logit(val_two_way), y_val, w_val)
-        self._peft = attach_lora(self.lm, cfg, self.seed, layers=adapted, parallel=parallel)
+        self._peft = attach_lora(self.lm, cfg, self.seed, layers=self.adapted_layers(), parallel=parallel)
         self.lm.model.train()
         params = [p for p in self._peft.parameters() if p.requires_grad]
         y_train = torch.from_numpy(y[idx_train])
@@ -253,8 +257,18 @@ class LoraPromptEstimator:
                               lengths=[len(s.ids) for s in train_seqs], parallel=parallel)
         self.val_logits = kept_held_out(self.log, validated, initial=yes_logit(val_two_way))
         base.drop_answers()  # the divergence's target is needed while training only
+        base.drop_states(seqs)
         self.lm.model.eval()
         return self
+
+    def kept_states_start(self, base: BaseReadings, seqs: Sequence[QueryEncoded],
+                          parallel: DataParallel = ONE_PROCESS) -> int:
+        """The first adapted layer when the base pass keeps the states entering it for ``seqs``, so that training,
+        validation and scoring start there (adapters on the upper layers only, unsharded, the states within
+        ``LOWER_STATES_BUDGET``); 0 when whole passes run. A caller reading sequences to be scored after training
+        through ``base`` before ``fit`` (the zero-shot query's) reads them with this start, to keep their states."""
+        adapted = self.adapted_layers()
+        return adapted[0] if adapted and not parallel.sharded and base.lower_fits(self.lm, seqs) else 0
 
     def adapted_layers(self) -> list[int] | None:
         """The layers that carry adapters (None: every layer): those below the read-out layer when there is one,
@@ -269,8 +283,11 @@ class LoraPromptEstimator:
         if self._peft is None:
             raise CalibtuneError("LoRA + Prompt is not fitted: call fit() or load() first")
         self.lm.model.eval()
+        # the frozen layers below the adapters are not run again for sequences whose states the base pass kept
+        states = self._base.kept_states(seqs, self._start) if self._base is not None and self._start else None
         return query_p_correct(self.lm, seqs, self.token_ids, self.config.batch_size * 2,
-                               f"predict LoRA + Prompt {self.lm.name}", self.readout)
+                               f"predict LoRA + Prompt {self.lm.name}", self.readout,
+                               self._start if states is not None else 0, states)
 
     def estimate(self, questions: Sequence[Question | str], answers: Sequence[str]) -> np.ndarray:
         """P(correct) of each proposed answer, asked with the prompt and separator the estimator recorded."""
@@ -325,6 +342,9 @@ class LoraPromptEstimator:
         if self._peft is not None:
             detach_lora(self._peft)
             self._peft = None
+        if self._base is not None:
+            self._base.drop_states()
+            self._base, self._start = None, 0
 
 
 @dataclass
@@ -377,6 +397,10 @@ class BaseReadings:
         """Each sequence's states entering layer ``start`` (``[tokens, hidden]``), kept by a ``read`` with it."""
         return [self.lower[(start, s.ids)] for s in seqs]
 
+    def kept_states(self, seqs: Sequence[QueryEncoded], start: int) -> list[torch.Tensor] | None:
+        """``states`` when every sequence's are kept, else None."""
+        return self.states(seqs, start) if all((start, s.ids) in self.lower for s in seqs) else None
+
     def _run(self, lm, seqs, keys, tokens, answers: bool, batch_size: int, readout: int | None, start: int) -> None:
         head = lm.model.get_output_embeddings()
         lm.model.eval()
@@ -422,10 +446,17 @@ class BaseReadings:
                 advance(len(batch))
 
     def drop_answers(self) -> None:
-        """Forget the answer-token outputs (large: a vocabulary per answer token) and the layers' states; keep the
-        (no, yes) logits."""
+        """Forget the answer-token outputs (large: a vocabulary per answer token); keep the (no, yes) logits."""
         self.answers.clear()
-        self.lower.clear()
+
+    def drop_states(self, seqs: Sequence[QueryEncoded] | None = None) -> None:
+        """Forget the kept layers' states of ``seqs`` (of every sequence by default)."""
+        if seqs is None:
+            self.lower.clear()
+            return
+        ids = {s.ids for s in seqs}
+        for key in [k for k in self.lower if k[1] in ids]:
+            del self.lower[key]
 
 
 def _answer_rows(seqs: Sequence[QueryEncoded]) -> int:

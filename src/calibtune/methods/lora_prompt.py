@@ -38,8 +38,10 @@ def train_cell(ctx: CellContext, readout: int | None, label: str) -> CellScores:
     if (readout is None and ctx.pending("zero_shot")
             and (zero_shot.query, zero_shot.options) == (settings.query, settings.options)):
         # the zero-shot query of this (E, T) is still to come and asks the same: one base-model pass reads both
+        # (the frozen layers' states of the evaluation answers too, when adapters sit on the upper layers only)
         zs_seqs, tokens = query_sequences(ctx, zero_shot)
-        readings.read(lm, zs_seqs, tokens, answers=False, batch_size=settings.batch_size * 2)
+        start = est.kept_states_start(readings, list(seqs) + zs_seqs, ctx.parallel)
+        readings.read(lm, zs_seqs, tokens, answers=False, batch_size=settings.batch_size * 2, start=start)
     scores = fit_and_score(ctx, est, seqs, y_train, eval_seqs, base=readings, groups=[q.dataset for q in train])
     log = est.log
     at = "" if readout is None else f"read out after layer {readout}, "
