@@ -383,9 +383,9 @@ def test_top_half_adapters_train_from_the_kept_lower_states_as_from_whole_passes
         runs.append((est.log.train_loss, [v for _, v in est.log.val_loss], est.val_logits, len(calls), p_scored,
                      start))
         passes = est.log.steps + len(est.log.val_loss) - 1  # each step, each validation after step 0 (one batch)
-        assert set(base.lower) == {(start, s.ids) for s in scored} if start else not base.lower
         est.release()
-        assert not base.lower  # the kept states go with the adapters
+        # the states stay with the readings for the next cell on this model (within the budget)
+        assert set(base.lower) == {(start, s.ids) for s in seqs} if start else not base.lower
     kept, whole = runs
     assert kept[5] == 1 and whole[5] == 0  # the first of the two layers carries no adapters
     np.testing.assert_allclose(kept[0], whole[0], rtol=1e-5)  # every step's loss
@@ -395,6 +395,38 @@ def test_top_half_adapters_train_from_the_kept_lower_states_as_from_whole_passes
     # the frozen first layer ran in the base passes only (8 answers to score: one batch of up to 16; then 7 held-out
     # and 25 training answers: 3 batches), not again in every step, validation and scoring
     assert kept[3] == 4 and whole[3] == 4 + passes + 1 and passes >= 5
+
+
+def test_base_readings_run_only_the_layers_below_for_answers_that_lack_only_their_states(tiny_models, monkeypatch):
+    from calibtune.estimators import lora_prompt
+
+    lm = load_model(str(tiny_models["llama"]), dtype="float32")
+    prompts, answers, _ = separable_toy(8)
+    seqs = encode_queries(lm.tokenizer, prompts, answers, DEFAULT_QUERY)
+    tokens = option_token_ids(lm.tokenizer, DEFAULT_QUERY, (" no", " yes"))
+    base = lora_prompt.BaseReadings()
+    before, _ = base.read(lm, seqs, tokens, answers=False)  # the zero-shot query's read: no states
+    layers = lm.model.get_decoder().layers
+    calls = {0: [], 1: []}
+    hooks = [layers[k].register_forward_hook(lambda m, a, o, k=k: calls[k].append(1)) for k in (0, 1)]
+    after, _ = base.read(lm, seqs, tokens, answers=False, start=1)
+    for hook in hooks:
+        hook.remove()
+    assert (len(calls[0]), len(calls[1])) == (1, 0)  # one batch through the first layer only
+    assert torch.equal(after, before)
+    fresh = lora_prompt.BaseReadings()
+    fresh.read(lm, seqs, tokens, answers=False, start=1)
+    for kept, whole in zip(base.states(seqs, 1), fresh.states(seqs, 1)):
+        torch.testing.assert_close(kept, whole, atol=1e-6, rtol=1e-6)
+    # room for more states: beside the kept ones while they fit, else in place of them
+    per_token = lm.model.get_input_embeddings().weight.shape[1] * 4
+    held, half = sum(len(s.ids) for s in seqs) * per_token, sum(len(s.ids) for s in seqs[:4]) * per_token
+    others = encode_queries(lm.tokenizer, [p + " again" for p in prompts[:4]], answers[:4], DEFAULT_QUERY)
+    extra = sum(len(s.ids) for s in others) * per_token
+    assert base.make_room(lm, seqs[:4] + others, 1, budget=held + extra) and len(base.lower) == 8
+    assert base.make_room(lm, seqs[:4] + others, 1, budget=half + extra) and not base.lower  # forgotten: now fit
+    fresh.read(lm, seqs, tokens, answers=False, start=1)
+    assert not fresh.make_room(lm, seqs, 1, budget=held - 1) and not fresh.lower
 
 
 def test_lora_head_starts_from_a_fitted_probe(tiny_models):

@@ -58,7 +58,8 @@ from calibtune.records import Question
 # when they fit in this many bytes; otherwise each step recomputes them with the adapter disabled.
 BASE_LOGITS_BUDGET = 4 * 2**30
 # With adapters on the upper layers only, the states entering the first adapted layer are read once by the base
-# pass and kept when they fit in this many bytes, so training and validation run only the layers from there on.
+# pass and kept, up to this many bytes per estimator model (across its cells), so training, validation and
+# scoring run only the layers from there on.
 LOWER_STATES_BUDGET = 2 * 2**30
 
 
@@ -257,7 +258,6 @@ class LoraPromptEstimator:
                               lengths=[len(s.ids) for s in train_seqs], parallel=parallel)
         self.val_logits = kept_held_out(self.log, validated, initial=yes_logit(val_two_way))
         base.drop_answers()  # the divergence's target is needed while training only
-        base.drop_states(seqs)
         self.lm.model.eval()
         return self
 
@@ -268,7 +268,7 @@ class LoraPromptEstimator:
         ``LOWER_STATES_BUDGET``); 0 when whole passes run. A caller reading sequences to be scored after training
         through ``base`` before ``fit`` (the zero-shot query's) reads them with this start, to keep their states."""
         adapted = self.adapted_layers()
-        return adapted[0] if adapted and not parallel.sharded and base.lower_fits(self.lm, seqs) else 0
+        return adapted[0] if adapted and not parallel.sharded and base.make_room(self.lm, seqs, adapted[0]) else 0
 
     def adapted_layers(self) -> list[int] | None:
         """The layers that carry adapters (None: every layer): those below the read-out layer when there is one,
@@ -342,9 +342,7 @@ class LoraPromptEstimator:
         if self._peft is not None:
             detach_lora(self._peft)
             self._peft = None
-        if self._base is not None:
-            self._base.drop_states()
-            self._base, self._start = None, 0
+        self._base, self._start = None, 0  # kept states stay with the readings, for the next cell on this model
 
 
 @dataclass
@@ -353,7 +351,8 @@ class BaseReadings:
     the (no, yes) logits at the end (the zero-shot query's P(correct), the untrained model's validation
     loss) and the raw LM-head outputs at the answer tokens (LoRA + Prompt's divergence target); when asked, the
     states entering a layer (what adapters on the layers from there on start from: the frozen layers below
-    are then run once per sequence).
+    are then run once per sequence, for training, validation and scoring; the states stay for the next cell on
+    the same model, within ``LOWER_STATES_BUDGET``, see ``make_room``).
 
     All come from one pass over "prompt + answer + query", the answer positions being causal and so
     unaffected by the query after them. Keyed by the sequence and the option tokens (the states by the sequence
@@ -370,11 +369,20 @@ class BaseReadings:
         head = lm.model.get_output_embeddings()
         return _answer_rows(seqs) * head.weight.shape[0] * head.weight.element_size() <= budget
 
-    def lower_fits(self, lm: LoadedModel, seqs: Sequence[QueryEncoded], budget: int | None = None) -> bool:
-        """Whether one layer's states of every token of ``seqs`` fit in ``LOWER_STATES_BUDGET`` bytes."""
+    def make_room(self, lm: LoadedModel, seqs: Sequence[QueryEncoded], start: int, budget: int | None = None) -> bool:
+        """Whether the states entering layer ``start`` of ``seqs`` can be kept beside those kept already, within
+        ``LOWER_STATES_BUDGET`` bytes; when they cannot, every kept state is forgotten first (another cell's: the
+        blocks they are views of are freed whole) and the answer is whether ``seqs``' own fit."""
         budget = LOWER_STATES_BUDGET if budget is None else budget
         embeddings = lm.model.get_input_embeddings().weight
-        return sum(len(s.ids) for s in seqs) * embeddings.shape[1] * embeddings.element_size() <= budget
+        per_token = embeddings.shape[1] * embeddings.element_size()
+        wanted = {(start, s.ids) for s in seqs}
+        new = sum(len(ids) for _, ids in wanted - self.lower.keys()) * per_token
+        held = sum(len(ids) for _, ids in self.lower) * per_token
+        if new + held <= budget:
+            return True
+        self.lower.clear()
+        return sum(len(ids) for _, ids in wanted) * per_token <= budget
 
     def read(self, lm: LoadedModel, seqs: Sequence[QueryEncoded], token_ids: Sequence[int], answers: bool,
              batch_size: int = 16, readout: int | None = None,
@@ -382,14 +390,16 @@ class BaseReadings:
         """(no, yes) logits ``[n, 2]`` (fp32) and, with ``answers``, each sequence's answer-token LM-head outputs,
         read after the last layer or after ``readout`` layers; with ``start`` > 0 the states entering layer
         ``start`` are kept too (``states``). Only sequences not read before (or read without what is wanted now)
-        are run."""
+        are run, and those that lack only their states run only the layers below ``start``."""
         tokens = tuple(token_ids)
         keys = [(tokens, readout, s.ids) for s in seqs]
-        todo = [i for i, (k, s) in enumerate(zip(keys, seqs)) if k not in self.two_way or
-                (answers and k not in self.answers) or (start and (start, s.ids) not in self.lower)]
-        if todo:
-            self._run(lm, [seqs[i] for i in todo], [keys[i] for i in todo], tokens, answers, batch_size, readout,
-                      start)
+        whole = [i for i, k in enumerate(keys) if k not in self.two_way or (answers and k not in self.answers)]
+        lower_only = sorted(set(i for i, s in enumerate(seqs) if start and (start, s.ids) not in self.lower)
+                            - set(whole))
+        for todo, upper in ((whole, True), (lower_only, False)):
+            if todo:
+                self._run(lm, [seqs[i] for i in todo], [keys[i] for i in todo], tokens, answers, batch_size, readout,
+                          start, upper)
         two_way = torch.stack([self.two_way[k] for k in keys]) if keys else torch.zeros(0, 2)
         return two_way, [self.answers[k] for k in keys] if answers else None
 
@@ -401,7 +411,10 @@ class BaseReadings:
         """``states`` when every sequence's are kept, else None."""
         return self.states(seqs, start) if all((start, s.ids) in self.lower for s in seqs) else None
 
-    def _run(self, lm, seqs, keys, tokens, answers: bool, batch_size: int, readout: int | None, start: int) -> None:
+    def _run(self, lm, seqs, keys, tokens, answers: bool, batch_size: int, readout: int | None, start: int,
+             upper: bool = True) -> None:
+        """Read ``seqs``: the states entering layer ``start`` (when above 0) and, when ``upper``, the layers from
+        there on (the (no, yes) logits, and with ``answers`` the answer-token outputs)."""
         head = lm.model.get_output_embeddings()
         lm.model.eval()
         width = lm.model.get_input_embeddings().weight.shape[1]
@@ -412,7 +425,7 @@ class BaseReadings:
         # thousands of separate 0.2-4 MB copies after they were dropped, while one block is returned whole
         # (resident memory falls by its size at the end of a fit; the study's peak did not change: README).
         block = (torch.empty(_answer_rows(seqs), head.weight.shape[0], dtype=head.weight.dtype, device=lm.device)
-                 if answers else None)
+                 if answers and upper else None)
         filled = 0
         with torch.no_grad(), progress_bar(f"base model {lm.name}", len(seqs)) as advance:
             for batch in length_batches([len(s.ids) for s in seqs], batch_size, None):
@@ -429,6 +442,9 @@ class BaseReadings:
                         stored += len(item.ids)
                         states.append(into)
                         self.lower[(start, item.ids)] = into
+                if not upper:
+                    advance(len(batch))
+                    continue
                 hidden = final_hidden(lm, ids, mask, readout, start, states)
                 logits = two_way_logits(lm.model, hidden[torch.arange(len(items)), last], tokens)
                 outputs = None
@@ -449,14 +465,6 @@ class BaseReadings:
         """Forget the answer-token outputs (large: a vocabulary per answer token); keep the (no, yes) logits."""
         self.answers.clear()
 
-    def drop_states(self, seqs: Sequence[QueryEncoded] | None = None) -> None:
-        """Forget the kept layers' states of ``seqs`` (of every sequence by default)."""
-        if seqs is None:
-            self.lower.clear()
-            return
-        ids = {s.ids for s in seqs}
-        for key in [k for k in self.lower if k[1] in ids]:
-            del self.lower[key]
 
 
 def _answer_rows(seqs: Sequence[QueryEncoded]) -> int:
