@@ -475,3 +475,17 @@ def test_the_paper_mix_takes_an_equal_share_of_every_set_without_the_evaluation_
     assert counts["copa"] == 60 and all(counts[d] == 200 for d in PAPER_MIX if d != "copa")  # copa holds 100
     assert not {q.id for q in inputs.train} & {q.id for q in inputs.eval}
     assert [q.id for q in study_questions(cfg).train] == [q.id for q in inputs.train]  # seeded
+
+
+def test_the_model_pool_says_which_model_it_lets_go(tiny_models):
+    """A study forgets what E's cells left for each other (kept states on E's device) when the pool lets E go."""
+    from calibtune.study import ModelPool
+
+    released = []
+    pool = ModelPool("float32", "cpu", {}, on_release=released.append)
+    llama, gemma = str(tiny_models["llama"]), str(tiny_models["gemma"])
+    first = pool.get(llama)
+    assert pool.get(llama) is first and released == []  # held: not loaded again, not let go
+    pool.get(gemma)
+    pool.get(llama)
+    assert released == [llama, gemma]

@@ -63,7 +63,11 @@ class Study:
         inputs = study_questions(cfg, self.quick)
         self.log(f"{ranks.tag()}{len(inputs.train)} training and {len(inputs.eval)} evaluation questions, "
                  f"{len(cfg.models)} models")
-        rt = Runtime(self.store, self.log, ModelPool(cfg.dtype, cfg.device, self.timings), self.timings, ranks)
+        # what one cell's passes over E leave for another (its row); it goes when the pool lets E go (its tensors
+        # live on E's device, and a row of another model has no use for them)
+        shared: dict[str, dict] = {e: {} for e in cfg.models}
+        pool = ModelPool(cfg.dtype, cfg.device, self.timings, on_release=lambda e: shared.get(e, {}).clear())
+        rt = Runtime(self.store, self.log, pool, self.timings, ranks)
         grader = _Lazy(lambda: _study_grader(cfg))
         answers = {t: graded_answers(rt, cfg, inputs, t, grader() if cfg.task == "open_ended" else None)
                    for t in cfg.models}
@@ -75,7 +79,6 @@ class Study:
             for lazy in features.values():  # every process takes part in every features stage, in one order
                 lazy()
         slugs = model_slugs(cfg.models)
-        shared: dict[str, dict] = {e: {} for e in cfg.models}  # what one cell's passes over E leave for another
 
         def pending(name: str, e: str, t: str, part: StudyInputs) -> bool:
             return name in cfg.methods and not self.store.has(
@@ -154,10 +157,13 @@ def plan_cells(config: StudyConfig) -> Iterator[tuple[Method, str, str]]:
 
 class ModelPool:
     """Loads models on first use and keeps the last one (one resident model: 7B models are large); a model whose
-    weights a cell sharded over its group (FSDP) is loaded again."""
+    weights a cell sharded over its group (FSDP) is loaded again. ``on_release(name)`` is called when a model is
+    let go for another."""
 
-    def __init__(self, dtype: str, device: str, timings: dict[str, float]):
+    def __init__(self, dtype: str, device: str, timings: dict[str, float],
+                 on_release: Callable[[str], None] | None = None):
         self.dtype, self.device, self.timings = dtype, device, timings
+        self.on_release = on_release
         self._name: str | None = None
         self._model: LoadedModel | None = None
 
@@ -165,6 +171,8 @@ class ModelPool:
         """The model ``name``, loaded now unless it is the one held."""
         if self._name != name or (self._model is not None and is_spent(self._model.model)):
             self._model = None  # let the previous model go before the next one loads
+            if self.on_release is not None and self._name not in (None, name):
+                self.on_release(self._name)
             start = time.perf_counter()
             self._model = load_model(name, dtype=self.dtype, device=self.device)
             self._name = name

@@ -58,8 +58,8 @@ from calibtune.records import Question
 # when they fit in this many bytes; otherwise each step recomputes them with the adapter disabled.
 BASE_LOGITS_BUDGET = 4 * 2**30
 # With adapters on the upper layers only, the states entering the first adapted layer are read once by the base
-# pass and kept, up to this many bytes per estimator model (across its cells), so training, validation and
-# scoring run only the layers from there on.
+# pass and kept, up to this many bytes per estimator model (across its cells, until a study lets the model go),
+# so training, validation and scoring run only the layers from there on.
 LOWER_STATES_BUDGET = 2 * 2**30
 
 
