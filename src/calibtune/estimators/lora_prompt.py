@@ -466,7 +466,6 @@ class BaseReadings:
         self.answers.clear()
 
 
-
 def _answer_rows(seqs: Sequence[QueryEncoded]) -> int:
     """How many positions of ``seqs`` predict an answer token (``_answer_positions``' length)."""
     return sum(max(0, s.answer[1] - max(s.answer[0], 1)) for s in seqs)

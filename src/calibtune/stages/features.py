@@ -80,9 +80,8 @@ def put_option_features(rt: Runtime, stage: FeaturesStage, config: StudyConfig, 
 def features_from_options(rt: Runtime, stage: FeaturesStage, config: StudyConfig, questions: Sequence[Question],
                           answers: Mapping[str, Answer]) -> np.ndarray | None:
     """The features of ``answers`` to ``questions`` taken from the stored states at every option (None when
-    those are not stored, or an answer is not one of its question's options as they were read)."""
-    if config.task != "multiple_choice" or stage.token != "last":
-        return None
+    those are not stored, or an answer is not one of its question's options as they were read). Only a cloze
+    answering pass stores them, and only at the last token: the stage's settings are in the key."""
     key = option_features_key(stage, config, questions)
     if not rt.store.has(OPTION_FEATURES, key):
         return None
