@@ -2,7 +2,7 @@
 noisy from run to run on a shared machine: compare within a run).
 
     .venv/bin/python benchmarks/lora_step.py [--models smollm2-135m gemma3-270m] [--answers 300] [--steps 60]
-                                             [--repeats 2] [--compare dropout | lower_states]
+                                             [--repeats 2] [--compare dropout | lower_states | optimizer]
 
 For each model: a seeded sample of its graded training answers from the artifact store (run the default study
 first), LoRA + Prompt with the default study's settings for ``--steps`` steps, alternating the two ways,
@@ -11,7 +11,9 @@ first), LoRA + Prompt with the default study's settings for ``--steps`` steps, a
   ``nn.Dropout`` (peft's default);
 - ``lower_states``: adapters on the top half (``layers: top_half``), validating every 20 steps, with the states
   entering the first adapted layer kept from the base pass (what calibtune does) against whole passes in every
-  step and validation (``LOWER_STATES_BUDGET`` 0).
+  step and validation (``LOWER_STATES_BUDGET`` 0);
+- ``optimizer``: AdamW's multi-tensor (``foreach``) step, which the Probe asks for, against its per-tensor loop
+  (torch's default on the CPU, which the adapters keep: no measured difference; README, "Performance").
 Prints seconds per step (the training loop's own step time) and the seconds spent validating.
 """
 
@@ -21,6 +23,7 @@ import argparse
 import random
 
 import numpy as np
+import torch
 
 import calibtune.estimators.adapters as adapters
 import calibtune.estimators.lora_prompt as lora_prompt
@@ -42,7 +45,7 @@ def main() -> None:
     parser.add_argument("--answers", type=int, default=300)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--compare", choices=["dropout", "lower_states"], default="dropout")
+    parser.add_argument("--compare", choices=["dropout", "lower_states", "optimizer"], default="dropout")
     args = parser.parse_args()
     cfg = load_config(None)
     rt = Runtime(ArtifactStore(cache_dir() / "store"), print, ModelPool(cfg.dtype, cfg.device, {}), {})
@@ -54,6 +57,9 @@ def main() -> None:
     if args.compare == "lower_states":
         settings = settings.model_copy(update={"layers": "top_half", "eval_every": 20})
         ways = ("kept lower states", "whole passes")
+    adam = torch.optim.AdamW
+    if args.compare == "optimizer":
+        ways = ("foreach AdamW", "per-tensor AdamW")
     for name in args.models:
         answers = graded_answers(rt, cfg, inputs, name, None)
         train = random.Random(0).sample(list(inputs.train), args.answers)
@@ -69,12 +75,16 @@ def main() -> None:
             for variant in times:
                 adapters.use_bit_dropout = bit_dropout if variant != "torch dropout" else (lambda model: None)
                 lora_prompt.LOWER_STATES_BUDGET = 0 if variant == "whole passes" else lower_budget
+                foreach = variant == "foreach AdamW"
+                torch.optim.AdamW = adam if args.compare != "optimizer" else (
+                    lambda *a, foreach=foreach, **k: adam(*a, **{**k, "foreach": foreach}))
                 est = LoraPromptEstimator(lm, settings).fit(seqs, labels)
                 est.release()
                 times[variant].append(est.log.step_seconds / est.log.steps)
                 validating[variant].append(est.log.seconds - est.log.step_seconds)
         adapters.use_bit_dropout = bit_dropout
         lora_prompt.LOWER_STATES_BUDGET = lower_budget
+        torch.optim.AdamW = adam
         mean_tokens = np.mean([len(s.ids) for s in seqs])
         for variant, values in times.items():
             print(f"{name}: {variant}: {', '.join(f'{v:.3f}' for v in values)} s per step, validating "

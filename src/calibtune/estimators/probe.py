@@ -204,8 +204,10 @@ class ProbeEstimator(ClassifierMixin, BaseEstimator):
             masks.append(torch.Generator())  # dropout: the global generator's state after this head's initialisation
             masks[-1].set_state(torch.get_rng_state())
             orders.append(torch.Generator().manual_seed(seed))
+        # foreach: one call per step for every head's tensors, not a Python loop over 4 per head (torch picks it
+        # only on CUDA by itself); the same updates bit for bit, 1.1-1.2x faster fits (benchmarks/probe_fit.py)
         opt = torch.optim.AdamW([p for head in heads for p in head.parameters()], lr=cfg.learning_rate,
-                                weight_decay=cfg.weight_decay)
+                                weight_decay=cfg.weight_decay, foreach=True)
         n = len(heads)
         best_loss, best_state, best_epoch, since = [float("inf")] * n, [None] * n, [0] * n, [0] * n
         active = list(range(n))
