@@ -52,6 +52,23 @@ def test_default_config_loads():
     assert {"probe", "option_confidence"} <= set(cfg.methods)
 
 
+def test_the_default_study_evaluates_held_out_questions_drawn_like_its_training_mix():
+    """Temperature scaling is fitted on held-out training answers, so it calibrates an evaluation set only when
+    that set is drawn like the training set: the default's evaluation questions are disjoint from its training
+    questions and come from the same sets in the same shares (within 5 points)."""
+    from collections import Counter
+
+    from calibtune.questions import study_questions
+
+    inputs = study_questions(load_config(None))
+    assert not {q.id for q in inputs.train} & {q.id for q in inputs.eval}
+    assert (len(inputs.train), len(inputs.eval)) == (1970, 1330)
+    train, held_out = Counter(q.dataset for q in inputs.train), Counter(q.dataset for q in inputs.eval)
+    assert set(train) == set(held_out) == {"arc_easy", "sciq", "openbookqa", "commonsense_qa"}
+    for dataset in train:
+        assert abs(train[dataset] / len(inputs.train) - held_out[dataset] / len(inputs.eval)) < 0.05, dataset
+
+
 @pytest.mark.parametrize("body, message", [
     ("models: [a]\ntrain: [{dataset: x}]\neval: [{dataset: y}]\nseeed: 1\n",
      "unknown key 'seeed' (did you mean 'seed'?)"),
