@@ -9,7 +9,8 @@ LoRA + Prompt settings over the default study's (e.g. ``{"learning_rate": 0.001,
 ``"readout_layer": "auto"`` trains the mid-layer read-out; ``"seed": 1`` changes only the estimator's seed: its
 validation split, adapter initialisation and batch order). For each variant it prints and appends one
 JSON line: the settings, the evaluation AUROC with its 95% bootstrap interval and its paired difference
-from the Probe's on the same answers (1,000 paired resamples, seeded as the study's), ECE, the validation-loss
+from the Probe's on the same answers (1,000 paired resamples, seeded as the study's), ECE before and after the
+temperature scaling the study does (fitted on the kept adapters' held-out P(correct)), the validation-loss
 curve, the step kept and the training time. With ``--trace`` it also scores the evaluation answers at every
 validation (and at step 0), so the line says how the estimator's AUROC moves along the training trajectory
 and which step other selection rules (the held-out answers' AUROC, or their loss after Platt scaling) would
@@ -31,8 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
+from calibtune import metrics
 from calibtune.bootstrap import bootstrap_intervals, paired_bootstrap
 from calibtune.bundled import cache_dir
+from calibtune.calibration import TemperatureScaler
 from calibtune.config import load_config
 from calibtune.estimator_settings import LoraPromptConfig
 from calibtune.estimators.lora_prompt import LoraPromptEstimator, encode_queries
@@ -108,7 +111,11 @@ def main() -> None:
         p = est.predict_proba(eval_seqs)
         est.release()
         diff = paired_bootstrap(p, p_probe, y_eval, ["auroc"], n_resamples=1000, seed=cfg.seed)["auroc"]
+        # the study's temperature scaling: fitted on the kept adapters' P(correct) of the held-out training answers
+        p_held = 1.0 / (1.0 + np.exp(-est.val_logits))
+        scaler = TemperatureScaler.fit(p_held, y_train[est.val_indices])
         extra = {"fit_s": round(fit_s), "steps": est.log.steps, "best_step": est.log.best_step,
+                 "ece_ts": round(metrics.ece(scaler.transform(p), y_eval), 4),
                  "auroc_minus_probe": [round(v, 4) for v in diff],
                  "val_loss": [(s, round(v, 4)) for s, v in est.log.val_loss]}
         if args.trace:
@@ -126,8 +133,6 @@ def traced(est: LoraPromptEstimator, seqs, y_train: np.ndarray, eval_seqs, y_eva
     the held-out answers. The held-out answers' logits are caught from the validation pass itself."""
     from scipy.special import expit
 
-    from calibtune import metrics
-    from calibtune.calibration import TemperatureScaler
     from calibtune.estimators import lora_prompt
     from calibtune.estimators.adapters import held_out_score
     from calibtune.estimators.query import yes_logit
