@@ -29,6 +29,7 @@ from calibtune.answer import ClozeSettings, answer_multiple_choice
 from calibtune.calibration import TemperatureScaler
 from calibtune.data import load_questions
 from calibtune.estimators import load_estimator
+from calibtune.graders import grade_answers
 from calibtune.metrics import auroc, ece
 from calibtune.models import load_model
 
@@ -56,9 +57,9 @@ def main() -> None:
     lms = {m: load_model(m, dtype=config["dtype"], device=config["device"]) for m in models}
     answers, labels = {}, {}
     for t in models:
-        chosen = answer_multiple_choice(lms[t], questions, settings)
+        chosen = grade_answers(answer_multiple_choice(lms[t], questions, settings), questions)
         answers[t] = [a.text for a in chosen]
-        labels[t] = np.array([int(a.choice == q.gold) for a, q in zip(chosen, questions)])
+        labels[t] = np.array([a.label for a in chosen])
     print(f"{len(questions)} more questions ({', '.join(args.extra)}); accuracy "
           + ", ".join(f"{t} {labels[t].mean():.3f}" for t in models))
     print("| method | model | trained on | AUROC (run) | ECE after TS (run) | AUROC (with more) | "

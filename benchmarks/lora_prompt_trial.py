@@ -31,6 +31,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
+from scipy.special import expit
 
 from calibtune import metrics
 from calibtune.bootstrap import bootstrap_intervals, paired_bootstrap
@@ -112,8 +113,7 @@ def main() -> None:
         est.release()
         diff = paired_bootstrap(p, p_probe, y_eval, ["auroc"], n_resamples=1000, seed=cfg.seed)["auroc"]
         # the study's temperature scaling: fitted on the kept adapters' P(correct) of the held-out training answers
-        p_held = 1.0 / (1.0 + np.exp(-est.val_logits))
-        scaler = TemperatureScaler.fit(p_held, y_train[est.val_indices])
+        scaler = TemperatureScaler.fit(expit(est.val_logits), y_train[est.val_indices])
         extra = {"fit_s": round(fit_s), "steps": est.log.steps, "best_step": est.log.best_step,
                  "ece_ts": round(metrics.ece(scaler.transform(p), y_eval), 4),
                  "auroc_minus_probe": [round(v, 4) for v in diff],
@@ -131,8 +131,6 @@ def traced(est: LoraPromptEstimator, seqs, y_train: np.ndarray, eval_seqs, y_eva
     ``keep`` rule (their loss, their loss after Platt scaling fitted on them, their AUROC: each as training computes
     it, whatever rule this run keeps by), and the evaluation answers' AUROC and ECE after the temperature fitted on
     the held-out answers. The held-out answers' logits are caught from the validation pass itself."""
-    from scipy.special import expit
-
     from calibtune.estimators import lora_prompt
     from calibtune.estimators.adapters import held_out_score
     from calibtune.estimators.query import yes_logit
