@@ -59,9 +59,14 @@ class PlattScaler:
     @classmethod
     def fit(cls, p: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> PlattScaler:
         """The unpenalised logistic regression of y on logit(p), each answer weighted by ``weights`` if given."""
+        return cls.fit_logits(_logit(p), y, weights)
+
+    @classmethod
+    def fit_logits(cls, z: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> PlattScaler:
+        """As ``fit``, from the logits themselves (no clipping of P(correct) near 0 or 1)."""
         from sklearn.linear_model import LogisticRegression
 
-        z, y = _logit(p), np.asarray(y)
+        z, y = np.asarray(z, dtype=np.float64), np.asarray(y)
         if len(z) == 0 or len(np.unique(y)) < 2:
             return cls()
         fitted = LogisticRegression(C=np.inf).fit(z[:, None], y, sample_weight=weights)
@@ -69,7 +74,11 @@ class PlattScaler:
 
     def transform(self, p: np.ndarray) -> np.ndarray:
         """Recalibrated probabilities."""
-        return 1.0 / (1.0 + np.exp(-(self.slope * _logit(p) + self.bias)))
+        return 1.0 / (1.0 + np.exp(-self.transform_logit(_logit(p))))
+
+    def transform_logit(self, z: np.ndarray) -> np.ndarray:
+        """Recalibrated logits."""
+        return self.slope * np.asarray(z, dtype=np.float64) + self.bias
 
 
 def cross_fitted(p: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0) -> np.ndarray:

@@ -74,6 +74,11 @@ class LoraPromptConfig(AdapterConfig):
     options: tuple[str, str] = DEFAULT_OPTIONS
     kl_weight: float = Field(1.0, ge=0)
     divergence: Literal["js", "forward_kl", "reverse_kl"] = "js"
+    recalibrate: Literal["none", "platt"] = Field(
+        "none", description="platt: P(correct) is the query's, mapped by a Platt scaling (slope and bias on its "
+        "logit) fitted on the held-out answers at the kept step, as keep: calibrated_loss scores them; the slope and "
+        "bias are saved with the adapters. The query's logit comes out of training with an offset that moves from "
+        "step to step and that a temperature cannot undo. none: the query's own P(correct), as the paper")
 
 
 class ProbeConfig(Settings):

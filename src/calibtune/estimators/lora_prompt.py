@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.special import expit
 
+from calibtune.calibration import PlattScaler
 from calibtune.distributed import ONE_PROCESS, DataParallel
 from calibtune.errors import CalibtuneError, first_line
 from calibtune.estimator_settings import LoraPromptConfig
@@ -38,7 +40,7 @@ from calibtune.estimators.adapters import (
 )
 from calibtune.estimators.base import check_estimator_model
 from calibtune.estimators.divergence import DIVERGENCES, divergence
-from calibtune.estimators.query import option_token_ids, p_yes, two_way_logits, yes_logit
+from calibtune.estimators.query import option_token_ids, two_way_logits, yes_logit
 from calibtune.estimators.splits import balanced_weights, validation_split
 from calibtune.forward import (
     check_lengths,
@@ -113,18 +115,26 @@ def query_logits(lm: LoadedModel, seqs: Sequence[QueryEncoded], token_ids: Seque
     return two_way_logits(lm.model, hidden[torch.arange(len(seqs)), last], token_ids)
 
 
-def query_p_correct(lm: LoadedModel, seqs: Sequence[QueryEncoded], token_ids: Sequence[int],
-                    batch_size: int = 16, description: str | None = None, readout: int | None = None,
-                    start: int = 0, states: Sequence[torch.Tensor] | None = None) -> np.ndarray:
-    """P(yes) for each sequence, batched, without gradients; ``start`` and ``states`` as for ``final_hidden``."""
+def query_yes_logits(lm: LoadedModel, seqs: Sequence[QueryEncoded], token_ids: Sequence[int],
+                     batch_size: int = 16, description: str | None = None, readout: int | None = None,
+                     start: int = 0, states: Sequence[torch.Tensor] | None = None) -> np.ndarray:
+    """The logit of P(yes) (``yes_logit``) for each sequence, batched, without gradients; ``start`` and
+    ``states`` as for ``final_hidden``."""
     check_lengths(lm, [len(s.ids) for s in seqs])
     out = np.zeros(len(seqs))
     with torch.inference_mode(), progress_bar(description or f"query {lm.name}", len(seqs)) as advance:
         for batch in length_batches([len(s.ids) for s in seqs], batch_size, None):
             entering = None if states is None else [states[i] for i in batch]
-            out[batch] = p_yes(query_logits(lm, [seqs[i] for i in batch], token_ids, readout, start, entering))
+            out[batch] = yes_logit(query_logits(lm, [seqs[i] for i in batch], token_ids, readout, start, entering))
             advance(len(batch))
     return out
+
+
+def query_p_correct(lm: LoadedModel, seqs: Sequence[QueryEncoded], token_ids: Sequence[int],
+                    batch_size: int = 16, description: str | None = None, readout: int | None = None,
+                    start: int = 0, states: Sequence[torch.Tensor] | None = None) -> np.ndarray:
+    """P(yes) for each sequence (renormalised over no/yes), as ``query_yes_logits``."""
+    return expit(query_yes_logits(lm, seqs, token_ids, batch_size, description, readout, start, states))
 
 
 @dataclass
@@ -147,6 +157,8 @@ class LoraPromptEstimator:
     val_indices: np.ndarray | None = None
     val_weights: np.ndarray | None = None  # the held-out answers' weights in the validation figure
     val_logits: np.ndarray | None = None  # the kept adapters' logits of P(correct) on the held-out answers
+    # with ``recalibrate: platt``, the map from the query's logit to P(correct)'s (fitted on the held-out answers)
+    recalibration: PlattScaler | None = None
     _base: BaseReadings | None = field(default=None, repr=False)  # the base pass ``fit`` read, with its kept states
     _start: int = 0  # the layer whose entering states ``_base`` keeps (0: none kept)
 
@@ -237,7 +249,7 @@ class LoraPromptEstimator:
 
         validated: list[np.ndarray] = []
 
-        def val_score() -> float:
+        def held_out_logits() -> np.ndarray:
             self.lm.model.eval()
             mine = parallel.share(np.arange(len(val_seqs)))
             z = np.zeros(len(mine))
@@ -248,7 +260,10 @@ class LoraPromptEstimator:
                                           states)
                     z[batch] = yes_logit(logits)
             self.lm.model.train()
-            validated.append(parallel.gather(mine, z, len(val_seqs)))
+            return parallel.gather(mine, z, len(val_seqs))
+
+        def val_score() -> float:
+            validated.append(held_out_logits())
             return held_out_score(cfg.keep, validated[-1], y_val, w_val)
 
         self.log = train_loop(params, len(train_seqs), step_loss, val_score, lambda: lora_state(self._peft),
@@ -257,6 +272,11 @@ class LoraPromptEstimator:
                               f"{self.meta.get('trained_on', '?')}", checkpoint, initial_val_loss=score0,
                               lengths=[len(s.ids) for s in train_seqs], parallel=parallel)
         self.val_logits = kept_held_out(self.log, validated, initial=yes_logit(val_two_way))
+        if cfg.recalibrate == "platt":
+            if self.val_logits is None:  # kept before a resume: its validation is not in memory
+                self.val_logits = held_out_logits()
+            self.recalibration = fit_recalibration(self.val_logits, y_val, w_val)
+            self.val_logits = self.recalibration.transform_logit(self.val_logits)
         base.drop_answers()  # the divergence's target is needed while training only
         self.lm.model.eval()
         return self
@@ -285,9 +305,10 @@ class LoraPromptEstimator:
         self.lm.model.eval()
         # the frozen layers below the adapters are not run again for sequences whose states the base pass kept
         states = self._base.kept_states(seqs, self._start) if self._base is not None and self._start else None
-        return query_p_correct(self.lm, seqs, self.token_ids, self.config.batch_size * 2,
-                               f"predict LoRA + Prompt {self.lm.name}", self.readout,
-                               self._start if states is not None else 0, states)
+        z = query_yes_logits(self.lm, seqs, self.token_ids, self.config.batch_size * 2,
+                             f"predict LoRA + Prompt {self.lm.name}", self.readout,
+                             self._start if states is not None else 0, states)
+        return expit(z if self.recalibration is None else self.recalibration.transform_logit(z))
 
     def estimate(self, questions: Sequence[Question | str], answers: Sequence[str]) -> np.ndarray:
         """P(correct) of each proposed answer, asked with the prompt and separator the estimator recorded."""
@@ -302,6 +323,7 @@ class LoraPromptEstimator:
         """Every setting and outcome, for the saved JSON."""
         return {"method": "lora_prompt", "config": self.config.model_dump(mode="json"), "seed": self.seed,
                 "readout_layer": self.readout,
+                "recalibration": None if self.recalibration is None else asdict(self.recalibration),
                 "target_modules": target_modules(self.lm, self.config), "token_ids": list(self.token_ids),
                 "train_log": asdict(self.log) if self.log else None, **self.meta}
 
@@ -326,8 +348,15 @@ class LoraPromptEstimator:
             raise CalibtuneError(f"cannot load LoRA + Prompt from {folder}: {first_line(exc)}") from exc
         check_estimator_model(info, lm, folder)
         meta = {k: v for k, v in info.items()
-                if k not in ("method", "config", "seed", "target_modules", "token_ids", "train_log", "readout_layer")}
+                if k not in ("method", "config", "seed", "target_modules", "token_ids", "train_log", "readout_layer",
+                             "recalibration")}
         est = cls(lm=lm, config=config, seed=seed, meta=meta, readout=info.get("readout_layer"))
+        if config.recalibrate != "none":
+            try:
+                est.recalibration = PlattScaler(**info["recalibration"])
+            except (KeyError, TypeError) as exc:
+                raise CalibtuneError(f"cannot load LoRA + Prompt from {folder}: recalibrate is "
+                                     f"{config.recalibrate} but its fitted slope and bias are missing") from exc
         if list(est.token_ids) != info["token_ids"]:
             raise CalibtuneError(f"{folder}: the query's option tokens differ for model '{lm.name}'")
         try:
@@ -343,6 +372,13 @@ class LoraPromptEstimator:
             detach_lora(self._peft)
             self._peft = None
         self._base, self._start = None, 0  # kept states stay with the readings, for the next cell on this model
+
+
+def fit_recalibration(logits: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> PlattScaler:
+    """The Platt scaling of the query's logit on the held-out answers (weighted as in training); the identity when
+    its slope is not positive, so that the map never reverses the ranking."""
+    fitted = PlattScaler.fit_logits(logits, labels, weights)
+    return fitted if fitted.slope > 0 else PlattScaler()
 
 
 @dataclass
