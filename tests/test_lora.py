@@ -698,3 +698,55 @@ def test_a_resumed_lora_prompt_keeps_the_held_out_scores_of_a_step_it_validated_
     np.testing.assert_allclose(expit(resumed.val_logits),
                                resumed.predict_proba([seqs[i] for i in resumed.val_indices]), atol=1e-6)
     resumed.release()
+
+
+def test_recalibrate_platt_maps_the_query_logit_by_the_held_out_logistic_regression(tiny_models, tmp_path):
+    """``recalibrate: platt`` trains as without it, then maps the query's logit by the unpenalised logistic
+    regression of the held-out labels on the kept step's held-out logits (checked against scikit-learn, fitted
+    here on the unmapped estimator's held-out answers); the map is saved and reloaded with the adapters."""
+    import json
+
+    from sklearn.linear_model import LogisticRegression
+
+    lm = load_model(str(tiny_models["llama"]), dtype="float32")
+    prompts, answers, labels = separable_toy(60)
+    seqs = encode_queries(lm.tokenizer, prompts, answers, DEFAULT_QUERY)
+    settings = dict(learning_rate=1e-2, batch_size=8, epochs=2, eval_every=3, patience=20, keep="calibrated_loss")
+    plain = LoraPromptEstimator(lm, LoraPromptConfig(**settings)).fit(seqs, labels)
+    raw_eval, raw_val = plain.predict_proba(seqs), plain.val_logits
+    plain.release()
+    est = LoraPromptEstimator(lm, LoraPromptConfig(**settings, recalibrate="platt")).fit(seqs, labels)
+    assert est.log.best_step == plain.log.best_step > 0
+    y_val = labels[est.val_indices]
+    reference = LogisticRegression(C=np.inf).fit(raw_val[:, None], y_val)
+    assert est.recalibration.slope == pytest.approx(reference.coef_[0, 0], rel=1e-4)
+    assert est.recalibration.bias == pytest.approx(reference.intercept_[0], abs=1e-4)
+    assert est.recalibration.slope != pytest.approx(1.0, abs=0.05)  # not the identity: the test can tell
+    mapped = est.predict_proba(seqs)
+    np.testing.assert_allclose(mapped, reference.predict_proba(np.log(raw_eval / (1 - raw_eval))[:, None])[:, 1],
+                               atol=1e-5)
+    # a logistic regression with an intercept matches the mean P(correct) to the rate of correct answers
+    assert expit(est.val_logits).mean() == pytest.approx(y_val.mean(), abs=1e-4)
+    est.save(tmp_path / "est")
+    est.release()
+    info = json.loads((tmp_path / "est" / "lora_prompt.json").read_text())
+    assert info["config"]["recalibrate"] == "platt" and set(info["recalibration"]) == {"slope", "bias"}
+    loaded = LoraPromptEstimator.load(tmp_path / "est", lm)
+    np.testing.assert_allclose(loaded.predict_proba(seqs), mapped, atol=1e-6)
+    loaded.release()
+    del info["recalibration"]
+    (tmp_path / "est" / "lora_prompt.json").write_text(json.dumps(info))
+    with pytest.raises(CalibtuneError, match="slope and bias are missing"):
+        LoraPromptEstimator.load(tmp_path / "est", lm)
+
+
+def test_the_recalibration_is_the_identity_when_it_would_reverse_the_ranking():
+    from calibtune.estimators.lora_prompt import fit_recalibration
+
+    z = np.linspace(-2, 2, 40)
+    y = (z < 0).astype(int)
+    y[[0, -1]] = 1 - y[[0, -1]]  # not separable, so the fit is finite
+    reversed_fit = fit_recalibration(z, y)
+    assert (reversed_fit.slope, reversed_fit.bias) == (1.0, 0.0)
+    fitted = fit_recalibration(z, 1 - y)
+    assert fitted.slope > 0 and fitted.transform_logit(np.array([0.0]))[0] == pytest.approx(fitted.bias)
