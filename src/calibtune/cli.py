@@ -112,6 +112,23 @@ def _markdown_metrics(metrics, paired: list[dict]) -> str:
     return text
 
 
+def _markdown_datasets(info: dict) -> str:
+    """Each cell on each evaluation dataset (accuracy, mean P(correct) and ECE after TS, AUROC), as Markdown
+    ('' when the evaluation set has one dataset)."""
+    from calibtune.compare import render_table
+    from calibtune.report.labels import method_label
+
+    def number(value) -> str:
+        return "n/a" if value is None or value != value else f"{value:.3f}"
+
+    rows = [[method_label(r["method"]), r["model"], r["trained_on"], r["dataset"], str(r["n"])]
+            + [number(r[m]) for m in ("accuracy", "mean_p_ts", "ece_ts", "auroc")] for r in info.get("datasets", [])]
+    if not rows:
+        return ""
+    return "\n\n" + render_table(["method", "model", "trained on", "dataset", "n", "accuracy",
+                                   "mean P after TS", "ECE after TS", "AUROC"], rows, True)
+
+
 def _markdown_data_scale(info: dict) -> str:
     """A data-scale run's AUROC and ECE at each size and its trend per doubling, as Markdown ('' otherwise)."""
     from calibtune.compare import render_table
@@ -340,7 +357,8 @@ def report(
     metrics = write_results(run_dir, cfg, pd.read_parquet(scores_path))
     if fmt == "markdown":
         info = json.loads((run_dir / "metrics.json").read_text())
-        typer.echo(_markdown_metrics(metrics, info.get("paired", [])) + _markdown_data_scale(info))
+        typer.echo(_markdown_metrics(metrics, info.get("paired", [])) + _markdown_datasets(info)
+                   + _markdown_data_scale(info))
     else:
         _print_metrics(metrics)
     typer.echo(f"rebuilt {run_dir / 'report.html'}")

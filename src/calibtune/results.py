@@ -19,7 +19,7 @@ from calibtune.bootstrap import bootstrap_table, paired_table, subject_breakdown
 from calibtune.calibration import cross_fitted
 from calibtune.config import StudyConfig
 from calibtune.methods import ANSWERER_METHODS, MATRIX_METHODS, METHODS
-from calibtune.metrics import metrics_table
+from calibtune.metrics import auroc, ece, metrics_table
 from calibtune.trend import trend_table
 
 KEYS = ["method", "model", "trained_on", "evaluated_on"]
@@ -102,11 +102,15 @@ def write_results(output: Path, config: StudyConfig, scores: pd.DataFrame, extra
                            metrics=["auroc", "ece", "brier", "aurc"]) for a, b in comparison_pairs(methods)]
     paired = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     subjects = _subjects(scores, settings.bins)
+    datasets = dataset_breakdown(scores, settings.bins)
+    (output / "datasets.csv").unlink(missing_ok=True)
+    if datasets is not None:
+        datasets.to_csv(output / "datasets.csv", index=False)
 
     previous = output / "metrics.json"
     if extra is None and previous.is_file():
         old = json.loads(previous.read_text())
-        extra = {k: v for k, v in old.items() if k not in ("cells", "paired", "subjects")}
+        extra = {k: v for k, v in old.items() if k not in ("cells", "paired", "subjects", "datasets")}
     extra = extra or {}
     records = json.loads(metrics.to_json(orient="records"))
     if "n_eval" in extra:
@@ -114,7 +118,8 @@ def write_results(output: Path, config: StudyConfig, scores: pd.DataFrame, extra
             record["n_left_out"] = int(extra["n_eval"]) - int(record["n"])
     payload = {"cells": records, **extra, "bootstrap": settings.model_dump(),
                "paired": json.loads(paired.to_json(orient="records")),
-               "subjects": json.loads(subjects.to_json(orient="records")) if subjects is not None else []}
+               "subjects": json.loads(subjects.to_json(orient="records")) if subjects is not None else [],
+               "datasets": json.loads(datasets.to_json(orient="records")) if datasets is not None else []}
     if scale is not None:
         payload["data_scale"] = json.loads(scale.to_json(orient="records"))
         payload["data_scale_trend"] = json.loads(trend.to_json(orient="records"))
@@ -142,6 +147,28 @@ def write_results(output: Path, config: StudyConfig, scores: pd.DataFrame, extra
         plot_subject_auroc(subjects, output / "subjects_auroc.png", config.models)
     write_report(output)
     return metrics
+
+
+def dataset_breakdown(scores: pd.DataFrame, n_bins: int) -> pd.DataFrame | None:
+    """Each cell on each of its evaluation datasets, when the evaluation set has two or more: the number of
+    answers, the accuracy, the mean P(correct) and ECE after the cell's temperature scaling (one temperature for
+    every dataset, fitted on held-out training answers; before it where the scores have none) and AUROC (NaN
+    for a dataset whose answers are all right or all wrong).
+
+    Temperature scaling can match the mean P(correct) to the accuracy only on a set drawn like the held-out
+    answers it was fitted on; a dataset whose accuracy differs from the mix's shows what it cannot undo, and
+    whether an estimator tells the datasets' accuracies apart."""
+    if "dataset" not in scores or scores.dataset.nunique() < 2:
+        return None
+    column = "p_correct_ts" if "p_correct_ts" in scores else "p_correct"
+    rows = []
+    for keys, part in scores.groupby(KEYS + ["dataset"], sort=True):
+        p, y = part[column].to_numpy(dtype=float), part.label.to_numpy()
+        defined = len(np.unique(y)) == 2
+        rows.append({**dict(zip(KEYS + ["dataset"], keys)), "n": len(part), "accuracy": float(y.mean()),
+                     "mean_p_ts": float(p.mean()), "ece_ts": ece(p, y, n_bins),
+                     "auroc": auroc(part.p_correct, y) if defined else float("nan")})
+    return pd.DataFrame(rows)
 
 
 def data_scale_metrics(scores: pd.DataFrame, config: StudyConfig) -> pd.DataFrame:

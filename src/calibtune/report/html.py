@@ -151,6 +151,27 @@ def _paired_table(paired: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _dataset_table(rows: list[dict]) -> str:
+    """Each cell on each evaluation dataset: answers, accuracy, mean P(correct) and ECE after TS, AUROC."""
+    headers = ["Method", "Model", "Trained on", "Dataset", "n", "Accuracy", "Mean P(correct) after TS",
+               "ECE after TS", "AUROC"]
+    lines = ["<table>", "<thead><tr>" + "".join(f"<th>{h}</th>" for h in headers) + "</tr></thead>", "<tbody>"]
+    for row in rows:
+        cells = [escape(method_label(row["method"])), escape(row["model"]), escape(row["trained_on"]),
+                 escape(row["dataset"])]
+        text = "".join(f"<td>{c}</td>" for c in cells) + f'<td class="num">{int(row["n"])}</td>'
+        text += "".join(f'<td class="num">{_fmt(_number(row[m]))}</td>'
+                        for m in ("accuracy", "mean_p_ts", "ece_ts", "auroc"))
+        lines.append(f"<tr>{text}</tr>")
+    lines += ["</tbody>", "</table>"]
+    return "\n".join(lines)
+
+
+def _number(value: object) -> float:
+    """A JSON number, or NaN for the null that JSON writes in its place."""
+    return float("nan") if value is None else float(value)
+
+
 def _data_scale_table(rows: list[dict]) -> str:
     """AUROC and ECE with intervals at each number of training answers."""
     headers = ["Method", "Model", "Trained on", "Training answers", "AUROC", "ECE"]
@@ -268,6 +289,12 @@ def write_report(run_dir: Path) -> Path:
                       "method gains on the Probe as the answers double). Intervals from one set of resampled "
                       "questions shared by every size and both methods.</p>",
                       _trend_table(info["data_scale_trend"])]
+    if info.get("datasets"):
+        parts += ["<h2>By evaluation dataset</h2>",
+                  '<p class="note">Each cell on each of its evaluation datasets, after the cell\'s one temperature '
+                  "(fitted on held-out training answers). Where a dataset's mean P(correct) misses its accuracy, "
+                  "the estimator does not tell that dataset's accuracy from the others'; no temperature can.</p>",
+                  f'<div class="wide">{_dataset_table(info["datasets"])}</div>']
     if info.get("paired"):
         parts += ["<h2>Paired differences</h2>",
                   '<p class="note">Paired bootstrap on the same questions; bold where the interval excludes 0.</p>',
