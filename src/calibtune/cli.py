@@ -118,11 +118,9 @@ def _markdown_datasets(info: dict) -> str:
     from calibtune.compare import render_table
     from calibtune.report.labels import method_label
 
-    def number(value) -> str:
-        return "n/a" if value is None or value != value else f"{value:.3f}"
-
     rows = [[method_label(r["method"]), r["model"], r["trained_on"], r["dataset"], str(r["n"])]
-            + [number(r[m]) for m in ("accuracy", "mean_p_ts", "ece_ts", "auroc")] for r in info.get("datasets", [])]
+            + [_value_with_interval(r, m) for m in ("accuracy", "mean_p_ts", "ece_ts", "auroc")]
+            for r in info.get("datasets", [])]
     if not rows:
         return ""
     return "\n\n" + render_table(["method", "model", "trained on", "dataset", "n", "accuracy",

@@ -19,7 +19,7 @@ from calibtune.bootstrap import bootstrap_table, paired_table, subject_breakdown
 from calibtune.calibration import cross_fitted
 from calibtune.config import StudyConfig
 from calibtune.methods import ANSWERER_METHODS, MATRIX_METHODS, METHODS
-from calibtune.metrics import auroc, ece, metrics_table
+from calibtune.metrics import metrics_table
 from calibtune.trend import trend_table
 
 KEYS = ["method", "model", "trained_on", "evaluated_on"]
@@ -160,15 +160,14 @@ def dataset_breakdown(scores: pd.DataFrame, n_bins: int) -> pd.DataFrame | None:
     whether an estimator tells the datasets' accuracies apart."""
     if "dataset" not in scores or scores.dataset.nunique() < 2:
         return None
-    column = "p_correct_ts" if "p_correct_ts" in scores else "p_correct"
-    rows = []
-    for keys, part in scores.groupby(KEYS + ["dataset"], sort=True):
-        p, y = part[column].to_numpy(dtype=float), part.label.to_numpy()
-        defined = len(np.unique(y)) == 2
-        rows.append({**dict(zip(KEYS + ["dataset"], keys)), "n": len(part), "accuracy": float(y.mean()),
-                     "mean_p_ts": float(p.mean()), "ece_ts": ece(p, y, n_bins),
-                     "auroc": auroc(part.p_correct, y) if defined else float("nan")})
-    return pd.DataFrame(rows)
+    # the per-subject breakdown with datasets as subjects; a cell's one temperature leaves its AUROC as it is
+    scaled = scores.assign(p_correct=scores["p_correct_ts" if "p_correct_ts" in scores else "p_correct"])
+    table = subject_breakdown(scaled, "dataset", n_bins)
+    table = table[table.row == "subject"].rename(columns={"subject": "dataset", "ece": "ece_ts"})
+    mean_p = scaled.groupby(KEYS + ["dataset"], as_index=False).p_correct.mean().rename(
+        columns={"p_correct": "mean_p_ts"})
+    return table.merge(mean_p, on=KEYS + ["dataset"])[KEYS + ["dataset", "n", "accuracy", "mean_p_ts", "ece_ts",
+                                                                "auroc"]].reset_index(drop=True)
 
 
 def data_scale_metrics(scores: pd.DataFrame, config: StudyConfig) -> pd.DataFrame:

@@ -151,54 +151,44 @@ def _paired_table(paired: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _dataset_table(rows: list[dict]) -> str:
-    """Each cell on each evaluation dataset: answers, accuracy, mean P(correct) and ECE after TS, AUROC."""
-    headers = ["Method", "Model", "Trained on", "Dataset", "n", "Accuracy", "Mean P(correct) after TS",
-               "ECE after TS", "AUROC"]
+def _table(headers: list[str], rows: list[tuple[list[str], list[str]]]) -> str:
+    """An HTML table; each row is its text cells, then its numeric (right-aligned) cells, escaped already."""
     lines = ["<table>", "<thead><tr>" + "".join(f"<th>{h}</th>" for h in headers) + "</tr></thead>", "<tbody>"]
-    for row in rows:
-        cells = [escape(method_label(row["method"])), escape(row["model"]), escape(row["trained_on"]),
-                 escape(row["dataset"])]
-        text = "".join(f"<td>{c}</td>" for c in cells) + f'<td class="num">{int(row["n"])}</td>'
-        text += "".join(f'<td class="num">{_fmt(_number(row[m]))}</td>'
-                        for m in ("accuracy", "mean_p_ts", "ece_ts", "auroc"))
-        lines.append(f"<tr>{text}</tr>")
+    for text, numeric in rows:
+        lines.append("<tr>" + "".join(f"<td>{c}</td>" for c in text)
+                     + "".join(f'<td class="num">{c}</td>' for c in numeric) + "</tr>")
     lines += ["</tbody>", "</table>"]
     return "\n".join(lines)
 
 
-def _number(value: object) -> float:
-    """A JSON number, or NaN for the null that JSON writes in its place."""
-    return float("nan") if value is None else float(value)
+def _cell_names(row: dict) -> list[str]:
+    return [escape(method_label(row["method"])), escape(row["model"]), escape(row["trained_on"])]
+
+
+def _dataset_table(rows: list[dict]) -> str:
+    """Each cell on each evaluation dataset: answers, accuracy, mean P(correct) and ECE after TS, AUROC."""
+    headers = ["Method", "Model", "Trained on", "Dataset", "n", "Accuracy", "Mean P(correct) after TS",
+               "ECE after TS", "AUROC"]
+    measures = ("accuracy", "mean_p_ts", "ece_ts", "auroc")
+    return _table(headers, [(_cell_names(row) + [escape(row["dataset"])],
+                             [str(int(row["n"]))] + [_fmt(row[m]) for m in measures]) for row in rows])
 
 
 def _data_scale_table(rows: list[dict]) -> str:
     """AUROC and ECE with intervals at each number of training answers."""
     headers = ["Method", "Model", "Trained on", "Training answers", "AUROC", "ECE"]
-    lines = ["<table>", "<thead><tr>" + "".join(f"<th>{h}</th>" for h in headers) + "</tr></thead>", "<tbody>"]
-    for row in sorted(rows, key=lambda r: (r["method"], r["model"], r["trained_on"], r["train_size"])):
-        cells = [escape(method_label(row["method"])), escape(row["model"]), escape(row["trained_on"])]
-        text = "".join(f"<td>{c}</td>" for c in cells) + f'<td class="num">{int(row["train_size"])}</td>'
-        text += "".join(f'<td class="num">{_with_interval(row, m)}</td>' for m in ("auroc", "ece"))
-        lines.append(f"<tr>{text}</tr>")
-    lines += ["</tbody>", "</table>"]
-    return "\n".join(lines)
+    ordered = sorted(rows, key=lambda r: (r["method"], r["model"], r["trained_on"], r["train_size"]))
+    return _table(headers, [(_cell_names(row), [str(int(row["train_size"]))]
+                             + [_with_interval(row, m) for m in ("auroc", "ece")]) for row in ordered])
 
 
 def _trend_table(rows: list[dict]) -> str:
     """AUROC per doubling of the training answers, and the gap to the Probe at both ends and per doubling."""
     headers = ["Method", "Model", "Trained on", "Training answers", "AUROC per doubling",
                "Gap to the Probe, fewest", "Gap to the Probe, most", "Gap per doubling"]
-    lines = ["<table>", "<thead><tr>" + "".join(f"<th>{h}</th>" for h in headers) + "</tr></thead>", "<tbody>"]
-    for row in rows:
-        cells = [escape(method_label(row["method"])), escape(row["model"]), escape(row["trained_on"]),
-                 escape(str(row["sizes"]).replace(" ", ", "))]
-        text = "".join(f"<td>{c}</td>" for c in cells)
-        text += "".join(f'<td class="num">{_with_interval(row, m)}</td>'
-                        for m in ("slope", "gap_first", "gap_last", "gap_slope"))
-        lines.append(f"<tr>{text}</tr>")
-    lines += ["</tbody>", "</table>"]
-    return "\n".join(lines)
+    return _table(headers, [(_cell_names(row) + [escape(str(row["sizes"]).replace(" ", ", "))],
+                             [_with_interval(row, m) for m in ("slope", "gap_first", "gap_last", "gap_slope")])
+                            for row in rows])
 
 
 def _read_json(path: Path) -> dict:
