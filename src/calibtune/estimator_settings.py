@@ -74,6 +74,11 @@ class LoraPromptConfig(AdapterConfig):
     options: tuple[str, str] = DEFAULT_OPTIONS
     kl_weight: float = Field(1.0, ge=0)
     divergence: Literal["js", "forward_kl", "reverse_kl"] = "js"
+    calibration_fraction: float = Field(
+        0.0, ge=0, lt=1, description="the share of the held-out answers kept apart from choosing the step: the "
+        "recalibration map and the study's temperature are fitted on these alone, after training. The step kept is "
+        "the one that looked best on the held-out answers, so on those same answers it looks better than on new "
+        "ones. 0: the same held-out answers choose the step and calibrate it")
     recalibrate: Literal["none", "platt"] = Field(
         "none", description="platt: P(correct) is the query's, mapped by a Platt scaling (slope and bias on its "
         "logit) fitted on the held-out answers at the kept step, as keep: calibrated_loss scores them; the slope and "

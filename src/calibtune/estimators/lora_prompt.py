@@ -186,11 +186,12 @@ class LoraPromptEstimator:
         if len(np.unique(y)) < 2:
             raise CalibtuneError(f"cannot train LoRA + Prompt: all {len(y)} training labels are one class")
         check_lengths(self.lm, [len(s.ids) for s in seqs])
-        idx_train, idx_val = validation_split(y, cfg.val_fraction, self.seed)
-        self.val_indices = idx_val
+        idx_train, idx_val, idx_cal = held_out_parts(y, cfg, self.seed)
+        self.val_indices = idx_cal if len(idx_cal) else idx_val
         tokens = self.token_ids
         train_seqs = [seqs[i] for i in idx_train]
         val_seqs, y_val = [seqs[i] for i in idx_val], y[idx_val]
+        cal_seqs = [seqs[i] for i in idx_cal]
         base = base if base is not None else BaseReadings()
         want_answers = cfg.kl_weight > 0 and base.fits(self.lm, train_seqs)
         # the frozen layers below the first adapter: read once by the base pass, not by every step and validation
@@ -200,6 +201,9 @@ class LoraPromptEstimator:
                                    readout=self.readout, start=start)
         _, base_cache = base.read(self.lm, train_seqs, tokens, answers=want_answers, batch_size=cfg.batch_size * 2,
                                   readout=self.readout, start=start)
+        if cal_seqs and start:  # their lower layers' states, for the pass after training
+            base.read(self.lm, cal_seqs, tokens, answers=False, batch_size=cfg.batch_size * 2, readout=self.readout,
+                      start=start)
         train_states = base.states(train_seqs, start) if start else None
         val_states = base.states(val_seqs, start) if start else None
         weights = torch.ones(len(y), dtype=torch.float32)
@@ -207,7 +211,7 @@ class LoraPromptEstimator:
             if groups is None:
                 raise CalibtuneError("balance: dataset needs each training answer's dataset")
             weights = torch.from_numpy(balanced_weights(y, groups)).float()
-        w_train, w_val = weights[idx_train], weights[idx_val].numpy()
+        w_train, w_val, w_cal = weights[idx_train], weights[idx_val].numpy(), weights[idx_cal].numpy()
         self.val_weights = w_val
 
         def weighted_ce(logits: torch.Tensor, target: torch.Tensor, w: torch.Tensor,
@@ -249,18 +253,19 @@ class LoraPromptEstimator:
 
         validated: list[np.ndarray] = []
 
-        def held_out_logits() -> np.ndarray:
+        def held_out_logits(scored: Sequence[QueryEncoded] = val_seqs,
+                            scored_states: list[torch.Tensor] | None = val_states) -> np.ndarray:
             self.lm.model.eval()
-            mine = parallel.share(np.arange(len(val_seqs)))
+            mine = parallel.share(np.arange(len(scored)))
             z = np.zeros(len(mine))
             with torch.no_grad():
-                for batch in length_batches([len(val_seqs[i].ids) for i in mine], cfg.batch_size * 2, None):
-                    states = None if val_states is None else [val_states[i] for i in mine[batch]]
-                    logits = query_logits(self.lm, [val_seqs[i] for i in mine[batch]], tokens, self.readout, start,
+                for batch in length_batches([len(scored[i].ids) for i in mine], cfg.batch_size * 2, None):
+                    states = None if scored_states is None else [scored_states[i] for i in mine[batch]]
+                    logits = query_logits(self.lm, [scored[i] for i in mine[batch]], tokens, self.readout, start,
                                           states)
                     z[batch] = yes_logit(logits)
             self.lm.model.train()
-            return parallel.gather(mine, z, len(val_seqs))
+            return parallel.gather(mine, z, len(scored))
 
         def val_score() -> float:
             validated.append(held_out_logits())
@@ -272,10 +277,13 @@ class LoraPromptEstimator:
                               f"{self.meta.get('trained_on', '?')}", checkpoint, initial_val_loss=score0,
                               lengths=[len(s.ids) for s in train_seqs], parallel=parallel)
         self.val_logits = kept_held_out(self.log, validated, initial=yes_logit(val_two_way))
+        y_cal, w_cal = (y[idx_cal], w_cal) if len(cal_seqs) else (y_val, w_val)
+        if len(cal_seqs):  # the answers kept apart from the step's choice calibrate it
+            self.val_logits = held_out_logits(cal_seqs, base.states(cal_seqs, start) if start else None)
         if cfg.recalibrate == "platt":
             if self.val_logits is None:  # kept before a resume: its validation is not in memory
                 self.val_logits = held_out_logits()
-            self.recalibration = fit_recalibration(self.val_logits, y_val, w_val)
+            self.recalibration = fit_recalibration(self.val_logits, y_cal, w_cal)
             self.val_logits = self.recalibration.transform_logit(self.val_logits)
         base.drop_answers()  # the divergence's target is needed while training only
         self.lm.model.eval()
@@ -372,6 +380,23 @@ class LoraPromptEstimator:
             detach_lora(self._peft)
             self._peft = None
         self._base, self._start = None, 0  # kept states stay with the readings, for the next cell on this model
+
+
+def held_out_parts(labels: np.ndarray, config: LoraPromptConfig, seed: int) -> tuple[np.ndarray, np.ndarray,
+                                                                                      np.ndarray]:
+    """The training answers' indices ``(trained on, choosing the step, calibrating it)``: ``val_fraction`` held
+    out (``validation_split``), and of those ``calibration_fraction`` kept apart to calibrate (stratified, seeded;
+    empty when 0)."""
+    idx_train, idx_val = validation_split(labels, config.val_fraction, seed)
+    if config.calibration_fraction == 0:
+        return idx_train, idx_val, idx_val[:0]
+    try:
+        choose, calibrate = validation_split(np.asarray(labels)[idx_val], config.calibration_fraction, seed)
+    except CalibtuneError as exc:
+        raise CalibtuneError(f"calibration_fraction {config.calibration_fraction:g} of the {len(idx_val)} held-out "
+                             "answers leaves a part without a right and a wrong answer; hold out more "
+                             "(val_fraction) or set calibration_fraction: 0") from exc
+    return idx_train, idx_val[choose], idx_val[calibrate]
 
 
 def fit_recalibration(logits: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> PlattScaler:
