@@ -5,12 +5,13 @@ scaling with and without the Platt map on the query's logit.
 
 For each saved LoRA + Prompt estimator of RUN (``RUN/estimators/<method>/<E>__on__<T>``) trained with
 ``recalibrate: platt``, it rebuilds the cell's held-out answers (T's graded training answers from the artifact
-store, split as training split them: ``validation_split`` with the run's seed), scores them with the kept
-adapters, and takes the query's own logit back out of the evaluation answers' P(correct) in ``scores.parquet`` by
-inverting the recorded map (slope > 0, so the inverse is exact up to float rounding). Then, per cell: the map, the
-temperature fitted on the held-out answers with and without it (the first should equal the run's), ECE after
-temperature scaling on the evaluation answers with and without it, and the mean P(correct) after it against the
-accuracy. AUROC is the same either way (the map is increasing). Run it with the store the run used.
+store, split as training split them: ``held_out_parts`` with the run's seed, the part the map was fitted on),
+scores them with the kept adapters, and takes the query's own logit back out of the evaluation answers' P(correct)
+in ``scores.parquet`` by inverting the recorded map (slope > 0, so the inverse is exact up to float rounding).
+Then, per cell: the map, the temperature fitted on the held-out answers with and without it (the first should equal
+the run's), ECE after temperature scaling on the evaluation answers with and without it, and the mean P(correct)
+after it against the accuracy. AUROC is the same either way (the map is increasing). Run it with the store the run
+used.
 """
 
 from __future__ import annotations
@@ -27,8 +28,7 @@ from calibtune.bundled import cache_dir
 from calibtune.calibration import TemperatureScaler
 from calibtune.config import load_config
 from calibtune.estimators import load_estimator
-from calibtune.estimators.lora_prompt import encode_queries, query_yes_logits
-from calibtune.estimators.splits import validation_split
+from calibtune.estimators.lora_prompt import encode_queries, held_out_parts, query_yes_logits
 from calibtune.metrics import auroc, ece
 from calibtune.models import load_model
 from calibtune.prompts import format_prompt
@@ -72,7 +72,8 @@ def main() -> None:
                 if settings.max_train_examples is not None and settings.max_train_examples < len(train):
                     raise SystemExit(f"{folder}: trained on a sample of the training answers; not rebuilt here")
                 y_train = np.array([answers[t][q.id].label for q in train])
-                _, val = validation_split(y_train, settings.val_fraction, cfg.seed)
+                _, choose, calibrate = held_out_parts(y_train, settings, cfg.seed)
+                val = calibrate if len(calibrate) else choose  # the answers the map was fitted on
                 seqs = encode_queries(lm.tokenizer, [format_prompt(train[i], cfg.prompt) for i in val],
                                       [cfg.option_prefix + answers[t][train[i].id].text for i in val], settings.query)
                 z_val = query_yes_logits(lm, seqs, est.token_ids, settings.batch_size * 2, f"held-out {e} on {t}",

@@ -750,3 +750,58 @@ def test_the_recalibration_is_the_identity_when_it_would_reverse_the_ranking():
     assert (reversed_fit.slope, reversed_fit.bias) == (1.0, 0.0)
     fitted = fit_recalibration(z, 1 - y)
     assert fitted.slope > 0 and fitted.transform_logit(np.array([0.0]))[0] == pytest.approx(fitted.bias)
+
+
+def test_calibration_fraction_chooses_the_step_on_one_part_and_calibrates_it_on_the_other(tiny_models):
+    """With ``calibration_fraction``, the held-out answers are split in two (stratified, disjoint, together the
+    ``validation_split`` held-out set): the step is chosen on one part (step 0's figure is the untrained model's
+    loss on that part alone), and the map is the unpenalised logistic regression of the other part's
+    labels on the kept adapters' logits (scikit-learn), which are the held-out answers the study calibrates on."""
+    from sklearn.linear_model import LogisticRegression
+
+    from calibtune.estimators.adapters import held_out_score
+    from calibtune.estimators.lora_prompt import held_out_parts, query_yes_logits
+    from calibtune.estimators.splits import validation_split
+
+    lm = load_model(str(tiny_models["llama"]), dtype="float32")
+    prompts, answers, labels = separable_toy(80)
+    flipped = np.random.default_rng(0).random(80) < 0.2  # so that no part is separable and each fit is finite
+    labels = np.where(flipped, 1 - labels, labels)
+    seqs = encode_queries(lm.tokenizer, prompts, answers, DEFAULT_QUERY)
+    cfg = LoraPromptConfig(learning_rate=1e-2, batch_size=8, epochs=2, eval_every=3, patience=20,
+                           recalibrate="platt", val_fraction=0.4, calibration_fraction=0.5)
+    train, choose, calibrate = held_out_parts(labels, cfg, seed=0)
+    np.testing.assert_array_equal(train, validation_split(labels, 0.4, 0)[0])
+    assert sorted(np.concatenate([choose, calibrate])) == sorted(validation_split(labels, 0.4, 0)[1])
+    assert len(calibrate) == 16 and not set(choose) & set(calibrate)
+    assert {0, 1} <= set(labels[choose]) and {0, 1} <= set(labels[calibrate])
+    assert len(held_out_parts(labels, cfg.model_copy(update={"calibration_fraction": 0.0}), 0)[2]) == 0
+
+    est = LoraPromptEstimator(lm, cfg)
+    untrained = query_yes_logits(lm, [seqs[i] for i in choose], est.token_ids)
+    est.fit(seqs, labels)
+    np.testing.assert_array_equal(est.val_indices, calibrate)
+    assert est.log.val_loss[0] == (0, pytest.approx(held_out_score("loss", untrained, labels[choose]), abs=1e-6))
+    assert est.log.best_step > 0
+    cal_seqs = [seqs[i] for i in calibrate]
+    mapped = est.predict_proba(cal_seqs)
+    np.testing.assert_allclose(expit(est.val_logits), mapped, atol=1e-6)
+    recalibration, est.recalibration = est.recalibration, None
+    raw = np.log(est.predict_proba(cal_seqs)) - np.log1p(-est.predict_proba(cal_seqs))
+    raw_choose = np.log(est.predict_proba([seqs[i] for i in choose])) - np.log1p(-est.predict_proba(
+        [seqs[i] for i in choose]))
+    est.release()
+    reference = LogisticRegression(C=np.inf).fit(raw[:, None], labels[calibrate])
+    assert recalibration.slope == pytest.approx(reference.coef_[0, 0], rel=1e-4)
+    assert recalibration.bias == pytest.approx(reference.intercept_[0], abs=1e-4)
+    on_choose = LogisticRegression(C=np.inf).fit(raw_choose[:, None], labels[choose])
+    assert recalibration.slope != pytest.approx(on_choose.coef_[0, 0], rel=0.05)  # the part matters: the test can tell
+
+
+def test_a_calibration_part_without_both_classes_is_a_one_line_error():
+    from calibtune.estimators.lora_prompt import held_out_parts
+
+    labels = np.array([1, 0] * 10)
+    cfg = LoraPromptConfig(val_fraction=0.2, calibration_fraction=0.25)  # 4 held out: a part of 1 cannot hold both
+    with pytest.raises(CalibtuneError, match="calibration_fraction 0.25 of the 4 held-out answers"):
+        held_out_parts(labels, cfg, 0)
