@@ -9,8 +9,11 @@ store, split as training split them: ``held_out_parts`` with the run's seed, the
 scores them with the kept adapters, and takes the query's own logit back out of the evaluation answers' P(correct)
 in ``scores.parquet`` by inverting the recorded map (slope > 0, so the inverse is exact up to float rounding).
 Then, per cell: the map, the temperature fitted on the held-out answers with and without it (the first should equal
-the run's), ECE after temperature scaling on the evaluation answers with and without it, and the mean P(correct)
-after it against the accuracy. AUROC is the same either way (the map is increasing). Run it with the store the run
+the run's), AUROC on the evaluation answers and on the held-out ones at the kept step, the slope a Platt scaling
+would take if fitted on the evaluation answers themselves (a diagnostic: in-sample), ECE after temperature scaling
+on the evaluation answers with the map, without it, and with a map that has one slope and a bias per dataset
+(fitted on the same held-out answers; ``dataset_bias_map``), and the mean P(correct) after temperature scaling
+against the accuracy. AUROC is the same with the map or without (it is increasing). Run it with the store the run
 used.
 """
 
@@ -25,7 +28,7 @@ import pandas as pd
 from scipy.special import expit, logit
 
 from calibtune.bundled import cache_dir
-from calibtune.calibration import TemperatureScaler
+from calibtune.calibration import PlattScaler, TemperatureScaler
 from calibtune.config import load_config
 from calibtune.estimators import load_estimator
 from calibtune.estimators.lora_prompt import encode_queries, held_out_parts, query_yes_logits
@@ -52,8 +55,10 @@ def main() -> None:
     answers = {t: graded_answers(rt, cfg, inputs, t, None) for t in cfg.models}
     lms: dict = {}
     print("| method | model | trained on | slope | bias | temperature (run) | temperature: recalibrated / raw | "
-          "AUROC | ECE after TS: recalibrated / raw query | mean P after TS: recalibrated / raw | accuracy |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "AUROC: evaluation / held-out | slope refitted on the evaluation answers | "
+          "ECE after TS: recalibrated / raw query / a bias per dataset | mean P after TS: recalibrated / raw | "
+          "accuracy |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for method in args.methods:
         for e in cfg.models:
             for t in cfg.models:
@@ -86,10 +91,37 @@ def main() -> None:
                 mapped = TemperatureScaler.fit(expit(a * z_val + b), y_val)
                 raw = TemperatureScaler.fit(expit(z_val), y_val)
                 p_mapped, p_raw = mapped.transform(p), raw.transform(expit(z_raw))
+                refit = PlattScaler.fit_logits(z_raw, y)
+                by_dataset = dataset_bias_map(z_val, y_val, [train[i].dataset for i in val])
+                by_dataset_val = by_dataset(z_val, [train[i].dataset for i in val])
+                p_by_dataset = TemperatureScaler.fit(by_dataset_val, y_val).transform(by_dataset(z_raw, cell.dataset))
                 print(f"| {method} | {e} | {t} | {a:.3f} | {b:+.3f} | {cell.temperature.iloc[0]:.3f} | "
-                      f"{mapped.temperature:.3f} / {raw.temperature:.3f} | {auroc(p, y):.3f} | "
-                      f"{ece(p_mapped, y):.3f} / {ece(p_raw, y):.3f} | {p_mapped.mean():.3f} / {p_raw.mean():.3f} | "
-                      f"{y.mean():.3f} |", flush=True)
+                      f"{mapped.temperature:.3f} / {raw.temperature:.3f} | {auroc(p, y):.3f} / "
+                      f"{auroc(expit(z_val), y_val):.3f} | {refit.slope:.3f} | {ece(p_mapped, y):.3f} / "
+                      f"{ece(p_raw, y):.3f} / {ece(p_by_dataset, y):.3f} | {p_mapped.mean():.3f} / "
+                      f"{p_raw.mean():.3f} | {y.mean():.3f} |", flush=True)
+
+
+def dataset_bias_map(z: np.ndarray, y: np.ndarray, datasets: list[str]):
+    """A Platt scaling with one slope and a bias per dataset (unpenalised logistic regression of ``y`` on the
+    logit and the dataset's indicator), fitted on the held-out answers; returns ``P(z, datasets)``. A dataset
+    the held-out answers lack gets the mean bias."""
+    from sklearn.linear_model import LogisticRegression
+
+    names = sorted(set(datasets))
+
+    def design(logits, sets) -> np.ndarray:
+        sets = np.asarray(list(sets))
+        return np.column_stack([logits] + [(sets == n).astype(float) for n in names])
+
+    coef = LogisticRegression(C=np.inf, fit_intercept=False).fit(design(z, datasets), y).coef_[0]
+
+    def apply(logits, sets) -> np.ndarray:
+        x = design(logits, sets)
+        unknown = x[:, 1:].sum(axis=1) == 0
+        return expit(x @ coef + unknown * coef[1:].mean())
+
+    return apply
 
 
 if __name__ == "__main__":
