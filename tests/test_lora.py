@@ -616,6 +616,27 @@ def test_keep_last_trains_the_whole_schedule_and_keeps_its_end(keep):
         assert not torch.equal(w.detach(), torch.zeros(3))
 
 
+@pytest.mark.parametrize(("stop_after", "stopped"), [(0.0, 4), (0.5, 12), (0.6, 16), (1.0, 24)])
+def test_stop_after_lets_early_stopping_end_training_only_past_that_share_of_the_steps(stop_after, stopped):
+    """A figure that only gets worse, 24 steps validated every 2 with patience 2: early stopping ends training at
+    the first validation at or past ``stop_after`` of the 24 steps (the fourth step without it); step 0 is kept
+    either way."""
+    from calibtune.estimator_settings import AdapterConfig
+    from calibtune.estimators.adapters import train_loop
+
+    data = torch.from_numpy(np.random.default_rng(0).normal(size=(32, 3))).float()
+    w = torch.nn.Parameter(torch.zeros(3))
+    figures = iter(range(100))
+    settings = AdapterConfig(learning_rate=0.1, batch_size=4, epochs=3, max_steps=24, eval_every=2, patience=2,
+                             warmup_fraction=0.0, stop_after=stop_after)
+    log = train_loop([w], 32, lambda batch: ((w - data[batch].mean(0)) ** 2).sum(), lambda: float(next(figures)),
+                     lambda: {"w": w.detach().clone()}, lambda s: w.data.copy_(s["w"]), settings, seed=0,
+                     description="toy")
+    assert (log.steps, log.best_step) == (stopped, 0)
+    assert [s for s, _ in log.val_loss] == list(range(0, stopped + 1, 2))
+    assert torch.equal(w.detach(), torch.zeros(3))
+
+
 @pytest.mark.parametrize("keep", ["auroc", "calibrated_loss"])
 def test_lora_prompt_validates_by_the_chosen_criterion(tiny_models, keep):
     """The step-0 figure is the untrained model's held-out answers scored by the criterion (computed here from

@@ -39,6 +39,9 @@ class AdapterConfig(Settings):
     schedule: Literal["cosine", "linear"] = Field("cosine", description="learning-rate decay after the warm-up")
     eval_every: int = Field(20, ge=1, description="steps between validations")
     patience: int = Field(4, ge=1, description="validations without improvement before stopping")
+    stop_after: float = Field(0.0, ge=0, le=1, description="early stopping may end training only once this share "
+                              "of the schedule's steps is done (0: at any validation); the step kept is still the "
+                              "best validated one, so the untrained adapters can still be kept")
     max_grad_norm: float = Field(1.0, gt=0)
     keep: Literal["loss", "calibrated_loss", "auroc", "last"] = Field(
         "loss", description="which validated step training keeps and early stopping watches, by the held-out "

@@ -344,7 +344,9 @@ def train_loop(
     ``step_loss(indices)`` returns the loss of one batch (with gradients); ``val_loss()`` the held-out figure
     that ``settings.keep`` names (``held_out_score``; lower is better). The first validation is at step 0,
     before any update (its figure is ``initial_val_loss`` when the caller already knows it), so when training
-    does not help, early stopping keeps the untrained state. With ``keep: last`` nothing stops early and the
+    does not help, early stopping keeps the untrained state; it ends training at the first validation that finds
+    ``settings.patience`` validations without improvement, once ``settings.stop_after`` of the steps are done (a
+    flat start, noisy under warm-up, then does not end training). With ``keep: last`` nothing stops early and the
     last step is kept (validations are still run and logged). With ``lengths`` (of the training sequences), each
     epoch's shuffled order is grouped by length (``epoch_order``), so a batch pads little. With
     ``checkpoint``, the whole training state
@@ -437,7 +439,7 @@ def train_loop(
                     best_state = get_state() if averaged is None else averaged
                 else:
                     since += 1
-                    if since >= settings.patience:
+                    if since >= settings.patience and step >= settings.stop_after * total:
                         break
                 if checkpoint is not None and step < total and (parallel.leader or parallel.sharded):
                     save_checkpoint(checkpoint, get_state(), best_state, opt, sched, rng,
