@@ -100,9 +100,9 @@ def test_changing_any_setting_of_a_method_changes_its_cells_and_no_others():
             moved = {m for m in METHODS if after[m] != before[m]}
             assert moved == {name}, (name, field_name, moved)
             checked += 1
-    # probe 10, its last-layer twin 9 (its layer is fixed), LoRA 24, LoRA + Prompt 25 and its read-out twin 26,
+    # probe 10, its last-layer twin 9 (its layer is fixed), LoRA 25, LoRA + Prompt 27 and its read-out twin 28,
     # zero-shot 2, verbalized 2, sampling 3
-    assert checked == 101
+    assert checked == 106
 
 
 @pytest.mark.parametrize("setting, value, expected", [
