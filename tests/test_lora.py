@@ -592,21 +592,28 @@ def test_held_out_scores_match_independent_computations():
         held_out_score("best", z, y)
 
 
-@pytest.mark.parametrize("keep", ["loss", "last"])
-def test_keep_last_trains_the_whole_schedule_and_keeps_its_end(keep):
-    """A validation figure that only gets worse: ``loss`` stops after ``patience`` validations and keeps step 0;
-    ``last`` runs every step and keeps the final weights."""
+def _train_on_a_worsening_figure(**settings):
+    """``train_loop`` on a toy quadratic (32 examples, batch 4, validated every 2 steps, patience 2) whose
+    validation figure only gets worse (0, 1, 2, ...); returns the log and the trained parameter."""
     from calibtune.estimator_settings import AdapterConfig
     from calibtune.estimators.adapters import train_loop
 
     data = torch.from_numpy(np.random.default_rng(0).normal(size=(32, 3))).float()
     w = torch.nn.Parameter(torch.zeros(3))
     figures = iter(range(100))
-    settings = AdapterConfig(learning_rate=0.1, batch_size=4, epochs=2, max_steps=12, eval_every=2, patience=2,
-                             warmup_fraction=0.0, keep=keep)
+    config = AdapterConfig(learning_rate=0.1, batch_size=4, eval_every=2, patience=2, warmup_fraction=0.0,
+                           **settings)
     log = train_loop([w], 32, lambda batch: ((w - data[batch].mean(0)) ** 2).sum(), lambda: float(next(figures)),
-                     lambda: {"w": w.detach().clone()}, lambda s: w.data.copy_(s["w"]), settings, seed=0,
+                     lambda: {"w": w.detach().clone()}, lambda s: w.data.copy_(s["w"]), config, seed=0,
                      description="toy")
+    return log, w
+
+
+@pytest.mark.parametrize("keep", ["loss", "last"])
+def test_keep_last_trains_the_whole_schedule_and_keeps_its_end(keep):
+    """A validation figure that only gets worse: ``loss`` stops after ``patience`` validations and keeps step 0;
+    ``last`` runs every step and keeps the final weights."""
+    log, w = _train_on_a_worsening_figure(epochs=2, max_steps=12, keep=keep)
     if keep == "loss":
         assert (log.steps, log.best_step) == (4, 0)
         assert torch.equal(w.detach(), torch.zeros(3))
@@ -621,17 +628,7 @@ def test_stop_after_lets_early_stopping_end_training_only_past_that_share_of_the
     """A figure that only gets worse, 24 steps validated every 2 with patience 2: early stopping ends training at
     the first validation at or past ``stop_after`` of the 24 steps (the fourth step without it); step 0 is kept
     either way."""
-    from calibtune.estimator_settings import AdapterConfig
-    from calibtune.estimators.adapters import train_loop
-
-    data = torch.from_numpy(np.random.default_rng(0).normal(size=(32, 3))).float()
-    w = torch.nn.Parameter(torch.zeros(3))
-    figures = iter(range(100))
-    settings = AdapterConfig(learning_rate=0.1, batch_size=4, epochs=3, max_steps=24, eval_every=2, patience=2,
-                             warmup_fraction=0.0, stop_after=stop_after)
-    log = train_loop([w], 32, lambda batch: ((w - data[batch].mean(0)) ** 2).sum(), lambda: float(next(figures)),
-                     lambda: {"w": w.detach().clone()}, lambda s: w.data.copy_(s["w"]), settings, seed=0,
-                     description="toy")
+    log, w = _train_on_a_worsening_figure(epochs=3, max_steps=24, stop_after=stop_after)
     assert (log.steps, log.best_step) == (stopped, 0)
     assert [s for s, _ in log.val_loss] == list(range(0, stopped + 1, 2))
     assert torch.equal(w.detach(), torch.zeros(3))

@@ -276,10 +276,12 @@ class LoraPromptEstimator:
                               f"train LoRA + Prompt {self.meta.get('estimator_model', self.lm.name)} on "
                               f"{self.meta.get('trained_on', '?')}", checkpoint, initial_val_loss=score0,
                               lengths=[len(s.ids) for s in train_seqs], parallel=parallel)
-        self.val_logits = kept_held_out(self.log, validated, initial=yes_logit(val_two_way))
-        y_cal, w_cal = (y[idx_cal], w_cal) if len(cal_seqs) else (y_val, w_val)
-        if len(cal_seqs):  # the answers kept apart from the step's choice calibrate it
+        if cal_seqs:  # the answers kept apart from the step's choice calibrate it
             self.val_logits = held_out_logits(cal_seqs, base.states(cal_seqs, start) if start else None)
+            y_cal = y[idx_cal]
+        else:
+            self.val_logits = kept_held_out(self.log, validated, initial=yes_logit(val_two_way))
+            y_cal, w_cal = y_val, w_val
         if cfg.recalibrate == "platt":
             if self.val_logits is None:  # kept before a resume: its validation is not in memory
                 self.val_logits = held_out_logits()
