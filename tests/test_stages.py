@@ -144,7 +144,7 @@ def test_only_a_method_that_may_leave_answers_out_may_return_nan():
                                              "evaluation answers, e.g. question q1"):
         score_rows(METHODS["probe"], "e", "t", questions, y, nan, True, print)
     cal_nan = CellScores(np.array([0.2, 0.3, 0.7, 0.4]), np.array([np.inf, 0.6]), np.array([0, 1]))
-    with pytest.raises(CalibtuneError, match="1 of 2 held-out answers"):
+    with pytest.raises(CalibtuneError, match="1 of 2 calibration answers"):
         score_rows(METHODS["zero_shot"], "e", "t", questions, y, cal_nan, True, print)
     logged: list[str] = []
     rows = score_rows(METHODS["verbalized"], "t", "t", questions, y, nan, True, logged.append)

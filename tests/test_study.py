@@ -489,3 +489,71 @@ def test_the_model_pool_says_which_model_it_lets_go(tiny_models):
     pool.get(gemma)
     pool.get(llama)
     assert released == [llama, gemma]
+
+
+def test_a_calibration_set_leaves_out_the_training_and_evaluation_questions_before_it_samples(tmp_path):
+    import random
+
+    from calibtune.config import StudyConfig
+    from calibtune.data import load_questions
+    from calibtune.errors import CalibtuneError
+    from calibtune.questions import study_questions
+
+    path = str(write_questions(tmp_path / "pool.jsonl", n=60))
+    cfg = StudyConfig.model_validate({"models": ["m"], "train": [{"dataset": path, "stop": 20}],
+                                      "eval": [{"dataset": path, "start": 20, "sample": 10}],
+                                      "calibrate": [{"dataset": path, "sample": 20}]})
+    inputs = study_questions(cfg)
+    taken = {q.id for q in inputs.train + inputs.eval}
+    left = [q for q in load_questions(path) if q.id not in taken]
+    assert len(left) == 30
+    expected = random.Random(f"0-{path}-None").sample(left, 20)
+    assert [q.id for q in inputs.calibrate] == [q.id for q in expected]
+    assert [q.id for q in inputs.all] == [q.id for q in inputs.train + inputs.eval + inputs.calibrate]
+    # nothing left to draw from is a one-line error naming the selection
+    cfg = StudyConfig.model_validate({**cfg.model_dump(), "calibrate": [{"dataset": path, "stop": 20}]})
+    with pytest.raises(CalibtuneError, match=r"selection .*pool.jsonl.* \[0:20\] holds no questions"):
+        study_questions(cfg)
+
+
+def test_a_calibration_set_fits_every_cells_temperature_and_changes_nothing_else(tmp_path, tiny_models,
+                                                                               study_files):
+    from calibtune.answer import option_confidence
+    from calibtune.calibration import TemperatureScaler
+    from calibtune.data import load_questions
+    from calibtune.estimators import load_estimator
+    from calibtune.records import answers_from_table
+
+    calibration = write_questions(tmp_path / "calibration.jsonl", n=30, options=3)
+    extra = "methods: [probe, zero_shot, option_confidence]\nzero_shot_calibration: 10\n"
+    runs = {}
+    for name, more in (("plain", ""), ("calibrated", f"calibrate: [{{dataset: '{calibration}'}}]\n")):
+        runs[name] = tmp_path / name
+        config = _config(tmp_path, tiny_models, *study_files, extra + more)
+        result = runner.invoke(app, ["run", config, "-o", str(runs[name])])
+        assert result.exit_code == 0, result.output
+    keys = ["method", "model", "trained_on", "question_id"]
+    plain = pd.read_parquet(runs["plain"] / "scores.parquet").sort_values(keys, ignore_index=True)
+    calibrated = pd.read_parquet(runs["calibrated"] / "scores.parquet").sort_values(keys, ignore_index=True)
+    # the same evaluation answers with the same P(correct): only the temperature moves
+    assert plain[keys].equals(calibrated[keys])
+    np.testing.assert_allclose(calibrated.p_correct, plain.p_correct, rtol=1e-6)
+    questions = load_questions(str(calibration))
+    temperatures = calibrated.groupby(["method", "model", "trained_on"]).temperature.first()
+    assert (temperatures != plain.groupby(["method", "model", "trained_on"]).temperature.first()).any()
+    name = {slug: str(tiny_models[slug]) for slug in ("llama", "gemma")}
+    for t in ("llama", "gemma"):
+        answers = {a.question_id: a for a in answers_from_table(
+            pd.read_parquet(runs["calibrated"] / "answers" / f"{t}.parquet"))}
+        y = np.array([answers[q.id].label for q in questions])
+        # option confidence: its temperature is fitted on the calibration answers' option confidence
+        p = np.array([option_confidence(answers[q.id], "mean") for q in questions])
+        fitted = TemperatureScaler.fit(p, y).temperature
+        assert temperatures["option_confidence", name[t], name[t]] == pytest.approx(fitted, rel=1e-6)
+        # the Probe: on its saved estimator's P(correct) of the calibration answers (the path `ask` takes)
+        for e in ("llama", "gemma"):
+            probe = load_estimator(runs["calibrated"] / "estimators" / "probe" / f"{e}__on__{t}",
+                                   dtype="float32")
+            p = probe.estimate(questions, [answers[q.id].text for q in questions])
+            fitted = TemperatureScaler.fit(p, y).temperature
+            assert temperatures["probe", name[e], name[t]] == pytest.approx(fitted, rel=1e-3)

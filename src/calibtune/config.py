@@ -123,6 +123,11 @@ class _StudySettings(_Strict):
     select: Literal["mean", "sum"] = "mean"
     train: list[Selection] = Field(min_length=1)
     eval: list[Selection] = Field(min_length=1)
+    calibrate: list[Selection] = Field(
+        default_factory=list, description="a calibration set: questions drawn like the evaluation set (leaving out "
+        "the training and evaluation questions before any sample), answered and scored by every cell like the "
+        "evaluation questions; every cell's temperature scaling is fitted on them. Empty: on each method's held-out "
+        "training answers")
     methods: list[str] = Field(default_factory=lambda: ["probe", "option_confidence"])
     heatmap: list[str] = Field(default_factory=lambda: ["probe", "lora_prompt"],
                                description="matrix methods drawn as heatmap panels (those that ran)")

@@ -197,7 +197,8 @@ def _cell_stages(config: StudyConfig, inputs: StudyInputs, infos: dict[str, Mode
                 if getattr(settings, "layers", "all") == "top_half":  # the layers below the adapters run once
                     trained -= trained // 2
                 step = training_flops(settings.batch_size * sequence_flops(info.shape, seq, trained))
-                reads = (len(inputs.eval) + train) * sequence_flops(info.shape, seq, depth)  # base pass, predictions
+                scored = len(inputs.eval) + len(inputs.calibrate) + train  # base pass, predictions
+                reads = scored * sequence_flops(info.shape, seq, depth)
                 stages.append(StagePlan(f"{method}{size}", e, f"{cells} cells, {steps} steps each",
                                         cells * (steps * step + reads), training=True, cells=cells))
             elif method == "zero_shot":
@@ -206,7 +207,8 @@ def _cell_stages(config: StudyConfig, inputs: StudyInputs, infos: dict[str, Mode
                     stages.append(StagePlan(f"{method}{size}", e, f"{cells} cells, from LoRA + Prompt's base pass",
                                             0.0))
                     continue
-                n = len(inputs.eval) + min(config.zero_shot_calibration, len(inputs.train))
+                n = len(inputs.eval) + (len(inputs.calibrate) if inputs.calibrate
+                                        else min(config.zero_shot_calibration, len(inputs.train)))
                 flops = cells * n * sequence_flops(info.shape, round(mean_len) + QUERY_TOKENS)
                 stages.append(StagePlan(f"{method}{size}", e, f"{cells} cells", flops))
     return stages
@@ -322,8 +324,9 @@ def dry_run(config: StudyConfig, quick: bool = False, processes: int = 1) -> str
     infos = {name: model_info(name) for name in config.models}
     stages = plan_stages(config, inputs, infos, quick)
     machine = machine_rate(config.dtype)
-    lines = [f"study {config.name}: {len(inputs.train)} training and {len(inputs.eval)} evaluation questions, "
-             f"{len(config.models)} models, methods {', '.join(config.methods)}"]
+    calibration = f", {len(inputs.calibrate)} calibration questions" if inputs.calibrate else ""
+    lines = [f"study {config.name}: {len(inputs.train)} training and {len(inputs.eval)} evaluation questions"
+             f"{calibration}, {len(config.models)} models, methods {', '.join(config.methods)}"]
     for name, info in infos.items():
         counted = "its tokenizer" if info.tokenizer is not None else f"{CHARS_PER_TOKEN} characters per token"
         lines.append(f"  {name}: {info.shape.layers} layers, hidden {info.shape.hidden}, "

@@ -35,11 +35,13 @@ def mix_questions(name: str, size: int | None, seed: int, exclude: set[str]) -> 
 
 
 def select_questions(selections: Sequence[Selection], seed: int, limit_per_set: int | None = None,
-                     require_choices: bool = False, exclude: set[str] = frozenset()) -> list[Question]:
+                     require_choices: bool = False, exclude: set[str] = frozenset(),
+                     exclude_everywhere: bool = False) -> list[Question]:
     """The questions a list of selections names, in order, with duplicates refused.
 
     ``require_choices`` refuses open-ended questions (a multiple choice study), naming the set at fault;
-    ``exclude`` names questions a mix must leave out (the evaluation questions).
+    ``exclude`` names questions a mix must leave out (the evaluation questions), and with
+    ``exclude_everywhere`` every selection, before its seeded sample (a calibration set).
     """
     out: list[Question] = []
     seen: set[str] = set()
@@ -52,6 +54,8 @@ def select_questions(selections: Sequence[Selection], seed: int, limit_per_set: 
         else:
             questions = load_questions(sel.dataset, split=sel.split, subjects=sel.subjects)
             chosen = questions[sel.start : sel.stop]
+            if exclude_everywhere:
+                chosen = [q for q in chosen if q.id not in exclude]
             if sel.sample is not None and sel.sample < len(chosen):
                 chosen = random.Random(f"{seed}-{sel.dataset}-{sel.split}").sample(chosen, sel.sample)
             if limit_per_set is not None:
@@ -72,16 +76,23 @@ def select_questions(selections: Sequence[Selection], seed: int, limit_per_set: 
 
 @dataclass
 class StudyInputs:
-    """The questions of a study, split into training and evaluation (and k-shot exemplars, if any)."""
+    """The questions of a study: training, evaluation, the k-shot exemplars (if any) and the calibration set
+    that every cell's temperature is fitted on (if any)."""
 
     train: list[Question]
     eval: list[Question]
     exemplars: list[Question] = field(default_factory=list)
+    calibrate: list[Question] = field(default_factory=list)
 
     @property
     def all(self) -> list[Question]:
-        """Training then evaluation questions."""
-        return self.train + self.eval
+        """Training, evaluation and calibration questions: every question a model answers."""
+        return self.train + self.eval + self.calibrate
+
+    def scored(self) -> StudyInputs:
+        """The inputs a cell's method sees: the calibration questions scored after the evaluation questions
+        (``eval``), so that every method scores them as it scores those."""
+        return StudyInputs(self.train, self.eval + self.calibrate, self.exemplars)
 
 
 def study_questions(config: StudyConfig, quick: bool = False) -> StudyInputs:
@@ -94,18 +105,20 @@ def study_questions(config: StudyConfig, quick: bool = False) -> StudyInputs:
     if overlap:
         raise CalibtuneError(f"{len(overlap)} evaluation questions are also in the training set, "
                              f"e.g. {sorted(overlap)[0]}: make the train and eval selections disjoint")
+    calibrate = select_questions(config.calibrate, config.seed, config.quick.eval_per_set if quick else None, mc,
+                                 exclude={q.id for q in train + evaluation}, exclude_everywhere=True)
     exemplars: list[Question] = []
     settings = config.open_ended
     if config.task == "open_ended" and settings.shots:
         exemplars = select_questions([settings.exemplars], config.seed)[: settings.shots]
-        used = {q.id for q in train + evaluation} & {q.id for q in exemplars}
+        used = {q.id for q in train + evaluation + calibrate} & {q.id for q in exemplars}
         if used:
             raise CalibtuneError(f"exemplar {sorted(used)[0]} is also a study question: make "
-                                 "open_ended.exemplars disjoint from train and eval")
+                                 "open_ended.exemplars disjoint from train, eval and calibrate")
         if len(exemplars) < settings.shots:
             raise CalibtuneError(f"open_ended.exemplars holds {len(exemplars)} questions, fewer than "
                                  f"shots: {settings.shots}")
-    return StudyInputs(train, evaluation, exemplars)
+    return StudyInputs(train, evaluation, exemplars, calibrate)
 
 
 def training_subsets(inputs: StudyInputs, sizes: Sequence[int | str] | None, seed: int,
@@ -120,4 +133,4 @@ def training_subsets(inputs: StudyInputs, sizes: Sequence[int | str] | None, see
     if quick:
         sizes = [max(8, len(shuffled) >> k) for k in reversed(range(len(sizes)))]
     counts = sorted({len(shuffled) if n == "all" else min(int(n), len(shuffled)) for n in sizes})
-    return [StudyInputs(shuffled[:n], inputs.eval, inputs.exemplars) for n in counts]
+    return [StudyInputs(shuffled[:n], inputs.eval, inputs.exemplars, inputs.calibrate) for n in counts]

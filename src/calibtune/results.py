@@ -152,11 +152,11 @@ def write_results(output: Path, config: StudyConfig, scores: pd.DataFrame, extra
 def dataset_breakdown(scores: pd.DataFrame, n_bins: int) -> pd.DataFrame | None:
     """Each cell on each of its evaluation datasets, when the evaluation set has two or more: the number of
     answers, the accuracy, the mean P(correct) and ECE after the cell's temperature scaling (one temperature for
-    every dataset, fitted on held-out training answers; before it where the scores have none) and AUROC (NaN
-    for a dataset whose answers are all right or all wrong).
+    every dataset, fitted on the study's calibration set or on held-out training answers; before it where the
+    scores have none) and AUROC (NaN for a dataset whose answers are all right or all wrong).
 
-    Temperature scaling can match the mean P(correct) to the accuracy only on a set drawn like the held-out
-    answers it was fitted on; a dataset whose accuracy differs from the mix's shows what it cannot undo, and
+    Temperature scaling can match the mean P(correct) to the accuracy only on a set drawn like the answers it
+    was fitted on; a dataset whose accuracy differs from the mix's shows what it cannot undo, and
     whether an estimator tells the datasets' accuracies apart."""
     if "dataset" not in scores or scores.dataset.nunique() < 2:
         return None

@@ -61,8 +61,9 @@ class Study:
         if ranks.main:
             (self.output / "config.yaml").write_text(dump_config(cfg))
         inputs = study_questions(cfg, self.quick)
-        self.log(f"{ranks.tag()}{len(inputs.train)} training and {len(inputs.eval)} evaluation questions, "
-                 f"{len(cfg.models)} models")
+        calibration = f", {len(inputs.calibrate)} calibration questions" if inputs.calibrate else ""
+        self.log(f"{ranks.tag()}{len(inputs.train)} training and {len(inputs.eval)} evaluation questions"
+                 f"{calibration}, {len(cfg.models)} models")
         # what one cell's passes over E leave for another (its row); it goes when the pool lets E go (its tensors
         # live on E's device, and a row of another model has no use for them)
         shared: dict[str, dict] = {e: {} for e in cfg.models}
@@ -202,8 +203,9 @@ def _study_grader(config: StudyConfig):
 
 def _facts(config: StudyConfig, answers: dict[str, dict[str, Answer]], inputs: StudyInputs) -> dict:
     """Study facts for metrics.json: each answering model's accuracy and the question counts."""
-    accuracy = {t: {"train": float(sum(a[q.id].label for q in inputs.train) / len(inputs.train)),
-                    "eval": float(sum(a[q.id].label for q in inputs.eval) / len(inputs.eval))}
+    parts = {"train": inputs.train, "eval": inputs.eval, "calibrate": inputs.calibrate}
+    accuracy = {t: {part: float(sum(a[q.id].label for q in questions) / len(questions))
+                    for part, questions in parts.items() if questions}
                 for t, a in answers.items()}
     return {"answer_accuracy": accuracy, "n_train": len(inputs.train), "n_eval": len(inputs.eval),
-            "task": config.task}
+            "n_calibrate": len(inputs.calibrate), "task": config.task}

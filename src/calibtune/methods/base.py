@@ -102,8 +102,11 @@ class CellContext:
         return np.array([self.answers[q.id].label for q in questions], dtype=np.int64)
 
     def calibration_sample(self) -> list[Question]:
-        """A seeded sample of training questions for the temperature of methods that hold none out."""
+        """A seeded sample of training questions for the temperature of methods that hold none out; none when
+        the study has a calibration set (every cell's temperature is fitted on that)."""
         cfg = self.study
+        if cfg.calibrate:
+            return []
         n_cal = min(cfg.zero_shot_calibration, len(self.inputs.train))
         if self.quick:
             n_cal = min(n_cal, cfg.quick.train_per_set)

@@ -201,6 +201,13 @@ def _read_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def _temperature_source(info: dict) -> str:
+    """What the run's temperatures were fitted on, as metrics.json records it."""
+    n = info.get("n_calibrate")
+    return f"the study's calibration set ({n} questions drawn like the evaluation set)" if n else \
+        "held-out training answers"
+
+
 def _level(info: dict) -> str:
     level = info.get("bootstrap", {}).get("level", 0.95)
     return f"{100 * level:g}%"
@@ -264,7 +271,7 @@ def write_report(run_dir: Path) -> Path:
               _paper_table(metrics),
               "<h2>Every method and cell</h2>",
               f'<p class="note">Brackets: {_level(info)} bootstrap intervals over the evaluation questions. '
-              "ECE after TS: after temperature scaling fitted on held-out training answers. ECE after Platt "
+              f"ECE after TS: after temperature scaling fitted on {_temperature_source(info)}. ECE after Platt "
               "(cross-fitted): after Platt scaling fitted, five folds, on the other evaluation answers of the cell "
               "(recalibration with graded answers of the evaluation's own distribution).</p>",
               f'<div class="wide">{_metrics_table(metrics)}</div>']
@@ -282,7 +289,7 @@ def write_report(run_dir: Path) -> Path:
     if info.get("datasets"):
         parts += ["<h2>By evaluation dataset</h2>",
                   '<p class="note">Each cell on each of its evaluation datasets, after the cell\'s one temperature '
-                  "(fitted on held-out training answers). Where a dataset's mean P(correct) misses its accuracy, "
+                  f"(fitted on {_temperature_source(info)}). Where a dataset's mean P(correct) misses its accuracy, "
                   "the estimator does not tell that dataset's accuracy from the others'; no temperature can.</p>",
                   f'<div class="wide">{_dataset_table(info["datasets"])}</div>']
     if info.get("paired"):

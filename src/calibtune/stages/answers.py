@@ -132,7 +132,10 @@ def graded_answers(rt: Runtime, config: StudyConfig, inputs: StudyInputs, model:
         rt.log(f"{model}: the grader could not decide {undecided} of {len(graded)} answers; they count as wrong")
     acc_train = np.mean([by_id[q.id].label for q in inputs.train])
     acc_eval = np.mean([by_id[q.id].label for q in inputs.eval])
-    rt.log(f"{model}: accuracy {acc_train:.3f} on training questions, {acc_eval:.3f} on evaluation questions")
+    acc_cal = (f", {np.mean([by_id[q.id].label for q in inputs.calibrate]):.3f} on calibration questions"
+               if inputs.calibrate else "")
+    rt.log(f"{model}: accuracy {acc_train:.3f} on training questions, {acc_eval:.3f} on evaluation questions"
+           f"{acc_cal}")
     return by_id
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -61,13 +61,17 @@ def cell_stage(config: StudyConfig, method: Method, estimator_model: str, quick:
 
 
 def cell_inputs(answers: Mapping[str, Answer], inputs: StudyInputs) -> dict[str, str]:
-    """Digests of what a cell reads: the training and evaluation questions with T's graded answers
-    to them, and the exemplars the answers were made with."""
+    """Digests of what a cell reads: the training, evaluation and calibration questions with T's graded
+    answers to them, and the exemplars the answers were made with. (A study without a calibration set keeps
+    the keys it had before there was one.)"""
     def part(questions: Sequence[Question]) -> str:
         return digest([[q.content(), answers[q.id].content()] for q in questions])
 
-    return {"train": part(inputs.train), "eval": part(inputs.eval),
-            "exemplars": digest([q.content() for q in inputs.exemplars])}
+    out = {"train": part(inputs.train), "eval": part(inputs.eval),
+           "exemplars": digest([q.content() for q in inputs.exemplars])}
+    if inputs.calibrate:
+        out["calibrate"] = part(inputs.calibrate)
+    return out
 
 
 def cell_key(config: StudyConfig, method: Method, estimator_model: str, answers: Mapping[str, Answer],
@@ -78,7 +82,8 @@ def cell_key(config: StudyConfig, method: Method, estimator_model: str, answers:
 
 def score_rows(method: Method, e: str, t: str, questions: Sequence[Question], y: np.ndarray, scores: CellScores,
                temperature_scaling: bool, log: Callable[[str], None]) -> pd.DataFrame:
-    """One cell's score rows, with P(correct) temperature-scaled on the cell's held-out answers.
+    """One cell's score rows, with P(correct) temperature-scaled on ``scores``' calibration answers (the
+    study's calibration set, or the method's held-out answers).
 
     Only a method that may leave answers out (a verbalized reply with no probability in
     it) may return a NaN P(correct); its answers are left out of the cell and counted.
@@ -88,7 +93,7 @@ def score_rows(method: Method, e: str, t: str, questions: Sequence[Question], y:
     keep = np.isfinite(p)
     cal_p = None if scores.p_cal is None else np.asarray(scores.p_cal, dtype=float)
     if not method.may_leave_out:
-        for name, values, asked in (("evaluation", p, questions), ("held-out", cal_p, None)):
+        for name, values, asked in (("evaluation", p, questions), ("calibration", cal_p, None)):
             if values is not None and not np.isfinite(values).all():
                 bad = int((~np.isfinite(values)).sum())
                 where = f", e.g. question {asked[int(np.argmin(np.isfinite(values)))].id}" if asked else ""
@@ -123,10 +128,15 @@ def run_cell(rt: Runtime, config: StudyConfig, method: Method, context: CellCont
     return the rows they computed.
     """
     e, t = context.estimator_model, context.answering_model
-    evaluation = context.inputs.eval
+    evaluation, calibration = context.inputs.eval, context.inputs.calibrate
 
     def compute() -> pd.DataFrame:
-        scores = method.make_cell(context)
+        if not calibration:
+            scores = method.make_cell(context)
+        else:  # the method scores the calibration questions after the evaluation ones; its temperature is theirs
+            scored = method.make_cell(replace(context, inputs=context.inputs.scored()))
+            p = np.asarray(scored.p_eval)
+            scores = CellScores(p[:len(evaluation)], p[len(evaluation):], context.labels(calibration))
         return score_rows(method, e, t, evaluation, context.labels(evaluation), scores,
                           config.temperature_scaling, rt.log)
 
