@@ -13,6 +13,11 @@ answers and on those with the new ones added, and the accuracy and mean P(correc
 Why: temperature scaling is fitted on held-out training answers, so it can calibrate only an evaluation set
 drawn like the training set. This measures how a run's calibration changes when its evaluation set is
 widened to the training mix's other sets, without training anything again.
+
+With ``--calibrate`` the new answers are a calibration set instead (what a study's ``calibrate:`` does, on a
+run made without one): each cell's temperature is fitted on the saved estimator's P(correct) of them, and it
+prints, per cell, AUROC on the run's evaluation answers and on the new ones, the run's temperature and the new
+one, and ECE after each on the run's evaluation answers, with the mean P(correct) after the new one.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ def main() -> None:
     parser.add_argument("extra", nargs="+", help="dataset:split:n")
     parser.add_argument("--methods", nargs="*", default=["probe", "probe_last", "lora_prompt"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--calibrate", action="store_true", help="fit each cell's temperature on the new answers")
     args = parser.parse_args()
     config = yaml.safe_load((args.run / "config.yaml").read_text())
     scores = pd.read_parquet(args.run / "scores.parquet")
@@ -62,9 +68,14 @@ def main() -> None:
         labels[t] = np.array([a.label for a in chosen])
     print(f"{len(questions)} more questions ({', '.join(args.extra)}); accuracy "
           + ", ".join(f"{t} {labels[t].mean():.3f}" for t in models))
-    print("| method | model | trained on | AUROC (run) | ECE after TS (run) | AUROC (with more) | "
-          "ECE after TS (with more) | accuracy (with more) | mean P after TS (with more) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    if args.calibrate:
+        print("| method | model | trained on | AUROC: evaluation / calibration answers | temperature: run / "
+              "calibration set | ECE after TS: run / calibration set's temperature | mean P after it | accuracy |")
+        print("|---|---|---|---|---|---|---|---|")
+    else:
+        print("| method | model | trained on | AUROC (run) | ECE after TS (run) | AUROC (with more) | "
+              "ECE after TS (with more) | accuracy (with more) | mean P after TS (with more) |")
+        print("|---|---|---|---|---|---|---|---|---|")
     for method in args.methods:
         for e in models:
             for t in models:
@@ -77,6 +88,14 @@ def main() -> None:
                 if hasattr(estimator, "release"):
                     estimator.release()
                 scaler = TemperatureScaler(float(cell.temperature.iloc[0]))
+                if args.calibrate:
+                    refit = TemperatureScaler.fit(p_new, labels[t])
+                    p_ts = refit.transform(cell.p_correct.to_numpy())
+                    print(f"| {method} | {e} | {t} | {auroc(cell.p_correct, cell.label):.3f} / "
+                          f"{auroc(p_new, labels[t]):.3f} | {scaler.temperature:.3f} / {refit.temperature:.3f} | "
+                          f"{ece(cell.p_correct_ts, cell.label):.3f} / {ece(p_ts, cell.label):.3f} | "
+                          f"{p_ts.mean():.3f} | {cell.label.mean():.3f} |", flush=True)
+                    continue
                 p = np.concatenate([cell.p_correct.to_numpy(), p_new])
                 y = np.concatenate([cell.label.to_numpy(), labels[t]])
                 p_ts = scaler.transform(p)
