@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -106,3 +107,8 @@ def test_quick_open_ended_study_on_a_bundled_model(tmp_path, real_cache):
     assert ask.returncode == 0, ask.stderr[-2000:]
     record = json.loads(ask.stdout.strip().splitlines()[-1])
     assert isinstance(record["answer"], str) and 0 <= record["p_correct"] <= 1
+    # the cell's temperature (fitted on the Probe's held-out answers) scales the estimator's own P(correct)
+    cell = scores[(scores.method == "probe") & (scores.model == "smollm2-135m")]
+    assert record["temperature"] == cell.temperature.iloc[0]
+    raw = np.log(record["p_correct_raw"]) - np.log1p(-record["p_correct_raw"])
+    assert record["p_correct"] == pytest.approx(1 / (1 + np.exp(-raw / record["temperature"])), rel=1e-9)

@@ -68,6 +68,11 @@ def test_run_writes_the_run_folder(tmp_path, tiny_models, study_files):
         scores_by_layer = {int(k): v for k, v in saved["val_auroc_by_layer"].items()}
         assert sorted(scores_by_layer) == [1, 2]
         assert scores_by_layer[saved["chosen_layer"]] == max(scores_by_layer.values())
+        # beside it, the temperature the study fitted on the Probe's held-out (out-of-fold) answers
+        cell = probe[probe.model == str(tiny_models[folder.name.split("__on__")[0]])]
+        cell = cell[cell.trained_on == str(tiny_models[folder.name.split("__on__")[1]])]
+        assert json.loads((folder / "temperature.json").read_text()) == {
+            "temperature": cell.temperature.iloc[0], "fitted_on": "held-out answers", "answers": None}
     html = (out / "report.html").read_text()
     assert "data:image/png;base64" in html
 
@@ -557,3 +562,46 @@ def test_a_calibration_set_fits_every_cells_temperature_and_changes_nothing_else
             p = probe.estimate(questions, [answers[q.id].text for q in questions])
             fitted = TemperatureScaler.fit(p, y).temperature
             assert temperatures["probe", name[e], name[t]] == pytest.approx(fitted, rel=1e-3)
+
+
+def test_ask_gives_the_studys_temperature_scaled_p_correct(tmp_path, tiny_models, study_files):
+    """``calibtune ask`` on a study's estimator gives the cell's ``p_correct_ts`` (the temperature the study
+    recorded beside the estimator), and the estimator's own P(correct) beside it."""
+    from calibtune.ask import ask
+    from calibtune.data import load_questions
+    from calibtune.estimators import study_temperature
+
+    calibration = write_questions(tmp_path / "calibration.jsonl", n=30, options=3)
+    extra = ("methods: [probe, lora_prompt]\nlora_prompt: {max_steps: 3, eval_every: 1, batch_size: 4}\n"
+             f"calibrate: [{{dataset: '{calibration}'}}]\n")
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", _config(tmp_path, tiny_models, *study_files, extra), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    scores = pd.read_parquet(out / "scores.parquet")
+    name = {slug: str(tiny_models[slug]) for slug in ("llama", "gemma")}
+    questions = load_questions(str(study_files[1]))[:3]
+    temperatures = []
+    for method in ("probe", "lora_prompt"):
+        for e, t in (("llama", "llama"), ("gemma", "llama")):  # its own answers, and another model's
+            folder = out / "estimators" / method / f"{e}__on__{t}"
+            cell = scores[(scores.method == method) & (scores.model == name[e]) & (scores.trained_on == name[t])]
+            recorded = study_temperature(folder)
+            assert recorded.temperature == cell.temperature.iloc[0]
+            assert (recorded.fitted_on, recorded.answers) == ("calibration set", 30)
+            temperatures.append(recorded.temperature)
+            for q in questions:
+                row = cell.set_index("question_id").loc[q.id]
+                [asked] = ask(folder, [q.text], name[t], dtype="float32", device="cpu", choices=q.choices)
+                assert asked.p_correct_raw == pytest.approx(row.p_correct, rel=1e-3)
+                assert asked.p_correct == pytest.approx(row.p_correct_ts, rel=1e-3)
+                assert asked.temperature == recorded.temperature
+                [own] = ask(folder, [q.text], name[t], dtype="float32", device="cpu", choices=q.choices,
+                            temperature=False)
+                assert (own.p_correct, own.temperature) == (asked.p_correct_raw, None)
+    assert any(abs(t - 1) > 0.01 for t in temperatures)  # the scaling is not the identity
+    # a broken record is a one-line error naming the file, before any model loads
+    broken = out / "estimators" / "probe" / "llama__on__llama" / "temperature.json"
+    broken.write_text('{"temperature": -1, "fitted_on": "calibration set"}')
+    from calibtune.errors import CalibtuneError
+    with pytest.raises(CalibtuneError, match=r"temperature.json: temperature -1 is not a positive number"):
+        ask(broken.parent, ["Which word?"], dtype="float32", device="cpu", choices=["a", "b"])

@@ -7,6 +7,8 @@ its training answers were made; the question is answered the same way: by cloze
 scoring among the options given, for an estimator trained on multiple-choice answers,
 else by generation with the recorded template, exemplars and token limit. The answering
 model is E unless another is given (the cross-model case: E's estimator judging T's answer).
+P(correct) is scaled by the temperature the study fitted for the cell (``temperature.json``
+beside the estimator), so that it is the study's ``p_correct_ts``; the estimator's own is kept beside it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from calibtune.errors import CalibtuneError
-from calibtune.estimators import estimator_info, load_estimator
+from calibtune.estimators import estimator_info, load_estimator, study_temperature
 from calibtune.estimators.base import check_estimator_model
 from calibtune.models import LoadedModel, load_model
 from calibtune.prompts import DEFAULT_PROMPT
@@ -25,7 +27,9 @@ from calibtune.records import Question
 
 @dataclass(frozen=True)
 class Asked:
-    """One question, the answering model's answer, and the estimator's P(correct) for it."""
+    """One question, the answering model's answer, and the estimator's P(correct) for it: ``p_correct`` after
+    the study's temperature (``temperature``; None when none was recorded or it was not asked for, and then
+    ``p_correct`` is ``p_correct_raw``), ``p_correct_raw`` as the estimator gives it."""
 
     question: str
     answer: str
@@ -33,6 +37,9 @@ class Asked:
     answering_model: str
     estimator_model: str
     method: str
+    p_correct_raw: float
+    temperature: float | None
+    temperature_fitted_on: str | None
 
 
 def answering_prompt(info: dict):
@@ -67,14 +74,17 @@ def _answers(lm: LoadedModel, info: dict, items: list[Question], max_new_tokens:
 
 
 def ask(folder: Path, questions: Sequence[str], answering_model: str | None = None, max_new_tokens: int | None = None,
-        dtype: str = "auto", device: str = "auto", choices: Sequence[str] = ()) -> list[Asked]:
-    """Answer each question with the answering model and score the answers with the estimator in ``folder``.
+        dtype: str = "auto", device: str = "auto", choices: Sequence[str] = (),
+        temperature: bool = True) -> list[Asked]:
+    """Answer each question with the answering model and score the answers with the estimator in ``folder``,
+    scaled by the study's temperature for the cell when one is recorded and ``temperature`` is set.
 
     An estimator trained on multiple-choice answers needs ``choices`` (the question's options):
     its answers were chosen among options by cloze scoring, and a free-generated answer is not
     what it learned to judge. An estimator trained on open-ended answers takes none.
     """
     method, info = estimator_info(folder)
+    scaling = study_temperature(folder) if temperature else None  # a bad file fails before any model loads
     estimator_model = info.get("estimator_model")
     if not estimator_model:
         raise CalibtuneError(f"{folder}: the estimator does not record its estimator model")
@@ -94,5 +104,8 @@ def ask(folder: Path, questions: Sequence[str], answering_model: str | None = No
     answerer_name = answering_model or estimator_model
     answerer = estimator_lm if answerer_name == estimator_model else load_model(answerer_name, dtype, device)
     answers = _answers(answerer, info, items, max_new_tokens)  # before adapters go onto the estimator model
-    p = load_estimator(Path(folder), estimator_lm).estimate(items, answers)
-    return [Asked(q.text, a, float(v), answerer_name, estimator_model, method) for q, a, v in zip(items, answers, p)]
+    raw = load_estimator(Path(folder), estimator_lm).estimate(items, answers)
+    p = raw if scaling is None else scaling.apply(raw)
+    t, fitted_on = (None, None) if scaling is None else (scaling.temperature, scaling.fitted_on)
+    return [Asked(q.text, a, float(v), answerer_name, estimator_model, method, float(r), t, fitted_on)
+            for q, a, v, r in zip(items, answers, p, raw)]

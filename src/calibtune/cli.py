@@ -317,21 +317,25 @@ def ask(
     choice: Annotated[Optional[list[str]], typer.Option("--choice", help="An option of a multiple-choice question (repeat for each); needed by estimators trained on multiple-choice answers.")] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="Answer token limit (default: the one the estimator's answers were made with).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per question.")] = False,
+    no_temperature: Annotated[bool, typer.Option("--no-temperature", help="Print the estimator's own P(correct), without the temperature its study fitted.")] = False,
     dtype: Annotated[str, typer.Option("--dtype")] = "auto",
     device: Annotated[str, typer.Option("--device")] = "auto",
 ) -> None:
-    """Answer a question and print the answer with the estimator's P(correct)."""
+    """Answer a question and print the answer with the estimator's P(correct), scaled by its study's temperature."""
     from calibtune.ask import ask as ask_questions
 
     if not estimator.is_dir():
         raise CalibtuneError(f"estimator folder {estimator} not found")
     questions = [question] if question is not None else sys.stdin.read().splitlines()
-    for item in ask_questions(estimator, questions, model, max_new_tokens, dtype, device, choice or ()):
+    for item in ask_questions(estimator, questions, model, max_new_tokens, dtype, device, choice or (),
+                              temperature=not no_temperature):
         if as_json:
             typer.echo(json.dumps(item.__dict__))
-        else:
-            typer.echo(f"Q: {item.question}\nA: {item.answer}\nP(correct) = {item.p_correct:.3f}  "
-                       f"({item.method} on {item.estimator_model}, answered by {item.answering_model})")
+            continue
+        scaled = ("" if item.temperature is None else f"; {item.p_correct_raw:.3f} before the study's temperature "
+                  f"{item.temperature:.3f}, fitted on its {item.temperature_fitted_on}")
+        typer.echo(f"Q: {item.question}\nA: {item.answer}\nP(correct) = {item.p_correct:.3f}  "
+                   f"({item.method} on {item.estimator_model}, answered by {item.answering_model}{scaled})")
 
 
 @app.command()

@@ -3,14 +3,19 @@
 A saved estimator folder (``estimators/<method>/<E>__on__<T>`` in a run folder) holds the
 method's JSON (every setting, and how its training answers were made) beside its weights
 (safetensors). Loaded onto its estimator model, it is an ``AnswerEstimator``:
-``estimate(questions, answers) -> P(correct)``.
+``estimate(questions, answers) -> P(correct)``. A study also writes the temperature it fitted
+for the cell beside it (``temperature.json``, ``StudyTemperature``), which ``calibtune ask`` applies.
 """
 
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from calibtune.errors import CalibtuneError, first_line
 from calibtune.estimators.base import AnswerEstimator, check_estimator_model
@@ -52,4 +57,46 @@ def load_estimator(folder: Path, lm: LoadedModel | None = None, dtype: str = "au
     return METHODS[method].load(Path(folder), info, lm)
 
 
-__all__ = ["AnswerEstimator", "estimator_info", "load_estimator"]
+TEMPERATURE_FILE = "temperature.json"
+
+
+@dataclass(frozen=True)
+class StudyTemperature:
+    """The temperature a study fitted on top of a cell's estimator (what its ``p_correct_ts`` is), and on what:
+    ``fitted_on`` is ``"calibration set"`` (the study's ``calibrate:`` answers, ``answers`` of them) or
+    ``"held-out answers"`` (the method's own, disjoint from the evaluation set)."""
+
+    temperature: float
+    fitted_on: str
+    answers: int | None = None
+
+    def apply(self, p: np.ndarray) -> np.ndarray:
+        """P(correct) scaled by this temperature, as the study scaled the cell's evaluation answers."""
+        from calibtune.calibration import TemperatureScaler
+
+        return TemperatureScaler(self.temperature).transform(p)
+
+
+def write_study_temperature(folder: Path, temperature: StudyTemperature) -> None:
+    """Record the study's temperature beside a saved estimator (``TEMPERATURE_FILE``)."""
+    (Path(folder) / TEMPERATURE_FILE).write_text(json.dumps(asdict(temperature), indent=2))
+
+
+def study_temperature(folder: Path) -> StudyTemperature | None:
+    """The temperature a study recorded beside the estimator in ``folder``; None when there is none (an
+    estimator saved outside a study, or a study run with ``temperature_scaling: false``)."""
+    path = Path(folder) / TEMPERATURE_FILE
+    if not path.is_file():
+        return None
+    try:
+        recorded = StudyTemperature(**json.loads(path.read_text()))
+        valid = math.isfinite(float(recorded.temperature)) and recorded.temperature > 0
+    except (ValueError, TypeError) as exc:
+        raise CalibtuneError(f"{path} is not a study temperature: {first_line(exc)}") from exc
+    if not valid:
+        raise CalibtuneError(f"{path}: temperature {recorded.temperature} is not a positive number")
+    return recorded
+
+
+__all__ = ["AnswerEstimator", "StudyTemperature", "estimator_info", "load_estimator", "study_temperature",
+           "write_study_temperature"]

@@ -22,6 +22,7 @@ import pandas as pd
 from calibtune.calibration import TemperatureScaler
 from calibtune.config import StudyConfig, method_settings
 from calibtune.errors import CalibtuneError
+from calibtune.estimators import StudyTemperature, write_study_temperature
 from calibtune.methods import CellContext, CellScores, Method
 from calibtune.questions import StudyInputs
 from calibtune.records import Answer, Question
@@ -123,7 +124,8 @@ def run_cell(rt: Runtime, config: StudyConfig, method: Method, context: CellCont
     """One cell's score rows: from the store when the same cell was computed before, else computed and stored.
 
     The cell is computed first (into a scratch folder), then written; a cell trained
-    before is copied into ``estimator_folder`` either way. Of a group of processes that
+    before is copied into ``estimator_folder`` either way, with the cell's temperature beside it
+    (``temperature.json``). Of a group of processes that
     computes the cell together (``context.parallel``), the leader alone writes; the others
     return the rows they computed.
     """
@@ -165,4 +167,10 @@ def run_cell(rt: Runtime, config: StudyConfig, method: Method, context: CellCont
         if estimator_folder.exists():
             shutil.rmtree(estimator_folder)
         shutil.copytree(saved, estimator_folder)
-    return rt.store.get_table("cell", key)
+    table = rt.store.get_table("cell", key)
+    if saved.is_dir() and config.temperature_scaling and len(table):
+        # what the cell's p_correct_ts is, for ``calibtune ask``: from the table, so a cached cell gets it too
+        write_study_temperature(estimator_folder, StudyTemperature(
+            float(table.temperature.iloc[0]), "calibration set" if calibration else "held-out answers",
+            len(calibration) if calibration else None))
+    return table
