@@ -146,9 +146,11 @@ def test_an_estimator_trained_on_multiple_choice_answers_needs_the_options(tmp_p
     record = json.loads(again.output.strip().splitlines()[-1])
     answers = pd.read_parquet(out / "answers" / "llama.parquet").set_index("question_id")
     scores = pd.read_parquet(out / "scores.parquet")
-    probe = scores[scores.method == "probe"].set_index("question_id").p_correct
+    probe = scores[scores.method == "probe"].set_index("question_id")
     assert record["answer"] == answers.text["heldout/q3"]
-    assert record["p_correct"] == pytest.approx(probe["heldout/q3"], abs=1e-5)
+    # the estimator's own P(correct), and the study's temperature-scaled one
+    assert record["p_correct_raw"] == pytest.approx(probe.p_correct["heldout/q3"], abs=1e-5)
+    assert record["p_correct"] == pytest.approx(probe.p_correct_ts["heldout/q3"], abs=1e-5)
 
     # the model is checked by its weights: a copy elsewhere loads, changed weights are refused
     lora_folder = out / "estimators" / "lora" / "llama__on__llama"

@@ -235,8 +235,9 @@ def test_open_ended_study_with_every_method(tmp_path, tiny_models, isolated_cach
     assert record["estimator_model"] == str(tiny_models["llama"].resolve())  # loads from any folder
     assert record["answer"] == answers.set_index("question_id").text["oe_held/q50"]
     study_score = scores[(scores.method == "lora_prompt") & (scores.model == str(tiny_models["llama"]))
-                         & (scores.trained_on == str(tiny_models["llama"]))].set_index("question_id").p_correct
-    assert record["p_correct"] == pytest.approx(study_score["oe_held/q50"], abs=1e-5)
+                         & (scores.trained_on == str(tiny_models["llama"]))].set_index("question_id")
+    assert record["p_correct_raw"] == pytest.approx(study_score.p_correct["oe_held/q50"], abs=1e-5)
+    assert record["p_correct"] == pytest.approx(study_score.p_correct_ts["oe_held/q50"], abs=1e-5)
     probe_folder = out / "estimators" / "probe" / "gemma__on__llama"
     many = runner.invoke(app, ["ask", str(probe_folder), "--dtype", "float32", "--model", str(tiny_models["llama"])],
                          input="What comes after number 3?\nWhat comes after number 5?\n")
