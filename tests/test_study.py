@@ -591,7 +591,9 @@ def test_ask_gives_the_studys_temperature_scaled_p_correct(tmp_path, tiny_models
             temperatures.append(recorded.temperature)
             for q in questions:
                 row = cell.set_index("question_id").loc[q.id]
-                [asked] = ask(folder, [q.text], name[t], dtype="float32", device="cpu", choices=q.choices)
+                # no answering model given: the one whose answers the estimator was trained on (T, not E)
+                [asked] = ask(folder, [q.text], dtype="float32", device="cpu", choices=q.choices)
+                assert asked.answering_model == name[t]
                 assert asked.p_correct_raw == pytest.approx(row.p_correct, rel=1e-3)
                 assert asked.p_correct == pytest.approx(row.p_correct_ts, rel=1e-3)
                 assert asked.temperature == recorded.temperature
@@ -605,3 +607,11 @@ def test_ask_gives_the_studys_temperature_scaled_p_correct(tmp_path, tiny_models
     from calibtune.errors import CalibtuneError
     with pytest.raises(CalibtuneError, match=r"temperature.json: temperature -1 is not a positive number"):
         ask(broken.parent, ["Which word?"], dtype="float32", device="cpu", choices=["a", "b"])
+    faults = ((True, "calibration set", "temperature True is not a number"),
+              (10**400, "calibration set", "not a positive number"),  # past float's range
+              (1.2, None, "fitted_on None is not one of"))
+    for temperature, fitted_on, fault in (*faults, ([1.2], None, "not a study temperature")):
+        record = {"temperature": temperature, "fitted_on": fitted_on}
+        broken.write_text(json.dumps(record) if not isinstance(temperature, list) else json.dumps(temperature))
+        with pytest.raises(CalibtuneError, match=fault):
+            ask(broken.parent, ["Which word?"], dtype="float32", device="cpu", choices=["a", "b"])

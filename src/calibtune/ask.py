@@ -6,7 +6,8 @@ reference that loads from any folder, checked against the recorded fingerprint) 
 its training answers were made; the question is answered the same way: by cloze
 scoring among the options given, for an estimator trained on multiple-choice answers,
 else by generation with the recorded template, exemplars and token limit. The answering
-model is E unless another is given (the cross-model case: E's estimator judging T's answer).
+model is T, the one whose answers the estimator was trained on (``trained_on``; E when it records none),
+unless another is given.
 P(correct) is scaled by the temperature the study fitted for the cell (``temperature.json``
 beside the estimator), so that it is the study's ``p_correct_ts``; the estimator's own is kept beside it.
 """
@@ -101,7 +102,8 @@ def ask(folder: Path, questions: Sequence[str], answering_model: str | None = No
         raise CalibtuneError("no question given: pass one as an argument, or one per line on stdin")
     estimator_lm = load_model(estimator_model, dtype=dtype, device=device)
     check_estimator_model(info, estimator_lm, folder)
-    answerer_name = answering_model or estimator_model
+    # the estimator learned to judge T's answers, and the study's temperature for the cell was fitted on them
+    answerer_name = answering_model or info.get("trained_on") or estimator_model
     answerer = estimator_lm if answerer_name == estimator_model else load_model(answerer_name, dtype, device)
     answers = _answers(answerer, info, items, max_new_tokens)  # before adapters go onto the estimator model
     raw = load_estimator(Path(folder), estimator_lm).estimate(items, answers)

@@ -313,7 +313,7 @@ def grade(
 def ask(
     estimator: Annotated[Path, typer.Argument(help="An estimator folder, e.g. runs/default/estimators/lora_prompt/<E>__on__<T>.")],
     question: Annotated[Optional[str], typer.Argument(help="The question; omit to read questions from stdin, one per line.")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", help="The answering model (default: the estimator's own model).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="The answering model (default: the model whose answers the estimator was trained on).")] = None,
     choice: Annotated[Optional[list[str]], typer.Option("--choice", help="An option of a multiple-choice question (repeat for each); needed by estimators trained on multiple-choice answers.")] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="Answer token limit (default: the one the estimator's answers were made with).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per question.")] = False,

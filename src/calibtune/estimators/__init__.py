@@ -58,6 +58,7 @@ def load_estimator(folder: Path, lm: LoadedModel | None = None, dtype: str = "au
 
 
 TEMPERATURE_FILE = "temperature.json"
+FITTED_ON = ("calibration set", "held-out answers")
 
 
 @dataclass(frozen=True)
@@ -90,11 +91,21 @@ def study_temperature(folder: Path) -> StudyTemperature | None:
         return None
     try:
         recorded = StudyTemperature(**json.loads(path.read_text()))
-        valid = math.isfinite(float(recorded.temperature)) and recorded.temperature > 0
-    except (ValueError, TypeError) as exc:
+    except (OSError, ValueError, TypeError) as exc:
         raise CalibtuneError(f"{path} is not a study temperature: {first_line(exc)}") from exc
-    if not valid:
-        raise CalibtuneError(f"{path}: temperature {recorded.temperature} is not a positive number")
+    t = recorded.temperature
+    if isinstance(t, bool) or not isinstance(t, (int, float)):
+        raise CalibtuneError(f"{path}: temperature {t!r} is not a number")
+    try:
+        positive = math.isfinite(float(t)) and t > 0
+    except OverflowError:  # an integer past float's range
+        positive = False
+    if not positive:
+        raise CalibtuneError(f"{path}: temperature {t} is not a positive number")
+    if recorded.fitted_on not in FITTED_ON:
+        raise CalibtuneError(f"{path}: fitted_on {recorded.fitted_on!r} is not one of {', '.join(FITTED_ON)}")
+    if recorded.answers is not None and (isinstance(recorded.answers, bool) or not isinstance(recorded.answers, int)):
+        raise CalibtuneError(f"{path}: answers {recorded.answers!r} is not a count")
     return recorded
 
 
