@@ -564,6 +564,27 @@ def test_a_calibration_set_fits_every_cells_temperature_and_changes_nothing_else
             assert temperatures["probe", name[e], name[t]] == pytest.approx(fitted, rel=1e-3)
 
 
+def test_no_temperature_file_when_the_calibration_answers_cannot_fit_one(tmp_path, tiny_models, study_files):
+    """A calibration set whose answers are all right or all wrong fits no temperature (the cell keeps 1): the
+    estimator folder then records none, rather than claim one fitted on the calibration set, and ``ask`` gives
+    the estimator's own P(correct)."""
+    from calibtune.ask import ask
+    from calibtune.data import load_questions
+
+    calibration = write_questions(tmp_path / "calibration.jsonl", n=1, options=3)  # one answer: one class
+    extra = f"methods: [probe]\ncalibrate: [{{dataset: '{calibration}'}}]\n"
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", _config(tmp_path, tiny_models, *study_files, extra), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    scores = pd.read_parquet(out / "scores.parquet")
+    assert (scores.temperature == 1.0).all() and (scores.p_correct_ts - scores.p_correct).abs().max() < 1e-9
+    folder = out / "estimators" / "probe" / "gemma__on__llama"
+    assert (folder / "probe.json").is_file() and not (folder / "temperature.json").exists()
+    q = load_questions(str(study_files[1]))[0]
+    [asked] = ask(folder, [q.text], dtype="float32", device="cpu", choices=q.choices)
+    assert asked.temperature is None and asked.p_correct == asked.p_correct_raw
+
+
 def test_ask_gives_the_studys_temperature_scaled_p_correct(tmp_path, tiny_models, study_files):
     """``calibtune ask`` on a study's estimator gives the cell's ``p_correct_ts`` (the temperature the study
     recorded beside the estimator), and the estimator's own P(correct) beside it."""

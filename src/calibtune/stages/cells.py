@@ -168,8 +168,9 @@ def run_cell(rt: Runtime, config: StudyConfig, method: Method, context: CellCont
             shutil.rmtree(estimator_folder)
         shutil.copytree(saved, estimator_folder)
     table = rt.store.get_table("cell", key)
-    if saved.is_dir() and config.temperature_scaling and len(table):
-        # what the cell's p_correct_ts is, for ``calibtune ask``: from the table, so a cached cell gets it too
+    # what the cell's p_correct_ts is, for ``calibtune ask``: from the table, so a cached cell gets it too. A
+    # temperature of exactly 1 is the identity score_rows keeps when its answers were all right or all wrong: no fit
+    if saved.is_dir() and config.temperature_scaling and len(table) and table.temperature.iloc[0] != 1.0:
         write_study_temperature(estimator_folder, StudyTemperature(
             float(table.temperature.iloc[0]), "calibration set" if calibration else "held-out answers",
             len(calibration) if calibration else None))
