@@ -5,7 +5,8 @@ the P(correct) that ``ask`` gives (answering the question afresh) beside the cel
     .venv/bin/python benchmarks/ask_check.py RUN [--method lora_prompt] [--model E] [--trained-on T] [--n 6]
 
 The run folder must be written by a calibtune that records each cell's temperature (``temperature.json``);
-rerunning the study on its store rewrites the folder from the cache in seconds.
+rerunning the study on its store rewrites the folder from the cache in seconds. A study with one cell per
+(method, E, T) only: a data-scale run's folders carry the training size (``__n500``) and are not read here.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pandas as pd
 
 from calibtune.ask import ask
 from calibtune.config import load_config
+from calibtune.models import model_slugs
 from calibtune.questions import study_questions
 
 
@@ -32,14 +34,15 @@ def main() -> None:
     cfg = load_config(args.run / "config.yaml")
     questions = {q.id: q for q in study_questions(cfg).eval}
     scores = pd.read_parquet(args.run / "scores.parquet")
+    slug = model_slugs(list(cfg.models))  # the estimator folders are named by these
     for method in args.method:
         cell = scores[(scores.method == method) & (scores.model == args.model)
                       & (scores.trained_on == args.trained_on)].set_index("question_id")
-        folder = args.run / "estimators" / method / f"{args.model}__on__{args.trained_on}"
+        folder = args.run / "estimators" / method / f"{slug[args.model]}__on__{slug[args.trained_on]}"
         worst = 0.0
         for qid in random.Random(0).sample(sorted(cell.index), args.n):
             q, row = questions[qid], cell.loc[qid]
-            [asked] = ask(folder, [q.text], answering_model=args.trained_on, choices=q.choices)
+            [asked] = ask(folder, [q.text], choices=q.choices)  # answered by the model it was trained on
             worst = max(worst, abs(asked.p_correct - row.p_correct_ts))
             print(f"{method} {qid}: ask {asked.p_correct:.3f} (own {asked.p_correct_raw:.3f}, temperature "
                   f"{asked.temperature}), study p_correct_ts {row.p_correct_ts:.3f} (p_correct {row.p_correct:.3f})")
