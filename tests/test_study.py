@@ -628,11 +628,12 @@ def test_ask_gives_the_studys_temperature_scaled_p_correct(tmp_path, tiny_models
     from calibtune.errors import CalibtuneError
     with pytest.raises(CalibtuneError, match=r"temperature.json: temperature -1 is not a positive number"):
         ask(broken.parent, ["Which word?"], dtype="float32", device="cpu", choices=["a", "b"])
-    faults = ((True, "calibration set", "temperature True is not a number"),
-              (10**400, "calibration set", "not a positive number"),  # past float's range
-              (1.2, None, "fitted_on None is not one of"))
-    for temperature, fitted_on, fault in (*faults, ([1.2], None, "not a study temperature")):
-        record = {"temperature": temperature, "fitted_on": fitted_on}
-        broken.write_text(json.dumps(record) if not isinstance(temperature, list) else json.dumps(temperature))
+    faults = ((json.dumps({"temperature": True, "fitted_on": "calibration set"}), "temperature True is not a number"),
+              (json.dumps({"temperature": 10**400, "fitted_on": "calibration set"}),  # past float's range
+               "not a positive number"),
+              (json.dumps({"temperature": 1.2, "fitted_on": None}), "fitted_on None is not one of"),
+              (json.dumps([1.2]), "not a study temperature"))
+    for text, fault in faults:
+        broken.write_text(text)
         with pytest.raises(CalibtuneError, match=fault):
             ask(broken.parent, ["Which word?"], dtype="float32", device="cpu", choices=["a", "b"])
