@@ -86,6 +86,30 @@ def test_the_process_plan_divides_each_stage_by_the_processes_that_share_it():
     assert f"L4 {_duration(infer / 8 + train / 3)}" in text  # one process per cell: all 3 at once, none split
 
 
+def test_the_process_plan_gives_each_process_whole_rows_when_the_models_divide_evenly():
+    from calibtune.config import StudyConfig
+    from calibtune.distributed import row_owners
+    from calibtune.plan import GPU_UTILISATION, GPUS, StagePlan, _duration, process_plan
+
+    assert row_owners(["a", "b"], 2) == {"a": 0, "b": 1}
+    assert row_owners(["a", "b", "c", "d"], 2) == {"a": 0, "b": 1, "c": 0, "d": 1}
+    assert row_owners(["a", "b", "c"], 2) is None  # a remainder: cells are dealt by position
+    assert row_owners(["a", "b"], 4) is None and row_owners(["a", "b"], 1) is None
+    config = StudyConfig.model_validate({"models": ["smollm2-135m", "gemma3-270m"],
+                                         "train": [{"dataset": "arc_easy"}], "eval": [{"dataset": "sciq"}]})
+    rate = GPUS["L4"]
+    train = {"smollm2-135m": 2e15, "gemma3-270m": 5e15}
+    stages = [StagePlan("answers", "smollm2-135m", "100 questions", 4e15)] + [
+        StagePlan("lora_prompt", model, "2 cells, 9 steps each", flops, training=True, cells=2)
+        for model, flops in train.items()]
+    text = "\n".join(process_plan(config, stages, 2, {g: 1.0 for g in GPUS}))
+    assert "the other cells one per process; each process takes whole rows of the matrix (every cell of an " \
+           "estimator model): smollm2-135m process 0, gemma3-270m process 1" in text
+    infer = 4e15 / (rate * GPU_UTILISATION["inference"])
+    # the process with Gemma's row finishes last: its two cells, not half of all four
+    assert f"L4 {_duration(infer / 2 + 5e15 / (rate * GPU_UTILISATION['training']))}" in text
+
+
 def test_the_plan_counts_no_pass_the_study_shares_or_stops_early():
     from calibtune.config import StudyConfig
     from calibtune.plan import model_info, plan_stages

@@ -51,6 +51,10 @@ def test_two_processes_give_the_scores_of_one(tmp_path, tiny_models):
     _run(config, tmp_path / "one", tmp_path / "cache-one", 1)
     output = _run(config, tmp_path / "two", tmp_path / "cache-two", 2)
     assert "rank 1/2: " in output  # both processes worked
+    for rank, model in enumerate(("llama", "gemma")):  # each process trained its own model's row of cells
+        trained = [line.split(" on ")[0] for line in output.splitlines()
+                   if line.startswith(f"rank {rank}/2: LoRA + Prompt ")]
+        assert trained == [f"rank {rank}/2: LoRA + Prompt {tiny_models[model]}"] * 2, output
     one = pd.read_parquet(tmp_path / "one" / "scores.parquet")
     two = pd.read_parquet(tmp_path / "two" / "scores.parquet")
     pd.testing.assert_frame_equal(one, two)  # exactly: every artifact is computed by one process the same way

@@ -14,7 +14,11 @@ A cell that trains adapters can also run across a *group* of processes, data-par
 and the gradients are summed over the group before each step (an all-reduce, as
 DistributedDataParallel does), so every member takes the same step the single process
 would. When a study has fewer training cells still to compute than processes, the
-processes form groups (``cell_processes``); otherwise every process trains its own cells.
+processes form groups (``cell_processes``); otherwise every process trains its own cells. Then, when
+the estimator models divide evenly among the processes, each process takes whole rows of the matrix
+(``row_owners``: every cell whose estimator is its model, adapter cells and the others), so that a
+model's reads shared between its cells (the base pass, the states kept below the adapters, the
+zero-shot query) are made once, by one process, and for its cells a process loads only its rows' models.
 With ``adapter_sharding: fsdp`` a group also shards the model's weights: PyTorch's FSDP
 (``fully_shard``) splits every decoder layer's weights over the members, gathers a layer
 while it runs, and reduce-scatters the adapters' gradients, so a member holds 1/N of the
@@ -35,6 +39,15 @@ from typing import Any, TypeVar
 import numpy as np
 
 T = TypeVar("T")
+
+
+def row_owners(models: Sequence[str], processes: int) -> dict[str, int] | None:
+    """The process that computes each estimator model's row of cells, when ``processes`` (one per cell, no groups)
+    can take the same number of whole rows each: model ``i`` goes to process ``i % processes``. ``None`` when they
+    cannot (fewer models than processes, or a remainder): the cells are then dealt by their position."""
+    if processes < 2 or len(models) % processes:
+        return None
+    return {model: i % processes for i, model in enumerate(models)}
 
 
 def launched() -> bool:

@@ -21,6 +21,7 @@ from pathlib import Path
 from calibtune.bundled import cache_dir
 from calibtune.config import StudyConfig, cell_processes, method_settings
 from calibtune.costs import HEAD_CHUNK, ModelShape, sequence_flops, training_flops, tree_flops
+from calibtune.distributed import row_owners
 from calibtune.errors import CalibtuneError
 from calibtune.methods import METHODS
 from calibtune.methods.adapters import quick_training_size
@@ -382,18 +383,27 @@ def process_plan(config: StudyConfig, stages: list[StagePlan], processes: int, t
                 if group > 1 else f"{cells} adapter cells dealt one per process (cell_processes: "
                                   f"{config.cell_processes}); ")
              + "the other cells one per process"]
+    rows = row_owners(config.models, processes) if group == 1 else None
+    if rows is not None:
+        lines[-1] += ("; each process takes whole rows of the matrix (every cell of an estimator model): "
+                      + ", ".join(f"{model} process {owner}" for model, owner in rows.items()))
     def seconds(stage: StagePlan, rate: float) -> float:
         return stage.flops / (rate * GPU_UTILISATION["training" if stage.training else "inference"])
 
-    # the cells are dealt to the groups in rounds, each cell split across its group's members
-    rounds = -(-cells // groups) if cells else 0
-    parallel = {g: sum(seconds(s, rate) / processes for s in stages if not s.training)
-                + sum(seconds(s, rate) for s in stages if s.training) / max(1, cells) * rounds / group
+    def training(rate: float) -> float:
+        if rows is not None:  # whole rows to a process: the busiest process's rows
+            return max(sum(seconds(s, rate) for s in stages if s.training and rows[s.model] == owner)
+                       for owner in range(processes))
+        # the cells are dealt to the groups in rounds, each cell split across its group's members
+        rounds = -(-cells // groups) if cells else 0
+        return sum(seconds(s, rate) for s in stages if s.training) / max(1, cells) * rounds / group
+
+    parallel = {g: sum(seconds(s, rate) / processes for s in stages if not s.training) + training(rate)
                 for g, rate in GPUS.items()}
     lines.append(f"estimated total with {processes} processes, one GPU each: "
                  + ", ".join(f"{g} {_duration(parallel[g])}" for g in GPUS)
                  + f" (one process: {', '.join(_duration(total[g]) for g in GPUS)}); on this CPU the processes "
-                 "share its cores, so no faster than one")
+                 "share its cores, so the time is not divided by them")
     return lines
 
 

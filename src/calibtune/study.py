@@ -20,7 +20,7 @@ import pandas as pd
 
 from calibtune.bundled import cache_dir
 from calibtune.config import StudyConfig, cell_processes, dump_config, method_settings
-from calibtune.distributed import ONE_PROCESS, DataParallel, Ranks, is_spent
+from calibtune.distributed import ONE_PROCESS, DataParallel, Ranks, is_spent, row_owners
 from calibtune.methods import METHODS, CellContext, Method
 from calibtune.models import LoadedModel, load_model, model_slugs
 from calibtune.questions import StudyInputs, study_questions, training_subsets
@@ -93,7 +93,7 @@ class Study:
             context = CellContext(
                 study=cfg, settings=method_settings(cfg, method.name), estimator_model=e, answering_model=t,
                 inputs=part, answers=answers[t], load_model=rt.models.get, probe_features=features[e, t],
-                grader=grader, log=self.log, quick=self.quick, shared=shared[e],
+                grader=grader, log=lambda text: self.log(ranks.tag() + text), quick=self.quick, shared=shared[e],
                 pending=lambda name: pending(name, e, t, part), parallel=parallel)
             size = f"__n{len(part.train)}" if cfg.train_sizes else ""
             folder = self.output / "estimators" / method.name / f"{slugs[e]}__on__{slugs[t]}{size}"
@@ -111,11 +111,15 @@ class Study:
                 how = ", the weights sharded (FSDP)" if parallel.sharded else ""
                 self.log(f"{ranks.tag()}{len(training)} adapter cells to train, {n_groups} at a time, each by "
                          f"{parallel.size} processes together{how}")
+            # whole rows to a process where they divide evenly (one cell's reads of its model serve the next), else
+            # each cell by its position
+            rows = row_owners(cfg.models, ranks.count) if parallel.size == 1 else None
             for position, (part, method, e, t) in enumerate(training):  # a group trains each of its cells together
-                if position % n_groups == parallel.group_index:
+                if (position % n_groups if rows is None else rows[e]) == parallel.group_index:
                     cell(part, method, e, t, parallel)
             for position, (part, method, e, t) in enumerate(plan):  # then the other cells, one process each
-                if method.needs_model and not method.data_parallel and ranks.owns(position):
+                if method.needs_model and not method.data_parallel and (
+                        ranks.owns(position) if rows is None else rows[e] == ranks.index):
                     cell(part, method, e, t)
             ranks.wait()
             if not ranks.main:
