@@ -168,13 +168,16 @@ def test_candidate_layers():
         candidate_layers(2, [3])
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_packed_options_score_and_read_as_each_option_alone(tiny_models, arch):
+def test_packed_options_score_and_read_as_each_option_alone(tiny_models, arch, attention):
     """A question read as one packed row (prompt, then every option under a branch mask) gives every option the
-    log-probability and the hidden states of that option read alone after the prompt."""
+    log-probability and the hidden states of that option read alone after the prompt, under either attention
+    (eager attention adds the mask to the scores, so a mask of booleans would be read as 0 and 1)."""
     from calibtune.forward import Tree, tree_pass
 
     lm = load_model(str(tiny_models[arch]), dtype="float32")
+    lm.model.set_attn_implementation(attention)
     contexts = ["Question: What is the capital of France?\nAnswer:", "Question: Which planet?\nAnswer:",
                 "Question: " + "the lazy dog " * 4 + "?\nAnswer:"]
     options = [[" Paris", " the lazy dog", " Jupiter water"], [" fox", " Jupiter"], [" quick", " brown fox", " a"]]
