@@ -312,8 +312,8 @@ def _read_batch(lm: LoadedModel, trees: list[Tree], score: bool, layers: Sequenc
         allowed |= torch.eye(width, dtype=torch.bool, device=device)[None] & ~valid[:, :, None]  # no empty row
         # additive (0 or the dtype's lowest): SDPA reads it as it reads booleans, and eager attention, which adds
         # the mask to the scores, reads it right (booleans would be added as 0 and 1: every option wrongly scored)
-        dtype = lm.model.get_input_embeddings().weight.dtype
-        additive = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, torch.finfo(dtype).min)
+        additive = torch.zeros(allowed.shape, dtype=lm.dtype, device=device).masked_fill_(~allowed,
+                                                                                         torch.finfo(lm.dtype).min)
         kwargs = {"attention_mask": additive[:, None], "position_ids": torch.from_numpy(position).to(device)}
     out = lm.model.get_decoder()(input_ids=torch.from_numpy(ids).to(device), output_hidden_states=bool(layers),
                                  **kwargs)
